@@ -1,0 +1,210 @@
+"""Typed experiment configuration, validated once.
+
+A run is fully described by a :class:`RunConfig`: which data, how the source model is
+pretrained, how it is transferred, and how its class subset is drawn. Named profiles live
+in ``experiments/profiles/<name>.toml``; any field can be overridden with a dotted
+``section.field=value`` string (``pretrain.epochs=4``), which is how the CLI, MLflow
+params and Optuna values all reach the config as plain strings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "profiles"
+ARCHS = ("resnet_small", "resnet18")
+TRANSFER_MODES = ("fixed", "full")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "cifar100"  # dataset spec: cifar10 | cifar100 | imagefolder:<path> | synthetic
+    target: str = "cifar10"
+    resolution: int = 16  # images are resized once, at decode time, to this many pixels
+    source_images_per_class: int = 100  # 0 keeps every source image
+    target_train_images: int = 10000  # taken from the target train split (train + val); 0 = all
+    val_fraction: float = 0.1  # share of those held out as the validation split
+    split_seed: int = 0  # fixes the target train/val split and the source image sample
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    arch: str = "resnet_small"
+    width: int = 16  # channels of the first stage; stages are width, 2*width, 4*width
+    epochs: int = 8
+    batch_size: int = 256
+    lr: float = 0.2  # peak learning rate of the triangular schedule
+    peak_epoch: float = 2.0  # the schedule rises linearly to lr here, then falls to zero
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    mode: str = "fixed"  # fixed: frozen backbone (BatchNorm in eval mode) + linear head; full: all weights train
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    alpha: float = 0.5  # share of the source classes each model keeps
+    sweep_seed: int = 0  # masks are a pure function of (sweep_seed, index)
+
+    def validate(self) -> "RunConfig":
+        d, p, t = self.data, self.pretrain, self.transfer
+        _check(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}; use e.g. alpha=0.5")
+        _check(d.resolution >= 8, f"data.resolution must be at least 8 pixels, got {d.resolution}")
+        _check(d.source_images_per_class >= 0, "data.source_images_per_class must be >= 0 (0 keeps all)")
+        _check(d.target_train_images >= 0, "data.target_train_images must be >= 0 (0 keeps all)")
+        _check(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+        _check(p.arch in ARCHS, f"unknown pretrain.arch {p.arch!r}; choose one of {', '.join(ARCHS)}")
+        _check(t.mode in TRANSFER_MODES,
+               f"unknown transfer mode {t.mode!r}; choose one of {', '.join(TRANSFER_MODES)}")
+        for name, section in (("pretrain", p), ("transfer", t)):
+            _check(section.epochs >= 1, f"{name}.epochs must be a positive integer, got {section.epochs}")
+            _check(section.batch_size >= 1, f"{name}.batch_size must be a positive integer")
+            _check(section.lr > 0, f"{name}.lr must be positive, got {section.lr}")
+            _check(section.weight_decay >= 0, f"{name}.weight_decay must be >= 0")
+            _check(0 <= section.label_smoothing < 1, f"{name}.label_smoothing must be in [0, 1)")
+        _check(p.width >= 1, "pretrain.width must be a positive integer")
+        _check(0 <= p.peak_epoch <= p.epochs, "pretrain.peak_epoch must lie between 0 and pretrain.epochs")
+        return self
+
+    def to_params(self) -> dict[str, str]:
+        """Flat ``{"section.field": str(value)}``: the one place values become MLflow params."""
+        return {key: _to_str(value) for key, value in flatten(self).items()}
+
+    def config_hash(self, *exclude: str) -> str:
+        """Short, stable hash of every field except the dotted names in ``exclude``."""
+        flat = {k: v for k, v in self.to_params().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _to_str(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def flatten(config: RunConfig) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            for sub in fields(value):
+                flat[f"{f.name}.{sub.name}"] = getattr(value, sub.name)
+        else:
+            flat[f.name] = value
+    return flat
+
+
+def _field_types(config: RunConfig) -> dict[str, type]:
+    return {key: type(value) for key, value in flatten(config).items()}
+
+
+def parse_value(key: str, raw: Any, kind: type) -> Any:
+    """Convert ``raw`` (often a string from the CLI or MLflow) to ``kind``, or explain why not."""
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is int:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a ' + kind.__name__}, "
+                          f"got {text!r}") from None
+    return text
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return ``config`` with dotted overrides applied, e.g. ``{"pretrain.epochs": "4"}``."""
+    types = _field_types(config)
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key not in types:
+            raise ConfigError(f"unknown config field {key!r}; valid fields are: {', '.join(sorted(types))}")
+        value = parse_value(key, raw, types[key])
+        if "." in key:
+            section, name = key.split(".", 1)
+            sections.setdefault(section, {})[name] = value
+        else:
+            top[key] = value
+    for section, values in sections.items():
+        top[section] = replace(getattr(config, section), **values)
+    return replace(config, **top)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...] | str) -> dict[str, str]:
+    """Parse ``["a.b=1", "c=2"]`` or ``"a.b=1,c=2"`` into a dict."""
+    if isinstance(items, str):
+        items = [s for s in items.split(",") if s.strip()]
+    parsed = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value, "
+                              "e.g. pretrain.epochs=4")
+        key, value = item.split("=", 1)
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load_profile(name: str) -> RunConfig:
+    """Load ``experiments/profiles/<name>.toml`` (or a path to a .toml file) into a RunConfig."""
+    path = Path(name) if name.endswith(".toml") else PROFILE_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(profile_names())} "
+                          "or give a path to a .toml file")
+    with open(path, "rb") as fh:
+        table = tomllib.load(fh)
+    overrides: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            overrides.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            overrides[key] = value
+    return with_overrides(RunConfig(), overrides)
+
+
+def build_config(profile: str, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Profile + overrides, validated: the single entry every command uses."""
+    return with_overrides(load_profile(profile), overrides or {}).validate()
+
+
+def from_params(params: dict[str, str]) -> RunConfig:
+    """Rebuild a RunConfig from the params an MLflow run logged (unknown keys ignored)."""
+    known = _field_types(RunConfig())
+    return with_overrides(RunConfig(), {k: v for k, v in params.items() if k in known})

@@ -1,0 +1,83 @@
+"""Networks: a small ResNet for small images, and torchvision's ResNet-18."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """Stem + three residual stages (width, 2*width, 4*width) + global pooling.
+
+    ``features(x)`` gives ``(N, 4*width)``; ``forward`` applies the linear ``head``.
+    """
+
+    def __init__(self, n_classes: int, width: int = 16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stages = nn.Sequential(ResidualBlock(width, width, 1), ResidualBlock(width, 2 * width, 2),
+                                    ResidualBlock(2 * width, 4 * width, 2))
+        self.feature_dim = 4 * width
+        self.head = nn.Linear(self.feature_dim, n_classes)
+
+    def features(self, x):
+        return self.stages(self.stem(x)).mean(dim=(2, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 with the same ``features`` / ``head`` split."""
+
+    def __init__(self, n_classes: int, width: int = 64):
+        super().__init__()
+        import torchvision
+        net = torchvision.models.resnet18(num_classes=n_classes)
+        self.feature_dim = net.fc.in_features
+        self.head = net.fc
+        net.fc = nn.Identity()
+        self.body = net
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+ARCHITECTURES = {"resnet_small": SmallResNet, "resnet18": ResNet18}
+
+
+def build_model(arch: str, n_classes: int, width: int) -> nn.Module:
+    return ARCHITECTURES[arch](n_classes, width)
+
+
+class Normalized(nn.Module):
+    """Wraps a network so it takes uint8 or [0, 255] float images ``(N, 3, R, R)`` directly.
+
+    This is the module that gets registered: callers need no preprocessing code.
+    """
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.reshape(1, 3, 1, 1).float())
+        self.register_buffer("std", std.reshape(1, 3, 1, 1).float())
+
+    def forward(self, images):
+        return self.net((images.float() - self.mean) / self.std)

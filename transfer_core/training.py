@@ -1,0 +1,173 @@
+"""A fast training loop on tensors, in the spirit of KellerJordan/airbench.
+
+Images stay in one normalised float tensor, padded once; augmentation (random crop,
+horizontal flip) is a pure tensor function over whole batches; there is no DataLoader and
+no per-image Python work. The learning rate follows a triangular schedule: linear up to
+``lr`` at ``peak_epoch``, then linear down to zero at the end.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CROP_PADDING = 2  # pixels of reflect padding for random crops (at 16-32 px)
+
+
+def pick_device(name: str | None = None) -> torch.device:
+    """The one place a device is chosen: ``$TRANSFER_CORE_DEVICE``, else CUDA if present, else CPU."""
+    name = name or os.environ.get("TRANSFER_CORE_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What :func:`train` needs; built from a PretrainConfig or TransferConfig section."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    label_smoothing: float
+    momentum: float = 0.9
+    peak_epoch: float = 0.0  # 0 means "a fifth of the way in"
+
+    @classmethod
+    def from_section(cls, section) -> "Recipe":
+        return cls(section.epochs, section.batch_size, section.lr, section.weight_decay,
+                   section.label_smoothing, getattr(section, "momentum", 0.9),
+                   getattr(section, "peak_epoch", 0.0))
+
+
+def normalization(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``(3,)`` of a uint8 image batch, in [0, 255] units."""
+    x = images.float()
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1.0)
+
+
+def normalize(images: torch.Tensor, mean, std, device) -> torch.Tensor:
+    x = images.to(device, non_blocking=True).float()
+    return ((x - mean.to(device).view(1, 3, 1, 1)) / std.to(device).view(1, 3, 1, 1)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def batch_flip_lr(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def batch_crop(padded: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random ``size``-pixel crops ``(N, C, size, size)`` of an already padded batch."""
+    n, span = len(padded), padded.shape[-1] - size + 1
+    dy = torch.randint(0, span, (n,), generator=generator).to(padded.device)
+    dx = torch.randint(0, span, (n,), generator=generator).to(padded.device)
+    ar = torch.arange(size, device=padded.device)
+    rows = (dy[:, None] + ar)[:, None, :, None]  # (N, 1, size, 1)
+    cols = (dx[:, None] + ar)[:, None, None, :]  # (N, 1, 1, size)
+    batch = torch.arange(n, device=padded.device)[:, None, None, None]
+    chan = torch.arange(padded.shape[1], device=padded.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def triangular_lr(step: int, total_steps: int, peak_step: float) -> float:
+    """Multiplier in [0, 1]: rises linearly to 1 at ``peak_step``, falls to 0 at the end."""
+    if step < peak_step:
+        return (step + 1) / (peak_step + 1)
+    return max(0.0, (total_steps - step) / max(1.0, total_steps - peak_step))
+
+
+def make_optimizer(params, recipe: Recipe) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                           weight_decay=recipe.weight_decay)
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, generator: torch.Generator,
+          augment: bool = True, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``model`` in place on normalised images ``x (N, 3, R, R)`` and labels ``y (N,)``.
+
+    ``on_epoch(epoch, mean_loss)`` runs after each epoch (Optuna reports and prunes there).
+    Returns the mean training loss of every epoch; raises DivergenceError on a NaN loss.
+    """
+    device = x.device
+    size = x.shape[-1]
+    padded = F.pad(x, (CROP_PADDING,) * 4, mode="reflect") if augment else x
+    steps_per_epoch = max(1, math.ceil(len(x) / recipe.batch_size))
+    total = recipe.epochs * steps_per_epoch
+    peak = (recipe.peak_epoch or recipe.epochs / 5) * steps_per_epoch
+    optimizer = make_optimizer(model.parameters(), recipe)
+    use_amp = device.type == "cuda"
+    model.train()
+    losses, step = [], 0
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(len(x), generator=generator).to(device)
+        epoch_loss = torch.zeros((), device=device)
+        for i in range(steps_per_epoch):
+            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            if len(idx) == 0:
+                continue
+            batch = padded[idx]
+            if augment:
+                batch = batch_flip_lr(batch_crop(batch, size, generator), generator)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * triangular_lr(step, total, peak)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = F.cross_entropy(model(batch), y[idx], label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.detach() * len(idx)
+            step += 1
+        mean_loss = float(epoch_loss) / len(x)
+        if not math.isfinite(mean_loss):
+            raise DivergenceError(f"loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate")
+        losses.append(mean_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, mean_loss)
+    return losses
+
+
+@torch.no_grad()
+def infer(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Apply ``fn`` to ``x`` in batches, in eval precision; returns float32 on x's device."""
+    out = []
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        for chunk in x.split(batch_size):
+            out.append(fn(chunk).float())
+    return torch.cat(out)
+
+
+def train_linear_head(features: torch.Tensor, y: torch.Tensor, n_classes: int, recipe: Recipe,
+                      generator: torch.Generator,
+                      on_epoch: Callable[[int, float], None] | None = None) -> nn.Linear:
+    """Fit a linear classifier on cached features ``(N, D)``; returns it in raw-feature units.
+
+    Features are standardised for conditioning while training, and the standardisation is
+    folded into the returned layer, so ``head(features)`` needs no preprocessing.
+    """
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    z = (features - mean) / std
+    head = nn.Linear(features.shape[1], n_classes).to(features.device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    train(head, z, y, recipe, generator, augment=False, on_epoch=on_epoch)
+    folded = nn.Linear(features.shape[1], n_classes).to(features.device)
+    with torch.no_grad():
+        folded.weight.copy_(head.weight / std)
+        folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
+    return folded
