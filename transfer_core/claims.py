@@ -1,0 +1,146 @@
+"""Claiming work through the tracking store, so no index of a sweep is trained twice at once.
+
+The protocol needs nothing but a tracking store whose writes are visible to later reads
+(sqlite, an ``mlflow server`` on a database): no unique constraints, no locks.
+
+1. Write a claim: a RUNNING run tagged with who holds it (``claim_host``, ``claim_pid``)
+   and a ``heartbeat`` (unix seconds) that a background thread refreshes every
+   :data:`HEARTBEAT_S` seconds while the run trains.
+2. Read every other run of the same key (``tags.sweep_id = ... and tags.index = ...``).
+3. If any of them is FINISHED, or is a *live* claim, withdraw: tag our claim
+   ``superseded=true`` and end it KILLED. Otherwise we hold the key.
+
+Two claimers each write before they read, so the later reader always sees the earlier
+claim: at most one of them proceeds (both may withdraw and retry after a random delay).
+A claim is live while its process is: on the same host, while its pid exists; elsewhere,
+while its heartbeat is younger than :data:`STALE_AFTER_S`. Dead claims (a killed worker,
+a lost machine) and FAILED runs are *superseded* by the next claim, which tags them
+``superseded=true`` (ending orphaned RUNNING ones KILLED), so that no run counts twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from mlflow.entities import RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0  # how often a claim's heartbeat tag is refreshed
+STALE_AFTER_S = 90.0  # a claim from another host without a heartbeat for this long is dead
+SAME_HOST_STALE_AFTER_S = 3600.0  # guards against a reused pid on the same host
+SUPERSEDED_TAG = "superseded"
+HOST, PID = "claim_host", "claim_pid"
+HEARTBEAT = "heartbeat"
+ACTIVE = ("RUNNING", "SCHEDULED")
+
+
+def claim_tags() -> dict[str, str]:
+    """Tags that say this process holds a run, written when the run is created."""
+    return {HOST: socket.gethostname(), PID: str(os.getpid()), HEARTBEAT: f"{time.time():.1f}"}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_superseded(run) -> bool:
+    return run.data.tags.get(SUPERSEDED_TAG) == "true"
+
+
+def is_live(run, now: float | None = None) -> bool:
+    """Whether ``run`` is an active claim whose holder still runs (see the module docstring)."""
+    if run.info.status not in ACTIVE or is_superseded(run):
+        return False
+    tags = run.data.tags
+    now = time.time() if now is None else now
+    try:
+        age = now - float(tags.get(HEARTBEAT, run.info.start_time / 1000))
+    except ValueError:
+        age = float("inf")
+    if tags.get(HOST) == socket.gethostname() and tags.get(PID, "").isdigit():
+        return pid_alive(int(tags[PID])) and age < SAME_HOST_STALE_AFTER_S
+    return age < STALE_AFTER_S
+
+
+def withdraw(client: MlflowClient, run_id: str, reason: str) -> None:
+    """Give up a claim we hold: it never trained, so it must never count."""
+    client.log_batch(run_id, tags=[RunTag(SUPERSEDED_TAG, "true"), RunTag("superseded_reason", reason)])
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+
+
+def supersede(client: MlflowClient, run, by_run_id: str) -> None:
+    """Mark a dead claim or a FAILED run as replaced by ``by_run_id`` (ending it if still RUNNING)."""
+    client.log_batch(run.info.run_id, tags=[RunTag(SUPERSEDED_TAG, "true"), RunTag("superseded_by", by_run_id)])
+    if run.info.status in ACTIVE:
+        client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def key_filter(sweep_id: str, index: int, kind: str = "subset_run") -> str:
+    return (f"tags.`transfer_core.kind` = '{kind}' and tags.sweep_id = '{sweep_id}' "
+            f"and tags.index = '{index}'")
+
+
+def contest(client: MlflowClient, experiment_id: str, own_run_id: str, filter_string: str) -> str:
+    """Step 2-3 of the protocol for a claim ``own_run_id`` already written.
+
+    Returns ``"claimed"`` (stale and FAILED rivals are superseded), ``"done"`` (a rival is
+    FINISHED) or ``"busy"`` (a rival is a live claim); on the last two our claim is withdrawn.
+    """
+    rivals = [r for r in client.search_runs([experiment_id], filter_string, max_results=1000)
+              if r.info.run_id != own_run_id and not is_superseded(r)]
+    finished = [r for r in rivals if r.info.status == "FINISHED"]
+    if finished:
+        withdraw(client, own_run_id, f"run {finished[0].info.run_id} already finished this index")
+        return "done"
+    live = [r for r in rivals if is_live(r)]
+    if live:
+        withdraw(client, own_run_id, f"run {live[0].info.run_id} holds this index")
+        return "busy"
+    for rival in rivals:
+        supersede(client, rival, own_run_id)
+    return "claimed"
+
+
+class Heartbeat:
+    """A daemon thread that refreshes the ``heartbeat`` tag of the claim(s) this process holds."""
+
+    def __init__(self, client: MlflowClient, interval: float = HEARTBEAT_S):
+        self.client, self.interval = client, interval
+        self._runs: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="claim-heartbeat", daemon=True)
+        self._thread.start()
+
+    def hold(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.add(run_id)
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._runs.discard(run_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                runs = list(self._runs)
+            for run_id in runs:
+                try:
+                    self.client.set_tag(run_id, HEARTBEAT, f"{time.time():.1f}")
+                except Exception as exc:  # a missed beat is harmless; the next one retries
+                    log.warning("heartbeat for run %s failed: %s", run_id, exc)
