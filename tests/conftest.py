@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
 import mlflow
@@ -19,9 +21,23 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory):
+    """An MLflow sqlite file with the schema made once: creating one costs seconds, copying it none."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def tracking(tmp_path, monkeypatch):
+def tracking(tmp_path, monkeypatch, _empty_store):
     """A fresh sqlite MLflow store in tmp_path; returns its tracking URI."""
+    shutil.copy(_empty_store, tmp_path / "mlflow.db")
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    with db:  # the Default experiment's artifacts go under tmp_path too
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                   (str(tmp_path / "mlruns" / "0"),))
+    db.close()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # artifacts land under tmp_path/mlruns
