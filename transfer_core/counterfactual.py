@@ -132,15 +132,15 @@ class CounterfactualRuns:
     n_trained: int  # runs trained by this call (the rest were reused)
 
 
-def _q(value: str) -> str:
+def quote(value: str) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
 def finished_children(client, experiment_id: str, cf_id: str) -> dict[tuple[str, int, int], object]:
     """FINISHED runs of counterfactual ``cf_id`` keyed by (order, k, seed); the oldest wins."""
     runs = client.search_runs([experiment_id], max_results=50000, order_by=["attributes.start_time ASC"],
-                              filter_string=f"tags.`{KIND_TAG}` = {_q(CHILD_KIND)} and tags.counterfactual_id = "
-                                            f"{_q(cf_id)} and attributes.status = 'FINISHED'")
+                              filter_string=f"tags.`{KIND_TAG}` = {quote(CHILD_KIND)} and tags.counterfactual_id = "
+                                            f"{quote(cf_id)} and attributes.status = 'FINISHED'")
     done = {}
     for run in runs:
         t = run.data.tags
@@ -152,8 +152,8 @@ def _parent_run(client, experiment_id: str, cf_id: str, tags: dict, params: dict
     """The parent run: ``run_id`` (e.g. from ``mlflow run``), else this grid's earlier parent, else new."""
     if run_id is None:
         found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                                   filter_string=f"tags.`{KIND_TAG}` = {_q(PARENT_KIND)} and "
-                                                 f"tags.counterfactual_id = {_q(cf_id)}")
+                                   filter_string=f"tags.`{KIND_TAG}` = {quote(PARENT_KIND)} and "
+                                                 f"tags.counterfactual_id = {quote(cf_id)}")
         if found:
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
@@ -210,35 +210,3 @@ def run_counterfactual(runner, ranking: pd.DataFrame, plan: CounterfactualPlan, 
                         for m in ("target_val_acc", "target_test_acc", "source_acc")}})
     return CounterfactualRuns(parent, cf_id, pd.DataFrame(rows), names, len(todo))
 
-
-def find_analysis_run(client, experiment_id: str, run_id: str | None = None):
-    """The analysis run ``run_id``, or the latest FINISHED analysis run of the experiment."""
-    if run_id:
-        try:
-            run = client.get_run(run_id)
-        except Exception:
-            raise ConfigError(f"analysis run {run_id!r} does not exist; give the id of an `analyze` run") from None
-        if run.data.tags.get(KIND_TAG) != "analysis":
-            raise ConfigError(f"run {run_id} is not an analysis run (its {KIND_TAG} tag is "
-                              f"{run.data.tags.get(KIND_TAG)!r}); give the id of an `analyze` run")
-        if run.info.status != "FINISHED":
-            raise ConfigError(f"analysis run {run_id} is {run.info.status}, not FINISHED; rerun `analyze`")
-        return run
-    found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                               filter_string=f"tags.`{KIND_TAG}` = 'analysis' and attributes.status = 'FINISHED'")
-    if not found:
-        raise ConfigError("the experiment has no FINISHED analysis run; run `transfer-core analyze` first "
-                          "or pass --analysis RUN_ID")
-    return found[0]
-
-
-def sweep_config(client, experiment_id: str, sweep_id: str) -> RunConfig:
-    """The config the FINISHED runs of sweep ``sweep_id`` were trained with."""
-    from .tracking import run_config
-    found = client.search_runs([experiment_id], max_results=1,
-                               filter_string=f"tags.sweep_id = {_q(sweep_id)} and tags.`{KIND_TAG}` = 'subset_run' "
-                                             "and attributes.status = 'FINISHED'")
-    if not found:
-        raise ConfigError(f"sweep {sweep_id!r} has no FINISHED subset run in this experiment; "
-                          "run or resume the sweep first")
-    return run_config(found[0])

@@ -23,6 +23,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from mlflow.entities import RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -125,6 +126,10 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
     existing = _existing_version(client, name, counterfactual_run_id)
     if existing is not None:
         client.set_registered_model_alias(name, CHAMPION, existing.version)
+        if run_id is not None:  # a fresh `mlflow run` of this step: point it at the reused version
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {
+                KIND_TAG: REGISTER_KIND, "counterfactual_run_id": counterfactual_run_id, "registered_model": name,
+                "registered_version": str(existing.version), "message": message[:4900]}.items()])
         return Registration(name, str(existing.version), existing.tags.get("pruned") == "true",
                             message + f" (version {existing.version} reused)", existing.run_id or "")
 
@@ -154,9 +159,10 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
                       "input": "uint8 images (N, 3, R, R), RGB, values 0-255", "output": "logits (N, C)"},
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               f"numpy=={np.__version__}"])
+        version = str(info.registered_model_version)
         mlflow.log_metrics({"val_acc": float(tags["val_acc"]), "test_acc": float(tags["test_acc"])})
-        mlflow.set_tags({"registered_model": name, "pruned": tags["pruned"], "message": message[:4900]})
-    version = str(info.registered_model_version)
+        mlflow.set_tags({"registered_model": name, "registered_version": version, "pruned": tags["pruned"],
+                         "message": message[:4900]})
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHAMPION, version)
@@ -169,3 +175,16 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
         f"{config.data.resolution}, {config.data.resolution}); output: logits (N, {len(test.class_names)}). "
         f"Experiment {experiment!r}."))
     return Registration(name, version, pruned, message, run_id)
+
+
+def latest_counterfactual_run(experiment: str) -> str:
+    """Id of the experiment's latest FINISHED counterfactual run."""
+    client = MlflowClient()
+    found_experiment = client.get_experiment_by_name(experiment)
+    found = [] if found_experiment is None else client.search_runs(
+        [found_experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.`{KIND_TAG}` = '{PARENT_KIND}' and attributes.status = 'FINISHED'")
+    if not found:
+        raise ConfigError(f"experiment {experiment!r} has no FINISHED counterfactual run; run "
+                          "`transfer-core counterfactual` first or pass --counterfactual RUN_ID")
+    return found[0].info.run_id
