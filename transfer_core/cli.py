@@ -67,6 +67,41 @@ def friendly_errors(fn):
     return wrapper
 
 
+def transfer_params_option(fn):
+    """``--transfer-params-from RUN_ID|latest``: run with the recipe a ``tune`` run found."""
+    return click.option(
+        "--transfer-params-from", "transfer_params_from", default=None, metavar="RUN_ID|latest",
+        help="Use the best transfer hyperparameters of a `transfer-core tune` run: its MLflow run id, or "
+             "'latest' for the experiment's latest FINISHED tune run. They override the profile's and "
+             "--set's transfer values and are logged as params on every run.")(fn)
+
+
+def transfer_params_overrides(transfer_params_from, experiment, tracking_uri=None, transfer_mode=None):
+    """Config overrides for ``--transfer-params-from`` ({} when unset), e.g.
+    ``resolve_config(..., extra=transfer_params_overrides(transfer_params_from, experiment, tracking_uri,
+    transfer_mode))``. Refuses a recipe tuned for the other transfer mode than ``--transfer-mode``.
+    """
+    if transfer_params_from in (None, ""):
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import setup_tracking
+    from .tuning import tuned_overrides
+
+    setup_tracking(tracking_uri)
+    found = MlflowClient().get_experiment_by_name(experiment)
+    if found is None:
+        raise ConfigError(f"experiment {experiment!r} does not exist, so it has no tune run; run "
+                          "`transfer-core tune` first or pass the right --experiment")
+    run_id = None if transfer_params_from.strip().lower() == "latest" else transfer_params_from.strip()
+    overrides = tuned_overrides(found.experiment_id, run_id)
+    tuned_mode = overrides.get("transfer.mode")
+    if transfer_mode not in (None, "") and tuned_mode not in (None, transfer_mode):
+        raise ConfigError(f"the tune run tuned the {tuned_mode!r} transfer mode but --transfer-mode is "
+                          f"{transfer_mode!r}; drop --transfer-mode or tune the {transfer_mode!r} mode")
+    return overrides
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose):
@@ -114,6 +149,64 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
                                 log_checkpoint=log_checkpoint)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in {**result.metrics, **result.timings}.items())
     click.echo(f"run {run_id} FINISHED: {metrics}")
+
+
+@main.command("tune")
+@config_options
+@click.option("--n-trials", type=str, default="20", show_default=True,
+              help="Trials this call adds to the study (the study's first trial is the config's own recipe).")
+@click.option("--study-name", default=None,
+              help="Optuna study to create or extend. Default: <profile>-<mode>-<config hash>, so rerunning "
+                   "the same command adds trials to the same study.")
+@click.option("--storage", default=None,
+              help="Where the study lives: unset = journal file mlruns/optuna/<study>.journal (resumable, safe "
+                   "for several processes on one machine); a *.journal path; or an RDB URL such as "
+                   "postgresql://user:pw@host/db shared by several machines.")
+@click.option("--space", "space", multiple=True, metavar="SPEC",
+              help="Search space, e.g. 'lr=0.001:1:log;epochs=2:30;batch_size=64,128' (LOW:HIGH[:log] is a "
+                   "range, a comma list a choice; names: lr, weight_decay, epochs, label_smoothing, "
+                   "batch_size). Repeatable. Default: lr, weight_decay, epochs, label_smoothing (+ batch_size "
+                   "in full mode).")
+@click.option("--backbone-index", type=str, default=None,
+              help="Pretrain the shared backbone on the classes of sweep mask INDEX. Default: every source class.")
+@click.option("--timeout", type=str, default=None, help="Stop starting new trials after this many seconds.")
+@click.option("--sampler-seed", type=str, default=None,
+              help="Seed of the TPE sampler, for a reproducible search. Default: fresh (best when several "
+                   "processes share a study).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@friendly_errors
+def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
+                 n_trials, study_name, storage, space, backbone_index, timeout, sampler_seed, progress):
+    """Tune the transfer hyperparameters with Optuna on the target validation split.
+
+    One backbone is pretrained and logged, then every trial transfers it with other
+    hyperparameters; the study is one MLflow run with one child run per trial. Hand the
+    result to other commands with --transfer-params-from RUN_ID (or latest).
+    """
+    from .config import parse_value
+    from .search_space import SearchSpace
+    from .tracking import setup_tracking
+    from .tuning import TuneSettings, tune
+
+    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed)
+    optional = {"--backbone-index": (backbone_index, int), "--timeout": (timeout, float),
+                "--sampler-seed": (sampler_seed, int)}
+    values = {k: None if v in (None, "") else parse_value(k, v, kind) for k, (v, kind) in optional.items()}
+    space_specs = [s for s in space if s.strip().lower() != "default"]
+    settings = TuneSettings(
+        n_trials=parse_value("--n-trials", n_trials, int), study_name=study_name or None, storage=storage or None,
+        space=SearchSpace.parse(space_specs) if space_specs else None,
+        backbone_index=values["--backbone-index"], timeout_s=values["--timeout"],
+        sampler_seed=values["--sampler-seed"]).validate(config)
+    setup_tracking(tracking_uri)
+    result = tune(config, settings, experiment, data_root, profile=profile,
+                  run_id=os.environ.get("MLFLOW_RUN_ID"), progress=progress)
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts.items())
+    default = "n/a" if result.default_value is None else f"{result.default_value:.4f}"
+    recipe = ", ".join(f"{k}={v}" for k, v in result.best_params.items())
+    click.echo(f"study {result.study_name} ({result.storage}): {counts}\n"
+               f"best target_val_acc={result.best_value:.4f} (default recipe {default}) with {recipe}\n"
+               f"tune run {result.run_id}; use it with --transfer-params-from {result.run_id}")
 
 
 if __name__ == "__main__":

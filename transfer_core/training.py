@@ -154,18 +154,31 @@ def infer(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_siz
 
 def train_linear_head(features: torch.Tensor, y: torch.Tensor, n_classes: int, recipe: Recipe,
                       generator: torch.Generator,
-                      on_epoch: Callable[[int, float], None] | None = None) -> nn.Linear:
+                      on_epoch: Callable[[int, float], None] | None = None,
+                      val_features: torch.Tensor | None = None,
+                      on_val: Callable[[int, float, torch.Tensor], None] | None = None) -> nn.Linear:
     """Fit a linear classifier on cached features ``(N, D)``; returns it in raw-feature units.
 
     Features are standardised for conditioning while training, and the standardisation is
     folded into the returned layer, so ``head(features)`` needs no preprocessing.
+    With ``val_features (M, D)``, ``on_val(epoch, mean_loss, val_logits (M, n_classes))``
+    runs after each epoch on the head as trained so far (Optuna reports and prunes there).
     """
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     z = (features - mean) / std
     head = nn.Linear(features.shape[1], n_classes).to(features.device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    train(head, z, y, recipe, generator, augment=False, on_epoch=on_epoch)
+    z_val = None if val_features is None else (val_features - mean) / std
+
+    def after_epoch(epoch: int, loss: float) -> None:
+        if on_val is not None and z_val is not None:
+            with torch.no_grad():
+                on_val(epoch, loss, head(z_val))
+        if on_epoch is not None:
+            on_epoch(epoch, loss)
+
+    train(head, z, y, recipe, generator, augment=False, on_epoch=after_epoch)
     folded = nn.Linear(features.shape[1], n_classes).to(features.device)
     with torch.no_grad():
         folded.weight.copy_(head.weight / std)

@@ -59,6 +59,18 @@ def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: tor
     return model, (mean, std)
 
 
+def frozen_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Features ``(N, D)`` of normalised images ``x (N, 3, R, R)`` under the frozen backbone.
+
+    Freezes ``backbone`` in place: eval mode (BatchNorm statistics do not move) and no
+    gradients. Fixed-feature transfer computes these once and trains only a head on them.
+    """
+    backbone.eval()
+    for param in backbone.parameters():
+        param.requires_grad_(False)
+    return infer(backbone.features, x)
+
+
 def transfer(config: RunConfig, backbone: nn.Module, norm: tuple, data: TransferData,
              generator: torch.Generator, device, on_epoch=None) -> nn.Module:
     """Fit ``backbone`` to the target train split; returns the full target network.
@@ -73,10 +85,7 @@ def transfer(config: RunConfig, backbone: nn.Module, norm: tuple, data: Transfer
     x = normalize(data.target_train.images, *norm, device)
     y = data.target_train.labels.to(device)
     if t.mode == "fixed":
-        backbone.eval()
-        for param in backbone.parameters():
-            param.requires_grad_(False)
-        features = infer(backbone.features, x)
+        features = frozen_features(backbone, x)
         backbone.head = train_linear_head(features, y, n_target, recipe, generator, on_epoch=on_epoch)
     else:
         backbone.head = nn.Linear(backbone.feature_dim, n_target).to(device)
