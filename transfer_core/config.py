@@ -19,6 +19,7 @@ from typing import Any
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "profiles"
 ARCHS = ("resnet_small", "resnet18")
 TRANSFER_MODES = ("fixed", "full")
+TOP_LEVEL_SECTION = "subset"  # how alpha and sweep_seed are spelled as params: subset.alpha
 
 
 class ConfigError(ValueError):
@@ -113,8 +114,8 @@ def flatten(config: RunConfig) -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             for sub in fields(value):
                 flat[f"{f.name}.{sub.name}"] = getattr(value, sub.name)
-        else:
-            flat[f.name] = value
+        else:  # top-level fields are params "subset.<name>": `mlflow run -P alpha=` owns "alpha"
+            flat[f"{TOP_LEVEL_SECTION}.{f.name}"] = value
     return flat
 
 
@@ -151,14 +152,16 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     sections: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
     for key, raw in overrides.items():
+        if "." not in key:  # "alpha" is short for "subset.alpha"
+            key = f"{TOP_LEVEL_SECTION}.{key}"
         if key not in types:
             raise ConfigError(f"unknown config field {key!r}; valid fields are: {', '.join(sorted(types))}")
         value = parse_value(key, raw, types[key])
-        if "." in key:
-            section, name = key.split(".", 1)
-            sections.setdefault(section, {})[name] = value
+        section, name = key.split(".", 1)
+        if section == TOP_LEVEL_SECTION:
+            top[name] = value
         else:
-            top[key] = value
+            sections.setdefault(section, {})[name] = value
     for section, values in sections.items():
         top[section] = replace(getattr(config, section), **values)
     return replace(config, **top)

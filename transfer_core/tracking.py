@@ -5,7 +5,8 @@ The default store is embedded: ``sqlite:///mlruns/mlflow.db`` with artifacts und
 ``mlflow server`` that many workers share.
 
 Run layout (what the analysis reads back):
-  params     every config field (``data.source``, ``pretrain.epochs``, ...), ``index``, ``seed``
+  params     every config field (``data.source``, ``pretrain.epochs``, ``subset.alpha``, ...),
+             ``subset.index``, ``subset.seed``, ``subset.n_source_classes``, ``subset.n_kept``
   tags       ``transfer_core.kind`` = subset_run, ``sweep_id``, ``index``, ``config_hash``
   metrics    ``source_acc``, ``target_val_acc``, ``target_test_acc``, ``*_s`` phase times
   artifacts  ``class_mask.npy`` (n_source_classes,) bool, ``source_classes.json``,
@@ -94,8 +95,9 @@ def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, resu
                       log_checkpoint: bool) -> None:
     """Write everything about a finished run in two calls: one batch, one artifact upload."""
     now = int(time.time() * 1000)
-    params = {**config.to_params(), "index": str(index), "seed": str(seed),
-              "n_source_classes": str(len(source_class_names)), "n_kept": str(int(result.class_mask.sum()))}
+    params = {**config.to_params(), "subset.index": str(index), "subset.seed": str(seed),
+              "subset.n_source_classes": str(len(source_class_names)),
+              "subset.n_kept": str(int(result.class_mask.sum()))}
     metrics = {**result.metrics, **result.timings}
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                      params=[Param(k, v) for k, v in params.items()])

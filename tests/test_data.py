@@ -1,0 +1,83 @@
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transfer_core.config import DataConfig
+from transfer_core.data import DataError, load_split, load_transfer_data, resize, sample_per_class
+
+
+def _write_tree(root, classes=("ant", "bee"), per_class=3, size=32, split="train"):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for c in classes:
+        (root / split / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(a).save(root / split / c / f"{c}_{i}.webp", lossless=True)
+            arrays[f"{c}/{c}_{i}"] = a
+    return arrays
+
+
+def test_imagefolder_decodes_pixels_exactly_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / "cache"))
+    arrays = _write_tree(tmp_path / "tree")
+    ds = load_split(f"imagefolder:{tmp_path / 'tree'}", "train", 32)
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (6, 3, 32, 32)
+    assert ds.class_names == ["ant", "bee"] and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    for image, name in zip(ds.images, ds.file_names):
+        assert np.array_equal(image.permute(1, 2, 0).numpy(), arrays[name])
+    small = load_split(f"imagefolder:{tmp_path / 'tree'}", "train", 16)
+    assert small.images.shape == (6, 3, 16, 16)
+    assert len(list((tmp_path / "cache" / "tensors").glob("*.pt"))) == 2  # one per resolution
+    for p in (tmp_path / "tree" / "train" / "ant").iterdir():  # a second load reads the cache only
+        p.unlink()
+    assert torch.equal(load_split(f"imagefolder:{tmp_path / 'tree'}", "train", 32).images, ds.images)
+
+
+def test_cifar_from_archive_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "src" / "cifar10", per_class=2, split="train")
+    root = tmp_path / "root"
+    root.mkdir()
+    with tarfile.open(root / "cifar10.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10", arcname="cifar10")
+    ds = load_split("cifar10", "train", 16, data_root=root)
+    assert ds.images.shape == (4, 3, 16, 16)
+    with pytest.raises(DataError, match="has no cifar10/test/ folder"):
+        load_split("cifar10", "test", 16, data_root=root)
+
+    (root / "cifar100.tar.gz").write_bytes(b"not a gzip file at all")
+    with pytest.raises(DataError, match="corrupt or unreadable"):
+        load_split("cifar100", "train", 16, data_root=root)
+    with pytest.raises(DataError, match="does not exist"):
+        load_split("cifar10", "train", 16, data_root=tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="is empty"):
+        load_split("cifar10", "train", 16, data_root=tmp_path / "empty")
+    (tmp_path / "tree2" / "train" / "x").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images found"):
+        load_split(f"imagefolder:{tmp_path / 'tree2'}", "train", 16)
+
+
+def test_sample_per_class_and_target_split():
+    labels = torch.arange(10).repeat_interleave(50)
+    idx = sample_per_class(labels, 7, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [7] * 10
+    assert torch.equal(idx, sample_per_class(labels, 7, seed=0))
+    data = load_transfer_data(DataConfig(source="synthetic-source", target="synthetic-target",
+                                         source_images_per_class=20, target_train_images=0, val_fraction=0.25))
+    assert torch.bincount(data.source.labels).tolist() == [20] * data.source.n_classes
+    train_names, val_names = set(data.target_train.file_names), set(data.target_val.file_names)
+    assert not train_names & val_names
+    assert len(val_names) == round(0.25 * (len(train_names) + len(val_names)))
+    assert len(data.target_test) == 400  # the whole test split, in order
+    test = load_split("synthetic-target", "test", 16)
+    assert data.target_test.file_names == test.file_names and torch.equal(data.target_test.images, test.images)
+
+
+def test_resize_keeps_constant_images_constant():
+    x = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)
+    assert torch.equal(resize(x, 16), torch.full((2, 3, 16, 16), 77, dtype=torch.uint8))
