@@ -209,5 +209,78 @@ def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root
                f"tune run {result.run_id}; use it with --transfer-params-from {result.run_id}")
 
 
+@main.command("sweep")
+@config_options
+@transfer_params_option
+@click.option("--n-models", required=True, type=str,
+              help="Models (subset runs) the sweep should have. Rerunning trains only the missing ones; a larger "
+                   "number grows the sweep and reuses the runs it has.")
+@click.option("--workers", type=str, default="1", show_default=True,
+              help="Local worker processes; each loads the data once and gets cores/workers torch threads.")
+@click.option("--executor", type=str, default="local", show_default=True,
+              help="local (worker processes on this machine) or ray (one Ray task per model; needs "
+                   "pip install 'transfer-core[ray]').")
+@click.option("--ray-address", default=None,
+              help="Ray cluster to use, e.g. 10.0.0.5:6379 or auto [env: RAY_ADDRESS]. Unset: a local Ray instance.")
+@click.option("--ray-cpus-per-run", type=str, default="1", show_default=True, help="CPUs each Ray task reserves.")
+@click.option("--ray-gpus-per-run", type=str, default="0", show_default=True,
+              help="GPUs each Ray task reserves; a fraction (0.25) lets several small models share one card.")
+@click.option("--sweep-id", default=None,
+              help="Name the sweep yourself. Default: sweep-<hash of the config>, so the same command always "
+                   "means the same sweep. A stored sweep of that name must have the same config.")
+@click.option("--log-checkpoint/--no-log-checkpoint", default=False, show_default=True,
+              help="Log each transferred model as model.pt (about 0.3 MB per run for the quick profile).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@friendly_errors
+def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
+                  transfer_params_from, n_models, workers, executor, ray_address, ray_cpus_per_run,
+                  ray_gpus_per_run, sweep_id, log_checkpoint, progress):
+    """Train N subset runs of one config as one sweep: resumable, parallel, or on Ray.
+
+    The sweep is a parent MLflow run with one child run per model index. Interrupt it
+    at any time; the same command later trains only the indices without a FINISHED run.
+    """
+    from .config import parse_value
+    from .execution import check_executor
+    from .sweep import SweepIncomplete, sweep_with_summary
+
+    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed,
+                            extra=transfer_params_overrides(transfer_params_from, experiment, tracking_uri,
+                                                            transfer_mode))
+    workers = parse_value("--workers", workers, int)
+    check_executor(executor, workers)
+    summary = sweep_with_summary(
+        config, parse_value("--n-models", n_models, int), experiment=experiment, workers=workers,
+        executor=executor, ray_address=ray_address or None,
+        ray_cpus_per_run=parse_value("--ray-cpus-per-run", ray_cpus_per_run, float),
+        ray_gpus_per_run=parse_value("--ray-gpus-per-run", ray_gpus_per_run, float), data_root=data_root,
+        tracking_uri=tracking_uri, sweep_id=sweep_id or None, log_checkpoint=log_checkpoint,
+        invocation_run_id=os.environ.get("MLFLOW_RUN_ID"), progress=progress)
+    click.echo(f"sweep {summary.sweep_id} (parent run {summary.parent_run_id}): {summary.n_finished} of "
+               f"{summary.n_models} runs FINISHED ({summary.n_reused} reused, {summary.n_trained} trained, "
+               f"{summary.n_failed} failed); wall time per run median {summary.run_wall_median_s:.1f} s, "
+               f"p90 {summary.run_wall_p90_s:.1f} s; total {summary.total_wall_s:.1f} s")
+    if not summary.complete:
+        raise SweepIncomplete(summary)
+
+
+@main.command("sweeps")
+@click.option("--experiment", default="transfer_core", show_default=True, help="MLflow experiment name.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@friendly_errors
+def sweeps_command(experiment, tracking_uri):
+    """List the sweep ids of an experiment, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    from .sweep import find_sweeps
+    from .tracking import setup_tracking
+
+    setup_tracking(tracking_uri)
+    found = MlflowClient().get_experiment_by_name(experiment)
+    for sweep_id in find_sweeps(found.experiment_id) if found else []:
+        click.echo(sweep_id)
+
+
 if __name__ == "__main__":
     sys.exit(main())
