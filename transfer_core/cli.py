@@ -282,5 +282,134 @@ def sweeps_command(experiment, tracking_uri):
         click.echo(sweep_id)
 
 
+@main.command("counterfactual")
+@click.option("--experiment", default="transfer_core", show_default=True, help="MLflow experiment name.")
+@click.option("--analysis", "analysis_run_id", default=None,
+              help="Analysis run whose class ranking (class_influence.csv) to check. Default: the experiment's "
+                   "latest FINISHED analysis run.")
+@click.option("--orders", default="bottom,top,random", show_default=True,
+              help="Removal orders, comma-separated: bottom (the k most detrimental classes), top (the k most "
+                   "helpful), random (k random classes, a baseline).")
+@click.option("--ks", default="0,5,10,20", show_default=True,
+              help="Numbers of removed classes, comma-separated; 0 (the full source) is always included.")
+@click.option("--seeds", default="3", show_default=True,
+              help="Training seeds per grid point; confidence intervals are over seeds.")
+@click.option("--profile", default=None,
+              help="Train with this profile instead of the config of the analysed sweep's runs (the default).")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a config field on top of the sweep's config, e.g. --set transfer.epochs=20.")
+@transfer_params_option
+@click.option("--data-root", type=click.Path(), default=None, envvar="TRANSFER_CORE_DATA",
+              help="Folder with the CIFAR archives or trees [env: TRANSFER_CORE_DATA].")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@friendly_errors
+def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides,
+                           transfer_params_from, data_root, tracking_uri, progress):
+    """Retrain without the classes an analysis ranks most detrimental / helpful / at random.
+
+    Each (order, k, seed) is one child run of a counterfactual parent run, which gets a
+    plot of target test accuracy against k, tables, and the pruned source chosen on
+    validation accuracy. Rerunning the same command trains only the missing points.
+    """
+    from .config import parse_value
+    from .counterfactual import CounterfactualPlan, parse_list
+    from .counterfactual_job import counterfactual_from_analysis
+    from .tracking import setup_tracking
+
+    plan = CounterfactualPlan(parse_list(orders, str, "--orders"), parse_list(ks, int, "--ks"),
+                              parse_value("--seeds", seeds, int))
+    merged = {}
+    for item in overrides:
+        merged.update(parse_overrides(item))
+    merged.update(transfer_params_overrides(transfer_params_from, experiment, tracking_uri))
+    setup_tracking(tracking_uri)
+    outcome = counterfactual_from_analysis(experiment, plan, analysis_run_id=analysis_run_id or None,
+                                           profile=profile or None, overrides=merged, data_root=data_root,
+                                           parent_run_id=os.environ.get("MLFLOW_RUN_ID"), progress=progress)
+    runs = outcome.runs
+    click.echo(f"counterfactual {runs.counterfactual_id} (run {runs.parent_run_id}) of analysis "
+               f"{outcome.analysis_run_id}: {len(runs.table)} runs ({runs.n_trained} trained, "
+               f"{len(runs.table) - runs.n_trained} reused)\n{outcome.selection.describe()}")
+
+
+@main.command("register")
+@click.option("--experiment", default="transfer_core", show_default=True, help="MLflow experiment name.")
+@click.option("--counterfactual", "counterfactual_run_id", default=None,
+              help="Counterfactual run whose chosen model to register. Default: the experiment's latest "
+                   "FINISHED counterfactual run.")
+@click.option("--name", default=None, help="Registered model name. Default: <experiment>-target.")
+@click.option("--data-root", type=click.Path(), default=None, envvar="TRANSFER_CORE_DATA",
+              help="Folder with the CIFAR archives or trees [env: TRANSFER_CORE_DATA] (for the input example).")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@friendly_errors
+def register_command(experiment, counterfactual_run_id, name, data_root, tracking_uri):
+    """Register the champion target model (alias `champion`) in the MLflow Model Registry.
+
+    The pruned source's model becomes champion only if it beat the full source on
+    validation; otherwise the full-source model does, and the command says so.
+    """
+    from .registry import latest_counterfactual_run, register_champion
+    from .tracking import setup_tracking
+
+    setup_tracking(tracking_uri)
+    run_id = counterfactual_run_id or latest_counterfactual_run(experiment)
+    result = register_champion(run_id, data_root=data_root, name=name or None,
+                               run_id=os.environ.get("MLFLOW_RUN_ID"))
+    click.echo(f"{result.message}\nregistered {result.name} version {result.version}: {result.uri}")
+
+
+@main.command("main")
+@click.option("--profile", default="quick", show_default=True,
+              help=f"Named experiment config ({', '.join(profile_names())}) or a .toml path, for every step.")
+@click.option("--experiment", default="transfer_core", show_default=True, help="MLflow experiment name.")
+@click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+              help="Override a config field in every step, e.g. --set pretrain.epochs=4. Repeatable.")
+@click.option("--tune-trials", default="8", show_default=True, help="Optuna trials of the tune step; 0 skips it.")
+@click.option("--n-models", default="40", show_default=True, help="Subset runs in the sweep.")
+@click.option("--workers", default="1", show_default=True, help="Local worker processes of the sweep.")
+@click.option("--orders", default="bottom,top,random", show_default=True, help="Counterfactual removal orders.")
+@click.option("--ks", default="0,10,25", show_default=True, help="Counterfactual numbers of removed classes.")
+@click.option("--seeds", default="2", show_default=True, help="Counterfactual seeds per grid point.")
+@click.option("--data-root", type=click.Path(), default=None, envvar="TRANSFER_CORE_DATA",
+              help="Folder with the CIFAR archives or trees [env: TRANSFER_CORE_DATA].")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@friendly_errors
+def main_job(profile, experiment, overrides, tune_trials, n_models, workers, orders, ks, seeds, data_root,
+             tracking_uri):
+    """The main job: tune -> sweep -> analyze -> counterfactual -> register, reusing finished steps.
+
+    Each step is an MLproject entry point run by mlflow.run with the local environment; a
+    step whose FINISHED run has the same parameters, config and data is reused. At the end
+    it prints the MLflow UI command, the analysis report and the registered model URI.
+    """
+    from mlflow.entities import RunTag
+
+    from .config import parse_value
+    from .tracking import setup_tracking
+    from .workflow import MainSettings, Workflow, start_main_run
+
+    merged = {}
+    for item in overrides:
+        merged.update(parse_overrides(item))
+    settings = MainSettings(
+        profile=profile, experiment=experiment, overrides=",".join(f"{k}={v}" for k, v in merged.items()),
+        tune_trials=parse_value("--tune-trials", tune_trials, int), n_models=parse_value("--n-models", n_models, int),
+        workers=parse_value("--workers", workers, int), orders=orders, ks=ks, seeds=parse_value("--seeds", seeds, int))
+    if data_root:
+        os.environ["TRANSFER_CORE_DATA"] = str(data_root)  # the steps run in subprocesses
+    uri = setup_tracking(tracking_uri)
+    workflow = Workflow(settings, data_root, echo=click.echo)
+    with start_main_run(workflow.client, workflow.experiment_id) as run:
+        result = workflow.run()
+        mlflow_tags = {f"step.{k}": v for k, v in result.steps.items()}
+        workflow.client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in {
+            **mlflow_tags, "model_uri": result.model_uri, "report_path": result.report_path}.items()])
+    click.echo(result.where_to_look(uri))
+
+
 if __name__ == "__main__":
     sys.exit(main())
