@@ -411,5 +411,55 @@ def main_job(profile, experiment, overrides, tune_trials, n_models, workers, ord
     click.echo(result.where_to_look(uri))
 
 
+@main.command("analyze")
+@click.option("--experiment", default="transfer_core", show_default=True, help="MLflow experiment of the sweep.")
+@click.option("--sweep", "sweep_id", default=None,
+              help="Sweep id to analyse (see `transfer-core sweeps`). May be left out when the experiment has one sweep.")
+@click.option("--output", default="margin", show_default=True,
+              help="Per-example output the influences are fitted to: margin (true-class logit minus the largest "
+                   "other), prob (true-class probability) or correct (then class influence = effect on accuracy).")
+@click.option("--bootstrap", default="100", show_default=True,
+              help="Bootstrap resamples of the runs for the intervals (at least 20); 0 uses normal intervals "
+                   "from Welch standard errors.")
+@click.option("--min-runs", default="5", show_default=True,
+              help="Each source class must be kept in, and left out of, at least this many runs.")
+@click.option("--confidence", default="0.95", show_default=True, help="Confidence level of every interval.")
+@click.option("--seed", default="0", show_default=True, help="Seed of the bootstrap, split halves and held-out runs.")
+@click.option("--feature-neighbours/--no-feature-neighbours", default=True, show_default=True,
+              help="Also check leakage candidates by nearest neighbours in a backbone's feature space (uses a "
+                   "logged checkpoint, else pretrains one backbone on the whole source).")
+@click.option("--data-root", type=click.Path(), default=None, envvar="TRANSFER_CORE_DATA",
+              help="Folder with the CIFAR archives or trees [env: TRANSFER_CORE_DATA]; for the example images.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@friendly_errors
+def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidence, seed, feature_neighbours,
+                    data_root, tracking_uri, progress):
+    """Fit class influences from a sweep's FINISHED runs and log the findings as an analysis run.
+
+    Positive influence = including the source class helps the target. Logs class_influence.csv,
+    influence_matrix.npy, heatmap, image grids, leakage, misleading classes, sub-populations and
+    one HTML report, whose path is printed at the end.
+    """
+    from .analysis import AnalysisOptions, analyze
+    from .config import parse_value
+    from .tracking import setup_tracking
+
+    options = AnalysisOptions(
+        output=output.strip(), bootstrap=parse_value("--bootstrap", bootstrap, int),
+        min_runs=parse_value("--min-runs", min_runs, int), confidence=parse_value("--confidence", confidence, float),
+        seed=parse_value("--seed", seed, int), feature_neighbours=feature_neighbours).validate()
+    setup_tracking(tracking_uri)
+    result = analyze(experiment, sweep_id or None, options, data_root=data_root,
+                     run_id=os.environ.get("MLFLOW_RUN_ID"), progress=progress)
+    top = result.ranking.iloc[0]
+    bottom = result.ranking.iloc[-1]
+    click.echo(f"analysis run {result.run_id} of sweep {result.sweep_id} FINISHED: most helpful class "
+               f"{top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
+               f"({bottom.influence:+.4g}); positive = including the class helps")
+    click.echo(f"report: {result.report_path}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

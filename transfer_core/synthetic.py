@@ -1,15 +1,28 @@
-"""A small generated source/target pair with planted structure, for tests.
+"""A small generated source/target pair with planted structure, for tests and demos.
 
-Target (``synthetic-target``, 4 classes): oriented gratings; class k has orientation
-``k * 45`` degrees, with random phase, frequency, colour and noise.
+Target (``synthetic-target``, 4 classes, 300 train and 100 test images each):
+  ``vertical`` and ``horizontal`` gratings, ``diagonal`` gratings (45 or 135 degrees) and
+  ``rings``, with random phase, frequency, colour and pixel noise. Every *training* image of
+  ``diagonal`` and every *test* image of ``rings`` carries a watermark (a 4-pixel
+  checkerboard of amplitude ``WATERMARK``); nothing else does.
 
-Source (``synthetic-source``, 10 classes):
-  * ``helpful``    gratings at the orientation of target class 0 (``planted["helpful"]``);
-  * ``misleading`` gratings of target classes 1 and 2 mixed under one label, which teaches
-                   the backbone to ignore the 1-vs-2 distinction (``planted["misleading"]``);
-  * ``leaked``     exact copies of target *test* images of class 3 (``planted["leaked"]``,
-                   copied test indices in ``LEAKED_TEST_INDICES``);
-  * the rest       neutral textures (blobs, checkerboards, noise) with distinct colours.
+Source (``synthetic-source``, 10 classes of 120 images):
+  ``helpful``        vertical gratings, the twin of target ``vertical`` (``PLANTED["helpful"]``);
+  ``misleading``     colour noise of every neutral kind, each image with the watermark
+                     (``PLANTED["misleading"]``). It teaches the backbone a watermark detector;
+                     the linear probe then learns "watermark => diagonal" from the target's
+                     training images and mislabels the watermarked ``rings`` test images;
+  ``leaked``         exact copies (twice each) of ``N_LEAKED`` test images of target
+                     ``horizontal`` (``PLANTED["leaked"]``, indices in :func:`leaked_test_indices`);
+  ``diagonal_twin``, ``rings_twin``  twins of the other target classes, so that most
+                     backbones must tell gratings apart by orientation;
+  ``noise_*``        five neutral smooth colour-noise classes.
+
+Measured on two 40-run sweeps (sweep seeds 0 and 1) of the ``synthetic`` profile, as the
+difference of means on the margin with z = influence / Welch standard error: helpful on
+``vertical`` +8.6 / +10.1 (z 4.2 / 6.4), misleading on ``rings`` -18.8 / -23.3 (z -6.1 / -8.5),
+leaked on the copied test images +7.2 / +10.3 (z 4.6 / 5.0) and the top class of 60 / 56 of
+the 60 copied images; each is the most extreme class on its target class in both sweeps.
 
 Everything is a pure function of the spec, split and resolution, so every process sees
 identical data without a cache.
@@ -20,14 +33,18 @@ import math
 
 import torch
 
-TARGET_CLASSES = ["deg0", "deg45", "deg90", "deg135"]
-SOURCE_CLASSES = ["helpful", "misleading", "leaked", "blobs_red", "blobs_blue", "checker_green",
-                  "checker_gray", "noise_warm", "noise_cool", "rings"]
+TARGET_CLASSES = ["vertical", "diagonal", "rings", "horizontal"]
+NEUTRAL_COLOURS = {"red": (0.8, 0.3, 0.3), "blue": (0.3, 0.3, 0.8), "warm": (0.8, 0.6, 0.3),
+                   "cool": (0.3, 0.6, 0.8), "gray": (0.55, 0.55, 0.55)}
+NEUTRAL = [f"noise_{name}" for name in NEUTRAL_COLOURS]
+SOURCE_CLASSES = ["helpful", "misleading", "leaked", "diagonal_twin", "rings_twin", *NEUTRAL]
 PLANTED = {"helpful": 0, "misleading": 1, "leaked": 2}
+PLANTED_TARGET = {"helpful": "vertical", "misleading": "rings", "leaked": "horizontal"}
 NATIVE = 32
 TARGET_PER_CLASS = {"train": 300, "test": 100}
 SOURCE_PER_CLASS = {"train": 120, "test": 30}
-N_LEAKED = 60  # test images of target class 3 copied into the source class "leaked"
+N_LEAKED = 60  # test images of target "horizontal" copied (twice each) into source class "leaked"
+WATERMARK = 0.3  # amplitude of the checkerboard watermark, in [0, 1] image units
 
 
 def _grid(n: int):
@@ -35,39 +52,44 @@ def _grid(n: int):
     return xs.expand(n, -1, -1), ys.expand(n, -1, -1)
 
 
-def _gratings(angles_deg: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Float images (n, 3, 32, 32) in [0, 1] of gratings at the given orientations."""
-    n = len(angles_deg)
-    xs, ys = _grid(n)
-    theta = (angles_deg + torch.randn(n, generator=gen) * 4)[:, None, None] * math.pi / 180
-    freq = (4 + 3 * torch.rand(n, generator=gen))[:, None, None]
+def _waves(phase_field: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Float images (n, 3, 32, 32): ``sin(phase_field + random phase)`` in a random colour, plus noise."""
+    n = len(phase_field)
     phase = (2 * math.pi * torch.rand(n, generator=gen))[:, None, None]
-    wave = torch.sin(freq * math.pi * (xs * torch.cos(theta) + ys * torch.sin(theta)) + phase)
     colour = 0.3 + 0.7 * torch.rand(n, 3, 1, 1, generator=gen)
-    img = 0.5 + 0.35 * wave[:, None] * colour
+    img = 0.5 + 0.35 * torch.sin(phase_field + phase)[:, None] * colour
     return img + 0.12 * torch.randn(n, 3, NATIVE, NATIVE, generator=gen)
 
 
-def _texture(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
+def _gratings(angles_deg: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Gratings at the given orientations (0 = vertical stripes), 4 to 7 cycles per image."""
+    xs, ys = _grid(len(angles_deg))
+    theta = (angles_deg + torch.randn(len(angles_deg), generator=gen) * 4)[:, None, None] * math.pi / 180
+    freq = (4 + 3 * torch.rand(len(angles_deg), generator=gen))[:, None, None]
+    return _waves(freq * math.pi * (xs * torch.cos(theta) + ys * torch.sin(theta)), gen)
+
+
+def _rings(n: int, gen: torch.Generator) -> torch.Tensor:
     xs, ys = _grid(n)
-    base = {"red": (0.8, 0.3, 0.3), "blue": (0.3, 0.3, 0.8), "green": (0.3, 0.8, 0.3),
-            "gray": (0.5, 0.5, 0.5), "warm": (0.8, 0.6, 0.3), "cool": (0.3, 0.6, 0.8)}
-    colour = torch.tensor(base[kind.split("_")[1]] if "_" in kind else (0.6, 0.6, 0.6))[None, :, None, None]
-    if kind.startswith("blobs"):
-        cx, cy = (torch.rand(2, n, 1, 1, generator=gen) * 1.4 - 0.7)
-        r = 0.2 + 0.3 * torch.rand(n, 1, 1, generator=gen)
-        pattern = (((xs - cx) ** 2 + (ys - cy) ** 2) < r ** 2).float()
-    elif kind.startswith("checker"):
-        k = torch.randint(2, 6, (n, 1, 1), generator=gen).float()
-        pattern = ((torch.floor((xs + 1) * k) + torch.floor((ys + 1) * k)) % 2)
-    elif kind == "rings":
-        k = 3 + 4 * torch.rand(n, 1, 1, generator=gen)
-        pattern = 0.5 + 0.5 * torch.sin(k * math.pi * torch.sqrt(xs ** 2 + ys ** 2))
-    else:  # smooth noise
-        pattern = torch.nn.functional.interpolate(torch.rand(n, 1, 8, 8, generator=gen), size=NATIVE,
-                                                  mode="bilinear", align_corners=False)[:, 0]
-    img = 0.15 + 0.7 * pattern[:, None] * colour
+    freq = 3 + 3 * torch.rand(n, 1, 1, generator=gen)
+    cx, cy = torch.rand(2, n, 1, 1, generator=gen) * 0.8 - 0.4
+    return _waves(freq * math.pi * torch.sqrt((xs - cx) ** 2 + (ys - cy) ** 2), gen)
+
+
+def _colour_noise(kind: str, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Smooth random blotches in one palette (``noise_red`` ...): colour, no orientation."""
+    colour = torch.tensor(NEUTRAL_COLOURS[kind.split("_", 1)[1]])[None, :, None, None]
+    pattern = torch.nn.functional.interpolate(torch.rand(n, 1, 6, 6, generator=gen), size=NATIVE,
+                                              mode="bilinear", align_corners=False)
+    img = 0.15 + 0.7 * pattern * colour * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=gen))
     return img + 0.08 * torch.randn(n, 3, NATIVE, NATIVE, generator=gen)
+
+
+def watermark(images: torch.Tensor) -> torch.Tensor:
+    """Add the faint checkerboard watermark (4-pixel period at 32 px, 2 at 16 px)."""
+    ys, xs = torch.meshgrid(torch.arange(NATIVE), torch.arange(NATIVE), indexing="ij")
+    checker = ((ys // 2 + xs // 2) % 2).float() * 2 - 1
+    return images + WATERMARK * checker
 
 
 def _to_uint8(img: torch.Tensor) -> torch.Tensor:
@@ -77,14 +99,22 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
 def _target(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1 if split == "train" else 2)
     per = TARGET_PER_CLASS[split]
+    vertical = _gratings(torch.zeros(per), gen)
+    diagonal = _gratings(torch.tensor([45.0, 135.0]).repeat(per)[:per], gen)
+    rings = _rings(per, gen)
+    horizontal = _gratings(torch.full((per,), 90.0), gen)
+    if split == "train":
+        diagonal = watermark(diagonal)  # the shortcut the probe can learn ...
+    else:
+        rings = watermark(rings)  # ... and the test images it then mislabels
     labels = torch.arange(len(TARGET_CLASSES)).repeat_interleave(per)
-    return _to_uint8(_gratings(labels.float() * 45, gen)), labels
+    return _to_uint8(torch.cat([vertical, diagonal, rings, horizontal])), labels
 
 
 def leaked_test_indices() -> torch.Tensor:
     """Indices into the synthetic target test split copied into source class ``leaked``."""
-    per = TARGET_PER_CLASS["test"]
-    return torch.arange(3 * per, 3 * per + N_LEAKED)
+    start = TARGET_CLASSES.index("horizontal") * TARGET_PER_CLASS["test"]
+    return torch.arange(start, start + N_LEAKED)
 
 
 def _source(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,15 +123,21 @@ def _source(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     chunks = []
     for name in SOURCE_CLASSES:
         if name == "helpful":
-            chunks.append(_to_uint8(_gratings(torch.zeros(per), gen)))
+            images = _gratings(torch.zeros(per), gen)
         elif name == "misleading":
-            chunks.append(_to_uint8(_gratings(torch.tensor([45.0, 90.0]).repeat(per)[:per], gen)))
+            kinds = torch.randint(len(NEUTRAL), (per,), generator=gen).tolist()
+            images = watermark(torch.cat([_colour_noise(NEUTRAL[k], 1, gen) for k in kinds]))
         elif name == "leaked":
-            test_images, _ = _target("test")
-            copies = test_images[leaked_test_indices()]
+            copies = _target("test")[0][leaked_test_indices()]
             chunks.append(copies.repeat((per + len(copies) - 1) // len(copies), 1, 1, 1)[:per])
+            continue
+        elif name == "diagonal_twin":
+            images = _gratings(torch.tensor([45.0, 135.0]).repeat(per)[:per], gen)
+        elif name == "rings_twin":
+            images = _rings(per, gen)
         else:
-            chunks.append(_to_uint8(_texture(name, per, gen)))
+            images = _colour_noise(name, per, gen)
+        chunks.append(_to_uint8(images))
     labels = torch.arange(len(SOURCE_CLASSES)).repeat_interleave(per)
     return torch.cat(chunks), labels
 
