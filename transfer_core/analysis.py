@@ -155,11 +155,16 @@ class AnalysisResult:
 
 
 def resolve_sweep(experiment_id: str, experiment: str, sweep_id: str | None) -> str:
-    """``sweep_id``, or the experiment's only sweep."""
+    """``sweep_id``, or the experiment's only sweep (by its parent run, else by its subset runs' tags)."""
+    from .collect import search_all
     from .sweep import find_sweeps
     if sweep_id:
         return sweep_id
     sweeps = find_sweeps(experiment_id)
+    if not sweeps:  # runs logged without a sweep parent, e.g. by SubsetRunner in a loop
+        runs = search_all(MlflowClient(), [experiment_id], f"tags.`{KIND_TAG}` = 'subset_run' and "
+                                                           "attributes.status = 'FINISHED'")
+        sweeps = sorted({r.data.tags["sweep_id"] for r in runs if r.data.tags.get("sweep_id")})
     if len(sweeps) == 1:
         return sweeps[0]
     if not sweeps:

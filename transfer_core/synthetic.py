@@ -29,6 +29,7 @@ identical data without a cache.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -96,6 +97,7 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+@functools.lru_cache(maxsize=2)  # pure: generate each split once per process
 def _target(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(1 if split == "train" else 2)
     per = TARGET_PER_CLASS[split]
@@ -117,6 +119,7 @@ def leaked_test_indices() -> torch.Tensor:
     return torch.arange(start, start + N_LEAKED)
 
 
+@functools.lru_cache(maxsize=2)
 def _source(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(3 if split == "train" else 4)
     per = SOURCE_PER_CLASS[split]
@@ -154,4 +157,4 @@ def make_synthetic(spec: str, split: str, resolution: int):
     else:
         raise ConfigError(f"unknown synthetic dataset {spec!r}; use synthetic-source or synthetic-target")
     files = [f"{names[l]}/{spec}_{split}_{i:05d}" for i, l in enumerate(labels.tolist())]
-    return ImageSet(resize(images, resolution), labels, list(names), files)
+    return ImageSet(resize(images, resolution).clone(), labels.clone(), list(names), files)
