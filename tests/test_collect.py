@@ -64,7 +64,7 @@ def test_collect_equals_a_naive_read_and_reads_only_new_runs(tracking, monkeypat
     exp = client.create_experiment("collect")
     ids = {i: log_fake_run(client, exp, "sw", i, rng) for i in (3, 0, 2, 1)}
     log_fake_run(client, exp, "sw", 1, rng)  # a second FINISHED run of index 1: later, not counted
-    log_fake_run(client, exp, "sw", 4, rng, status="FAILED")
+    log_fake_run(client, exp, "sw", 4, rng, status="FAILED")  # not counted
     log_fake_run(client, exp, "other", 5, rng)  # another sweep
 
     first = collect_sweep("sw", exp, progress=False)
@@ -89,8 +89,19 @@ def test_collect_equals_a_naive_read_and_reads_only_new_runs(tracking, monkeypat
     masks, outputs = naive_collect([ids[5]])
     np.testing.assert_array_equal(second.masks[-1], masks[0])
     np.testing.assert_array_equal(second.outputs["prob"][-1], outputs["prob"][0])
+    again = collect_sweep("sw", exp, progress=False)  # nothing new: served from the cache alone
+    assert again.run_ids == second.run_ids
+    for key in second.outputs:
+        np.testing.assert_array_equal(again.outputs[key], second.outputs[key])
+
+    ids[4] = log_fake_run(client, exp, "sw", 4, rng)  # index 4 retried: lands between cached rows
+    third = collect_sweep("sw", exp, progress=False)
+    assert third.indices.tolist() == [0, 1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(third.outputs["margin"][0], original)
+    third.outputs["margin"][0] = 0  # what the files hold now
+    assert_matches_naive(third, [ids[i] for i in range(6)])
     uncached = collect_sweep("sw", exp, use_cache=False, progress=False)
-    assert_matches_naive(uncached, [ids[i] for i in (0, 1, 2, 3, 5)])
+    assert_matches_naive(uncached, [ids[i] for i in range(6)])
     assert not uncached.outputs["margin"][0].any()
 
 

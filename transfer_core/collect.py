@@ -8,10 +8,12 @@ change, so the cache is keyed by run id and needs no invalidation.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,16 +62,30 @@ def finished_filter(sweep_id: str) -> str:
             "and attributes.status = 'FINISHED'")
 
 
+@contextmanager
+def _gc_paused():
+    """Pause the cyclic garbage collector: a search builds ~40 ORM objects per run, and collections
+    triggered by those allocations (which free nothing) made 10,000-run searches 3x slower."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by=None) -> list:
     """Every run matching ``filter_string``: one query, paged when there are more than 50,000."""
     runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, ViewType.ACTIVE_ONLY,
-                                  SEARCH_MAX_RESULTS_THRESHOLD, order_by, token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    with _gc_paused():
+        while True:
+            page = client.search_runs(experiment_ids, filter_string, ViewType.ACTIVE_ONLY,
+                                      SEARCH_MAX_RESULTS_THRESHOLD, order_by, token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
 
 def all_experiment_ids(client: MlflowClient) -> list[str]:
@@ -178,24 +194,31 @@ def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=Tru
     else:
         n_classes, labels = cache["masks"].shape[1], cache["target_labels"]
     n, n_test = len(runs), len(labels)
-    masks = np.zeros((n, n_classes), dtype=bool)
-    outputs = {"margin": np.zeros((n, n_test), np.float16), "prob": np.zeros((n, n_test), np.float16),
-               "correct": np.zeros((n, n_test), bool)}
+    from_cache = [(row, cached_rows[run_id]) for row, run_id in enumerate(run_ids) if run_id not in fresh]
+    if len(from_cache) == n and len(cache["run_ids"]) == n and all(r == s for r, s in from_cache):
+        masks, outputs = cache["masks"], {key: cache[key] for key in OUTPUT_KEYS}  # the cache is the answer
+    else:
+        masks = np.zeros((n, n_classes), dtype=bool)
+        outputs = {"margin": np.zeros((n, n_test), np.float16), "prob": np.zeros((n, n_test), np.float16),
+                   "correct": np.zeros((n, n_test), bool)}
+    if from_cache and masks is not cache["masks"]:
+        rows, src = (np.array(a) for a in zip(*from_cache))
+        if np.array_equal(rows, np.arange(len(rows))) and np.array_equal(src, np.arange(len(src))):
+            rows = src = slice(0, len(from_cache))  # the usual case, a grown sweep: copy one block
+        masks[rows] = cache["masks"][src]
+        for key in OUTPUT_KEYS:
+            outputs[key][rows] = cache[key][src]
     for row, run_id in enumerate(run_ids):
-        if run_id in fresh:
-            mask, out = fresh[run_id]
-            if len(mask) != n_classes or not np.array_equal(out["labels"], labels):
-                raise ConfigError(f"run {run_id} of sweep {sweep_id} has {len(mask)} source classes and "
-                                  f"{len(out['labels'])} test labels, unlike the sweep's other runs; "
-                                  "delete it in the MLflow UI or start a new sweep")
-            masks[row] = mask
-            for key in OUTPUT_KEYS:
-                outputs[key][row] = out[key]
-        else:
-            src = cached_rows[run_id]
-            masks[row] = cache["masks"][src]
-            for key in OUTPUT_KEYS:
-                outputs[key][row] = cache[key][src]
+        if run_id not in fresh:
+            continue
+        mask, out = fresh[run_id]
+        if len(mask) != n_classes or not np.array_equal(out["labels"], labels):
+            raise ConfigError(f"run {run_id} of sweep {sweep_id} has {len(mask)} source classes and "
+                              f"{len(out['labels'])} test labels, unlike the sweep's other runs; "
+                              "delete it in the MLflow UI or start a new sweep")
+        masks[row] = mask
+        for key in OUTPUT_KEYS:
+            outputs[key][row] = out[key]
 
     if cache is not None and not fresh and "source_classes" in cache:
         source_classes = cache["source_classes"].tolist()

@@ -78,7 +78,7 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or cpu_count()) // workers)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1][:500]
 
 
@@ -86,14 +86,18 @@ def attempt_index(runner, task: SweepTask, index: int, heartbeat: Heartbeat) -> 
     """Claim ``index`` and, if this process gets it, train and log it as a child of the sweep."""
     client, experiment_id = runner.client, runner.experiment_id
     key = key_filter(task.sweep_id, index)
-    # Read-only look first, so waiting on an index another process trains writes nothing.
-    seen = [r for r in client.search_runs([experiment_id], key, max_results=1000) if not is_superseded(r)]
-    if any(r.info.status == "FINISHED" for r in seen):
-        return Outcome(index, "done")
-    if any(is_live(r) for r in seen):
-        return Outcome(index, "busy")
-    run_id = runner.create_run(index, task.sweep_id, task.parent_run_id, extra_tags=claim_tags())
-    state = contest(client, experiment_id, run_id, key)
+    try:
+        # Read-only look first, so waiting on an index another process trains writes nothing.
+        seen = [r for r in client.search_runs([experiment_id], key, max_results=1000) if not is_superseded(r)]
+        if any(r.info.status == "FINISHED" for r in seen):
+            return Outcome(index, "done")
+        if any(is_live(r) for r in seen):
+            return Outcome(index, "busy")
+        run_id = runner.create_run(index, task.sweep_id, task.parent_run_id, extra_tags=claim_tags())
+        state = contest(client, experiment_id, run_id, key)
+    except Exception as exc:  # the store failed us (locked, unreachable): nothing trained, retried next time
+        log.warning("could not claim index %d: %s", index, one_line(exc))
+        return Outcome(index, "failed", error=f"claim failed: {one_line(exc)}")
     if state != "claimed":
         return Outcome(index, state)
     heartbeat.hold(run_id)
@@ -102,8 +106,8 @@ def attempt_index(runner, task: SweepTask, index: int, heartbeat: Heartbeat) -> 
         runner.run(index, run_id=run_id, sweep_id=task.sweep_id, parent_run_id=task.parent_run_id,
                    log_checkpoint=task.log_checkpoint)
     except Exception as exc:  # the runner has marked the run FAILED; a later sweep retries it
-        log.warning("index %d failed: %s", index, _one_line(exc))
-        return Outcome(index, "failed", run_id, time.perf_counter() - start, _one_line(exc))
+        log.warning("index %d failed: %s", index, one_line(exc))
+        return Outcome(index, "failed", run_id, time.perf_counter() - start, one_line(exc))
     finally:
         heartbeat.release(run_id)
     return Outcome(index, "trained", run_id, time.perf_counter() - start)
@@ -123,23 +127,34 @@ def make_runner(task: SweepTask, threads: int):
 
 
 class LocalExecutor:
-    """``workers`` processes on this machine; with one worker, everything runs in this process."""
+    """``workers`` processes on this machine; with one worker, everything runs in this process.
+
+    Each worker has its own inbox, so the index of a worker that dies is known and reported.
+    """
 
     def __init__(self, task: SweepTask, workers: int):
         self.task, self.capacity = task, workers
         self.threads = threads_per_worker(workers)
         self._inline: deque[int] = deque()
         self._procs: dict[int, mp.Process] = {}
-        self._current: dict[int, int | None] = {}
+        self._inboxes: dict[int, object] = {}
+        self._current: dict[int, int | None] = {}  # the index each worker trains, None when idle
         self._restarts = 0
         if workers == 1:
             self.runner, self.heartbeat = make_runner(task, self.threads)
             return
         self._ctx = mp.get_context("spawn")  # fresh interpreters: no forked torch or sqlite state
-        self._tasks, self._results = self._ctx.Queue(), self._ctx.Queue()
+        self._results = self._ctx.Queue()
         for wid in range(workers):
             self._start_worker(wid)
         self._await_ready(workers)
+
+    def _start_worker(self, wid: int) -> None:
+        inbox = self._ctx.Queue()
+        proc = self._ctx.Process(target=_worker_main, name=f"sweep-worker-{wid}",
+                                 args=(wid, self.task, self.threads, inbox, self._results))
+        proc.start()
+        self._procs[wid], self._inboxes[wid], self._current[wid] = proc, inbox, None
 
     def _await_ready(self, n: int) -> None:
         """Wait until every worker has loaded its data, so a bad config stops the sweep before any claim."""
@@ -159,42 +174,34 @@ class LocalExecutor:
                 raise ExecutionError(payload)
             ready += kind == "ready"
 
-    def _start_worker(self, wid: int) -> None:
-        proc = self._ctx.Process(target=_worker_main, name=f"sweep-worker-{wid}",
-                                 args=(wid, self.task, self.threads, self._tasks, self._results))
-        proc.start()
-        self._procs[wid], self._current[wid] = proc, None
-
     def submit(self, index: int) -> None:
-        if self._procs:
-            self._tasks.put(index)
-        else:
+        if not self._procs:
             self._inline.append(index)
+            return
+        wid = next(w for w, current in self._current.items() if current is None)
+        self._current[wid] = index
+        self._inboxes[wid].put(index)
 
     def poll(self, timeout: float) -> Outcome | None:
         if not self._procs:
             return attempt_index(self.runner, self.task, self._inline.popleft(), self.heartbeat)
         try:
-            message = self._results.get(timeout=timeout)
+            kind, wid, payload = self._results.get(timeout=timeout)
         except queue.Empty:
             return self._check_workers()
-        kind, wid, payload = message
         if kind == "init_error":  # a replacement worker could not start
             raise ExecutionError(payload)
-        if kind == "ready":
-            return None
-        if kind == "start":
-            self._current[wid] = payload
-            return None
-        self._current[wid] = None
-        return payload
+        if kind == "outcome":
+            self._current[wid] = None
+            return payload
+        return None  # "ready" from a replacement worker
 
     def _check_workers(self) -> Outcome | None:
         """A worker that died (killed, out of memory) loses only its current index: report it failed."""
-        for wid, proc in self._procs.items():
+        for wid, proc in list(self._procs.items()):
             if proc.is_alive():
                 continue
-            index, self._current[wid] = self._current[wid], None
+            index = self._current[wid]
             self._restarts += 1
             if self._restarts > 2 * self.capacity:
                 raise ExecutionError(f"sweep workers keep dying (last exit code {proc.exitcode}); "
@@ -209,8 +216,8 @@ class LocalExecutor:
         if not self._procs:
             self.heartbeat.stop()
             return
-        for _ in self._procs:
-            self._tasks.put(None)
+        for inbox in self._inboxes.values():
+            inbox.put(None)
         deadline = time.monotonic() + 30
         for proc in self._procs.values():
             proc.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -219,82 +226,18 @@ class LocalExecutor:
                 proc.join(5)
 
 
-def _worker_main(wid: int, task: SweepTask, threads: int, tasks, results) -> None:
-    """A local worker process: load the data once, then train indices until told to stop."""
+def _worker_main(wid: int, task: SweepTask, threads: int, inbox, results) -> None:
+    """A local worker process: load the data once, then train the indices it is given until told to stop."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # never log into the run of an enclosing `mlflow run`
     try:
         runner, heartbeat = make_runner(task, threads)
     except Exception as exc:
-        results.put(("init_error", wid, f"a sweep worker could not start: {_one_line(exc)}"))
+        results.put(("init_error", wid, f"a sweep worker could not start: {one_line(exc)}"))
         return
     results.put(("ready", wid, os.getpid()))
-    while (index := tasks.get()) is not None:
-        results.put(("start", wid, index))
+    while (index := inbox.get()) is not None:
         results.put(("outcome", wid, attempt_index(runner, task, index, heartbeat)))
     heartbeat.stop()
-
-
-_RAY_RUNNERS: dict = {}  # per Ray worker process: data loaded once, reused by later tasks
-
-
-def _ray_attempt(task: SweepTask, index: int, threads: int) -> Outcome:
-    if task not in _RAY_RUNNERS:
-        _RAY_RUNNERS.clear()
-        _RAY_RUNNERS[task] = make_runner(task, threads)
-    runner, heartbeat = _RAY_RUNNERS[task]
-    return attempt_index(runner, task, index, heartbeat)
-
-
-class RayExecutor:
-    """Each index is one Ray task with ``cpus`` CPUs and ``gpus`` (possibly fractional) GPUs."""
-
-    def __init__(self, task: SweepTask, address: str | None, cpus: float = 1.0, gpus: float = 0.0):
-        try:
-            import ray
-        except ImportError:
-            raise ExecutionError(RAY_MISSING) from None
-        if cpus <= 0 or gpus < 0:
-            raise ExecutionError(f"Ray resources per run must be positive CPUs and >= 0 GPUs, got "
-                                 f"{cpus} CPUs and {gpus} GPUs")
-        self.ray, self.task = ray, task
-        self._started = not ray.is_initialized()
-        if self._started:
-            try:
-                ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutionError(f"cannot connect to Ray at {address or 'a new local instance'} "
-                                     f"({_one_line(exc)}); start it with `ray start --head` or fix "
-                                     "--ray-address") from None
-        resources = ray.cluster_resources()
-        fit = resources.get("CPU", 1) // cpus
-        if gpus > 0:
-            fit = min(fit, resources.get("GPU", 0) // gpus)
-            if fit < 1:
-                raise ExecutionError(f"the Ray cluster has no GPU to give {gpus} GPU per run; "
-                                     "set --ray-gpus-per-run 0 or add GPU nodes")
-        self.capacity = max(2, int(2 * fit))  # keep every slot busy, plus a queue for autoscaling
-        self._remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(_ray_attempt)
-        self._threads = max(1, int(cpus))
-        self._refs: dict = {}
-
-    def submit(self, index: int) -> None:
-        self._refs[self._remote.remote(self.task, index, self._threads)] = index
-
-    def poll(self, timeout: float) -> Outcome | None:
-        ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
-        if not ready:
-            return None
-        index = self._refs.pop(ready[0])
-        try:
-            return self.ray.get(ready[0])
-        except Exception as exc:  # the task's worker crashed; its claim goes stale and is retried later
-            return Outcome(index, "failed", error=f"Ray task failed: {_one_line(exc)}")
-
-    def close(self) -> None:
-        for ref in self._refs:
-            self.ray.cancel(ref, force=True)
-        if self._started:
-            self.ray.shutdown()
 
 
 def check_executor(executor: str, workers: int = 1) -> None:
@@ -315,6 +258,7 @@ def make_executor(task: SweepTask, executor: str = "local", workers: int = 1, ra
                   ray_cpus: float = 1.0, ray_gpus: float = 0.0):
     check_executor(executor, workers)
     if executor == "ray":
+        from .ray_executor import RayExecutor
         return RayExecutor(task, ray_address, ray_cpus, ray_gpus)
     return LocalExecutor(task, workers)
 

@@ -119,6 +119,13 @@ def resolve_parent(client: MlflowClient, experiment_id: str, sweep_id: str, para
     """
     use_invocation = (invocation_run_id is not None
                       and client.get_run(invocation_run_id).info.experiment_id == experiment_id)
+    parent = _settle_parent(client, experiment_id, sweep_id, params, invocation_run_id if use_invocation else None)
+    if invocation_run_id and invocation_run_id != parent:
+        client.log_batch(invocation_run_id, tags=[RunTag("sweep_id", sweep_id), RunTag(PARENT_POINTER_TAG, parent)])
+    return parent
+
+
+def _settle_parent(client, experiment_id, sweep_id, params, invocation_run_id) -> str:
     for _ in range(PARENT_TRIES):
         parents = [r for r in client.search_runs([experiment_id], sweep_filter(sweep_id),
                                                  order_by=["attributes.start_time ASC"])
@@ -126,13 +133,9 @@ def resolve_parent(client: MlflowClient, experiment_id: str, sweep_id: str, para
         settled = [r for r in parents if r.data.tags.get(ESTABLISHED_TAG) == "true"]
         if settled:
             check_conflict(settled[0], sweep_id, params)
-            if invocation_run_id and invocation_run_id != settled[0].info.run_id:
-                client.log_batch(invocation_run_id, tags=[RunTag("sweep_id", sweep_id),
-                                                          RunTag(PARENT_POINTER_TAG, settled[0].info.run_id)])
             return settled[0].info.run_id
         if not any(is_live(r) for r in parents):
-            own = _write_candidate(client, experiment_id, sweep_id, params,
-                                   invocation_run_id if use_invocation else None)
+            own = _write_candidate(client, experiment_id, sweep_id, params, invocation_run_id)
             rivals = [r for r in client.search_runs([experiment_id], sweep_filter(sweep_id))
                       if r.info.run_id != own and not is_superseded(r)]
             if not any(is_live(r) or r.data.tags.get(ESTABLISHED_TAG) == "true" for r in rivals):
