@@ -70,7 +70,8 @@ def naive_bootstrap_draws(masks, outputs, weights):
     return np.array(draws)
 
 
-def test_bootstrap_matches_resampling_by_hand():
+def test_bootstrap_matches_resampling_by_hand(monkeypatch):
+    monkeypatch.setattr(influence, "BOOT_BLOCK", 30)  # several blocks of resamples per matrix product
     masks, outputs = random_sweep(n_models=30, n_targets=9, n_classes=5)
     weights = influence.bootstrap_weights(len(masks), 25, seed=3)
     assert weights.shape == (25, 30) and (weights.sum(1) == 30).all()

@@ -32,6 +32,12 @@ def _examples(images: ImageSet, members: np.ndarray, n: int = GRID_IMAGES) -> li
     return [images.images[i] for i in picks]
 
 
+def _caption(file_name: str, width: int = 18) -> str:
+    """The file's base name, wrapped onto short lines for a picture caption."""
+    base = file_name.rsplit("/", 1)[-1]
+    return "\n".join(base[i:i + width] for i in range(0, len(base), width))
+
+
 def _records(table: pd.DataFrame) -> list[dict]:
     return json.loads(table.to_json(orient="records"))
 
@@ -139,7 +145,8 @@ def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options,
         scoped = rows[rows["scope"] == target].sort_values("influence", ascending=False)
         chosen = pd.concat([scoped[scoped["influence"] > 0].head(GRID_CLASSES),
                             scoped[scoped["influence"] < 0].tail(GRID_CLASSES).iloc[::-1]])
-        grid_rows = [(r.class_name, r.influence, _examples(source, np.flatnonzero(source.labels.numpy() == r.class_index)))
+        source_labels = source.labels.numpy()
+        grid_rows = [(r.class_name, r.influence, _examples(source, np.flatnonzero(source_labels == r.class_index)))
                      for r in chosen.itertuples()]
         name = f"grids/grid_{k:03d}.png"
         figures.image_grid(target, _examples(test, np.flatnonzero(test.labels.numpy() == k)), grid_rows, root / name)
@@ -198,10 +205,15 @@ def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options,
     dup_source = load_split(config.data.source, "train", options.duplicate_resolution, data_root)
     dups = findings.near_duplicates(dup_test, dup_source, options.duplicate_threshold)
     dups.to_csv(root / "near_duplicates.csv", index=False)
-    figures.pairs([(f"{'exact' if r.exact else f'{r.similarity:.3f}'}",
-                    [(r.test_file[-24:], dup_test.images[r.test_index]), (r.source_file[-24:], dup_source.images[r.source_index])])
-                   for r in dups.head(PICTURE_ROWS).itertuples()],
-                  "Near duplicates: target test images and their nearest source images", root / "near_duplicates.png")
+    dup_rows = []
+    for test_index, matches in list(dups.groupby("test_index", sort=False))[:PICTURE_ROWS]:
+        first = matches.iloc[0]
+        images = [(_caption(first["test_file"]), dup_test.images[test_index])]
+        images += [(_caption(m.source_file), dup_source.images[m.source_index]) for m in matches.head(3).itertuples()]
+        dup_rows.append((f"{first['test_class']}\n{'exact' if first['exact'] else round(first['similarity'], 3)}",
+                         images))
+    figures.pairs(dup_rows, "Near duplicates: a target test image (left) and its copies or nearest image in the "
+                  "source", root / "near_duplicates.png")
     sections.append(report.Section(
         "Leakage", f"Candidates: test examples whose top source class has z >= {options.leak_min_z} and at least "
         f"{options.leak_dominance}x the runner-up's influence, checked against that class's images by pixels "
@@ -217,8 +229,8 @@ def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options,
     figures.datamodel(est.datamodel, output, root / "datamodel.png")
     agreement = spearman(est.datamodel["difference_of_means"].to_numpy(), est.datamodel["ridge"].to_numpy())
     (root / "datamodel.json").write_text(json.dumps({
-        "penalty": est.ridge.lam, "penalties": est.ridge.lambdas.tolist(), "holdout_mse": est.ridge.holdout_mse.tolist(),
-        "spearman_with_difference_of_means": agreement}, indent=1))
+        "penalty": est.ridge.lam, "penalties": est.ridge.lambdas.tolist(),
+        "holdout_mse": est.ridge.holdout_mse.tolist(), "spearman_with_difference_of_means": agreement}, indent=1))
     sections.append(report.Section("Uncertainty and a second estimator", "Rank stability: Spearman correlation of "
                                    "the class rankings from two disjoint halves of the runs, by runs per half. "
                                    "Datamodel: ridge regression of each output on the masks, its penalty chosen on "

@@ -117,13 +117,15 @@ def misleading(table: pd.DataFrame, output: str, path: Path, top: int = 25) -> P
     if len(table):
         y = np.arange(len(table))[::-1]
         err = np.abs(np.stack([table["influence"] - table["ci_low"], table["ci_high"] - table["influence"]]))
-        ax.barh(y, table["influence"], xerr=err, color="tab:red", capsize=2)
+        strong = table["significant_familywise"].to_numpy(bool) if "significant_familywise" in table else False
+        ax.barh(y, table["influence"], xerr=err, color=np.where(strong, "darkred", "salmon"), capsize=2)
         ax.set_yticks(y, [f"{s} -> {t}" for s, t in zip(table["class_name"], table["target_class"])], fontsize=7)
     else:
         ax.text(0.5, 0.5, "no significantly negative pair", ha="center", va="center", transform=ax.transAxes)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"influence on the target class's {output} (- = including the class hurts)")
-    ax.set_title("Misleading source classes: significant negative influence on a target class", fontsize=9)
+    ax.set_title("Misleading source classes: significant negative influence on a target class\n"
+                 "(dark: also significant after Bonferroni over all pairs)", fontsize=9)
     return _save(fig, path)
 
 

@@ -135,21 +135,24 @@ def bootstrap_draws(masks, outputs, weights: np.ndarray) -> np.ndarray:
     f = f - f.mean(0)
     w = np.asarray(weights, np.float64)
     m = masks.astype(np.float64)
-    wm = w[:, :, None] * m[None]  # (B, n_models, n_classes)
-    n_in, n_out = wm.sum(1), w.sum(1)[:, None] - wm.sum(1)  # (B, n_classes)
-    s_in = np.einsum("mt,bmc->btc", f, wm)
+    n_in = w @ m  # (B, n_classes)
+    n_out = w.sum(1)[:, None] - n_in
+    s_in = np.stack([(w * f[:, t]) @ m for t in range(f.shape[1])], 1)  # (B, n_targets, n_classes)
     s = (w @ f)[:, :, None]  # (B, n_targets, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return s_in / n_in[:, None] - (s - s_in) / n_out[:, None]
+
+
+BOOT_BLOCK = 25_000  # resamples x classes per matrix product: bounds the design to n_models x 25,000 floats
 
 
 def bootstrap_std_error(masks, outputs, n_boot: int = 100, seed: int = 0, chunk_size: int = 1024,
                         weights: np.ndarray | None = None) -> np.ndarray:
     """Bootstrap-over-runs standard error of every influence, ``(n_targets, n_classes)`` float32.
 
-    All resamples are evaluated at once as one float32 matrix product per chunk of targets,
-    ``F[:, chunk].T @ D`` with ``D[m, b*C + c] = w[b, m] * M[m, c]`` (``(n_models, n_boot *
-    n_classes)``); draws where a class is never kept or never left out are skipped.
+    Blocks of resamples are evaluated at once as one float32 matrix product per chunk of
+    targets, ``F[:, chunk].T @ D`` with ``D[m, b*C + c] = w[b, m] * M[m, c]``; draws where a
+    class is never kept or never left out are skipped.
     """
     masks = _as_masks(masks)
     outputs = np.asarray(outputs)
@@ -157,24 +160,31 @@ def bootstrap_std_error(masks, outputs, n_boot: int = 100, seed: int = 0, chunk_
     w = bootstrap_weights(len(masks), n_boot, seed) if weights is None else np.asarray(weights, np.float32)
     n_boot, n_classes = len(w), masks.shape[1]
     m = masks.astype(np.float32)
-    wm = w[:, :, None] * m[None]  # (B, n_models, C)
-    n_in = wm.sum(1)  # (B, C)
+    n_in = w @ m  # (B, C)
     n_out = w.sum(1)[:, None] - n_in
     valid = (n_in > 0) & (n_out > 0)
     inv_in = np.where(valid, 1 / np.maximum(n_in, 1), 0).astype(np.float32)
     inv_out = np.where(valid, 1 / np.maximum(n_out, 1), 0).astype(np.float32)
-    design = np.ascontiguousarray(wm.transpose(1, 0, 2).reshape(len(masks), n_boot * n_classes))
     n_valid = valid.sum(0)  # (C,)
+    block = max(1, BOOT_BLOCK // n_classes)
+    designs = [(b0, np.ascontiguousarray((w[b0:b0 + block, :, None] * m[None]).transpose(1, 0, 2)
+                                         .reshape(len(masks), -1))) for b0 in range(0, n_boot, block)]
     result = np.empty((outputs.shape[1], n_classes), np.float32)
     for lo in range(0, outputs.shape[1], chunk_size):
         f = outputs[:, lo:lo + chunk_size].astype(np.float32)
         f -= f.mean(0)
-        s_in = (f.T @ design).reshape(-1, n_boot, n_classes)  # (chunk, B, C)
-        s = (f.T @ w.T)[:, :, None]  # (chunk, B, 1)
-        draws = s_in * inv_in - (s - s_in) * inv_out  # zero where invalid
-        mean = draws.sum(1) / np.maximum(n_valid, 1)
-        sq = (draws * draws).sum(1) / np.maximum(n_valid, 1)
-        result[lo:lo + chunk_size] = np.sqrt(np.maximum(sq - mean * mean, 0) * n_valid / np.maximum(n_valid - 1, 1))
+        total = f.T @ w.T  # (chunk, B)
+        sums = np.zeros((f.shape[1], n_classes), np.float32)
+        squares = np.zeros_like(sums)
+        for b0, design in designs:
+            s_in = (f.T @ design).reshape(f.shape[1], -1, n_classes)  # (chunk, block, C)
+            b1 = b0 + s_in.shape[1]
+            draws = s_in * inv_in[b0:b1] - (total[:, b0:b1, None] - s_in) * inv_out[b0:b1]  # zero where invalid
+            sums += draws.sum(1)
+            squares += (draws * draws).sum(1)
+        mean, mean_sq = sums / np.maximum(n_valid, 1), squares / np.maximum(n_valid, 1)
+        variance = np.maximum(mean_sq - mean * mean, 0) * n_valid / np.maximum(n_valid - 1, 1)
+        result[lo:lo + chunk_size] = np.sqrt(variance)
     result[:, n_valid < 2] = np.nan
     return result
 
