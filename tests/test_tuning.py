@@ -26,7 +26,8 @@ from transfer_core.training import seed_everything
 from transfer_core.transfer import evaluate_split, transfer
 from transfer_core.tune_backbone import TrialFitter, reuse_backbone
 from transfer_core.tune_tracking import BEST_PARAMS_ARTIFACT, HISTORY_PLOT, IMPORTANCE_PLOT, TRIALS_ARTIFACT
-from transfer_core.tuning import StorageError, TuneSettings, find_tune_run, tune, tuned_overrides
+from transfer_core.tuning import (StorageError, TuneSettings, find_tune_run, load_study, open_storage, tune,
+                                  tuned_overrides)
 
 EXPERIMENT = "tune-tests"
 TINY = {"pretrain.epochs": "2", "transfer.epochs": "4"}
@@ -252,3 +253,16 @@ def test_mlproject_tune_entry_point_renders_a_valid_command(tmp_path):
     args = command.split("transfer_core.cli ", 1)[1]
     ctx = main.commands["tune"].make_context("tune", shlex.split(args)[1:])
     assert ctx.params["n_trials"] == "7" and ctx.params["study_name"] == "s" and ctx.params["space"] == ("default",)
+
+
+def test_baseline_trial_is_queued_only_when_the_default_fits_the_choices(tmp_path):
+    config = build_config("synthetic", {"transfer.mode": "full"})  # batch size 128
+    for choices, queued in (("64,128", 1), ("64,256", 0)):
+        settings = TuneSettings(space=SearchSpace.parse(f"lr=0.01:0.1;batch_size={choices}")).validate(config)
+        storage, label = open_storage(str(tmp_path / f"{choices}.journal"), "s")
+        study = load_study(settings, storage, "s", label, config)
+        waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+        assert len(waiting) == queued
+        if queued:
+            assert waiting[0].system_attrs["fixed_params"] == {"transfer.lr": 0.1, "transfer.batch_size": 128}
+            assert waiting[0].user_attrs == {"baseline": True}

@@ -4,12 +4,13 @@
 sweep index), logs it, and runs an Optuna study whose trials fit only the transfer step on
 that backbone. Each trial is scored by target validation accuracy; the test split is never
 read. In fixed-feature mode the backbone's features are computed once and a trial trains a
-linear head on them (well under a second); in full mode a trial fine-tunes a copy.
+linear head on them (about a second); in full mode a trial fine-tunes a copy.
 
 Trials report validation accuracy after every epoch and a median pruner stops the weak
-ones; a trial whose loss becomes NaN or infinite is pruned with the reason recorded, and
-the study goes on. Trial 0 of a new study is the config's own recipe, so the gain over the
-default is on record and the best is never worse than it.
+ones, comparing trials at the same point of their learning-rate schedule
+(:mod:`transfer_core.pruning`); a trial whose loss becomes NaN or infinite is pruned with
+the reason recorded, and the study goes on. Trial 0 of a new study is the config's own
+recipe, so the gain over the default is on record and the best is never worse than it.
 
 Storage: by default a journal file ``mlruns/optuna/<study>.journal`` (resumable, safe for
 several processes on one machine); ``storage`` may also be another ``*.journal`` path or
@@ -34,8 +35,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, with_overrides
+from .pruning import ScheduleMedianPruner
 from .runner import SubsetRunner
-from .search_space import TUNABLE, SearchSpace
+from .search_space import TUNABLE, Choices, SearchSpace
 from .tracking import KIND_TAG, artifact_path, mark_failed
 from .training import DivergenceError
 from .tune_backbone import BACKBONE_TAG, TrialFitter, backbone_hash, log_backbone, pretrain_backbone, \
@@ -134,8 +136,8 @@ def load_study(settings: TuneSettings, storage, study_name: str, storage_label: 
                config: RunConfig) -> optuna.Study:
     """Create the study or load it to add trials; refuse one made for another config."""
     sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials,
-                                         n_warmup_steps=settings.pruner_warmup_epochs)
+    pruner = ScheduleMedianPruner(config.transfer.epochs, n_startup_trials=settings.pruner_startup_trials,
+                                  n_warmup_steps=settings.pruner_warmup_epochs)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
@@ -153,8 +155,13 @@ def load_study(settings: TuneSettings, storage, study_name: str, storage_label: 
                            f"{wanted}); resume it with the same profile, --set values, mode and backbone, "
                            "or choose another --study-name")
     if not study.trials:  # trial 0: the config's own recipe, the baseline every other trial is compared with
-        study.enqueue_trial({name: getattr(config.transfer, name.split(".", 1)[1]) for name in settings.space.params},
-                            user_attrs={"baseline": True}, skip_if_exists=True)
+        default = {name: getattr(config.transfer, name.split(".", 1)[1]) for name in settings.space.params}
+        outside = [f"{name}={default[name]}" for name, domain in settings.space.params.items()
+                   if isinstance(domain, Choices) and default[name] not in domain.values]
+        if outside:  # Optuna can try a range value outside its range, but not an unlisted choice
+            log.warning("no baseline trial: the default %s is not among the choices", ", ".join(outside))
+        else:
+            study.enqueue_trial(default, user_attrs={"baseline": True}, skip_if_exists=True)
     return study
 
 
