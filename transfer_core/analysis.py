@@ -51,7 +51,7 @@ class AnalysisOptions:
     leak_min_z: float = 3.0  # a leakage candidate's top class is this many standard errors above zero ...
     leak_dominance: float = 2.0  # ... and this many times the runner-up class
     max_candidates: int = 50  # leakage candidates checked by nearest neighbours
-    duplicate_threshold: float = 0.97  # thumbnail cosine from which a pair counts as a near duplicate
+    duplicate_threshold: float = 0.99  # thumbnail cosine from which a pair counts as a near duplicate
     duplicate_resolution: int = 32  # pixels a side at which target test and source train are compared
     max_grid_classes: int = 20  # target classes that get an image grid
     feature_neighbours: bool = True  # also check leakage candidates in a backbone's feature space

@@ -70,9 +70,14 @@ def ranked_lists(table: pd.DataFrame, top_k: int) -> dict[str, list[dict]]:
 
 
 def misleading(aggregates: pd.DataFrame, output: str) -> pd.DataFrame:
-    """(source class, target class) pairs whose influence interval lies below zero, most negative first."""
+    """(source class, target class) pairs whose influence interval lies below zero.
+
+    Pairs that stay significant after the Bonferroni correction over all pairs come first
+    (with many classes, some intervals exclude zero by chance), then by influence.
+    """
     rows = aggregates[(aggregates["scope"] != ALL) & (aggregates["output"] == output) & (aggregates["ci_high"] < 0)]
-    return rows.sort_values("influence", kind="stable").rename(columns={"scope": "target_class"}).reset_index(drop=True)
+    rows = rows.sort_values(["significant_familywise", "influence"], ascending=[False, True], kind="stable")
+    return rows.rename(columns={"scope": "target_class"}).reset_index(drop=True)
 
 
 def heatmap(aggregates: pd.DataFrame, output: str, target_names: list[str]) -> pd.DataFrame:
