@@ -24,7 +24,7 @@ TABLE_ARTIFACT = "counterfactual_runs.csv"
 SUMMARY_ARTIFACT = "counterfactual_summary.csv"
 PLOT_ARTIFACT = "counterfactual_accuracy.png"
 SELECTION_ARTIFACT = "selection.json"
-CANDIDATE_ORDERS = ("bottom", "top")  # orders whose removal set is one fixed set across seeds
+CANDIDATE_ORDERS = ("bottom",)  # pruning candidates: removing detrimental classes; top and random are controls
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
@@ -103,9 +103,9 @@ class Selection:
 def select(table: pd.DataFrame) -> Selection:
     """Choose the removal set with the highest mean *validation* accuracy.
 
-    Candidates are the full source and every (bottom | top, k > 0) point: their removal set
-    is one set across seeds. Random removals differ per seed, so they are a baseline only.
-    Ties go to the smaller k (the full source wins a tie).
+    Candidates are the full source and every (bottom, k > 0) point: a pruned source removes
+    the classes the analysis found detrimental, one fixed set across seeds. Top and random
+    removals are controls, never candidates. Ties go to the smaller k (the full source wins).
     """
     summary = summarize(table)
     candidates = summary[(summary.order == FULL) | summary.order.isin(CANDIDATE_ORDERS)]
