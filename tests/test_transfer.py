@@ -47,14 +47,18 @@ def test_full_fine_tuning_moves_backbone():
 
 
 def test_run_subset_learns_and_scores_every_test_example():
-    config, data = _setup()
-    result = run_subset(config, data, class_mask(0, 1, data.source.n_classes), seed=3,
+    config = build_config("synthetic")
+    data = load_transfer_data(config.data)
+    result = run_subset(config, data, class_mask(0, 2, data.source.n_classes), seed=3,
                         source_test=load_split("synthetic-source", "test", 16))
     n_test = len(data.target_test)
     assert {k: v.shape for k, v in result.target_outputs.items()} == {k: (n_test,) for k in
                                                                       ("margin", "prob", "correct", "pred")}
-    assert result.metrics["target_test_acc"] > 0.4  # 4 classes: chance is 0.25
-    assert result.metrics["source_acc"] > 0.4  # 5 kept classes: chance is 0.2
+    # seen 1.0 / 0.97 / 0.49 with this seed; the synthetic test set is built so that watermarked
+    # "rings" test images fool many backbones, which caps test accuracy near 0.5
+    assert result.metrics["source_acc"] > 0.6  # 5 kept classes: chance is 0.2
+    assert result.metrics["target_val_acc"] > 0.8  # 4 classes: chance is 0.25
+    assert result.metrics["target_test_acc"] > 0.35
     assert set(result.timings) == {"pretrain_s", "transfer_s", "evaluate_s"}
-    again = run_subset(config, data, class_mask(0, 1, data.source.n_classes), seed=3)
+    again = run_subset(config, data, class_mask(0, 2, data.source.n_classes), seed=3)
     np.testing.assert_array_equal(again.target_outputs["margin"], result.target_outputs["margin"])
