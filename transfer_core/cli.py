@@ -221,7 +221,8 @@ def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root
               help="local (worker processes on this machine) or ray (one Ray task per model; needs "
                    "pip install 'transfer-core[ray]').")
 @click.option("--ray-address", default=None,
-              help="Ray cluster to use, e.g. 10.0.0.5:6379 or auto [env: RAY_ADDRESS]. Unset: a local Ray instance.")
+              help="Ray cluster to use, e.g. 10.0.0.5:6379 or auto. Unset: $RAY_ADDRESS if set, else a new "
+                   "local Ray instance.")
 @click.option("--ray-cpus-per-run", type=str, default="1", show_default=True, help="CPUs each Ray task reserves.")
 @click.option("--ray-gpus-per-run", type=str, default="0", show_default=True,
               help="GPUs each Ray task reserves; a fraction (0.25) lets several small models share one card.")

@@ -6,12 +6,15 @@ claim their index through the tracking store like local workers do.
 """
 from __future__ import annotations
 
+import os
+
 from .execution import RAY_MISSING, ExecutionError, Outcome, SweepTask, attempt_index, make_runner, one_line
 
 _RAY_RUNNERS: dict = {}  # per Ray worker process: data loaded once, reused by later tasks
 
 
 def _ray_attempt(task: SweepTask, index: int, threads: int) -> Outcome:
+    os.environ.pop("MLFLOW_RUN_ID", None)  # a local Ray started under `mlflow run` passes it on
     if task not in _RAY_RUNNERS:
         _RAY_RUNNERS.clear()
         _RAY_RUNNERS[task] = make_runner(task, threads)
