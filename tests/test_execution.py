@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -88,6 +89,32 @@ def test_ray_executor_on_a_local_ray_instance(tracking):
     runs = finished_children(summary)
     assert sorted(int(r.data.tags["index"]) for r in runs) == [0, 1]
     assert str(os.getpid()) not in {r.data.tags["claim_pid"] for r in runs}  # trained in Ray workers
+
+
+def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(tracking):
+    summaries = []
+    thread = threading.Thread(target=lambda: summaries.append(
+        sweep_with_summary(CONFIG, 3, workers=2, progress=False)))
+    thread.start()
+    client, victim, deadline = MlflowClient(), None, time.time() + 300
+    while victim is None and thread.is_alive() and time.time() < deadline:
+        running = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                     "tags.`transfer_core.kind` = 'subset_run' and attributes.status = 'RUNNING'")
+        if running:
+            victim = running[0]
+            os.kill(int(victim.data.tags["claim_pid"]), signal.SIGKILL)
+        time.sleep(0.1)
+    thread.join(300)
+    assert victim is not None and summaries, "the sweep ended before a worker could be killed"
+    first = summaries[0]
+    assert (first.n_finished, first.n_failed) == (2, 1)  # the surviving worker did the rest
+    assert first.failures[0]["index"] == int(victim.data.tags["index"])
+    assert "worker process died" in first.failures[0]["error"]
+
+    second = sweep_with_summary(CONFIG, 3, progress=False)
+    assert second.complete and (second.n_reused, second.n_trained) == (2, 1)
+    orphan = client.get_run(victim.info.run_id)
+    assert orphan.info.status == "KILLED" and orphan.data.tags["superseded"] == "true"
 
 
 @pytest.mark.parametrize("workers, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 2, 1), (4, 16, 4)])

@@ -178,7 +178,14 @@ class LocalExecutor:
         if not self._procs:
             self._inline.append(index)
             return
-        wid = next(w for w, current in self._current.items() if current is None)
+        idle = [w for w, current in self._current.items() if current is None]
+        wid = next((w for w in idle if self._procs[w].is_alive()), idle[0])
+        if not self._procs[wid].is_alive():  # replace a dead worker only when there is work for it
+            self._restarts += 1
+            if self._restarts > 2 * self.capacity:
+                raise ExecutionError(f"sweep workers keep dying (last exit code {self._procs[wid].exitcode}); "
+                                     "check memory use, or lower --workers")
+            self._start_worker(wid)
         self._current[wid] = index
         self._inboxes[wid].put(index)
 
@@ -198,18 +205,13 @@ class LocalExecutor:
 
     def _check_workers(self) -> Outcome | None:
         """A worker that died (killed, out of memory) loses only its current index: report it failed."""
-        for wid, proc in list(self._procs.items()):
-            if proc.is_alive():
-                continue
+        for wid, proc in self._procs.items():
             index = self._current[wid]
-            self._restarts += 1
-            if self._restarts > 2 * self.capacity:
-                raise ExecutionError(f"sweep workers keep dying (last exit code {proc.exitcode}); "
-                                     "check memory use, or lower --workers")
-            log.warning("worker %d died with exit code %s; starting another", wid, proc.exitcode)
-            self._start_worker(wid)
-            if index is not None:
-                return Outcome(index, "failed", error=f"worker process died (exit code {proc.exitcode})")
+            if index is None or proc.is_alive():
+                continue
+            log.warning("worker %d died with exit code %s while training index %d", wid, proc.exitcode, index)
+            self._current[wid] = None
+            return Outcome(index, "failed", error=f"worker process died (exit code {proc.exitcode})")
         return None
 
     def close(self) -> None:
