@@ -240,3 +240,18 @@ def test_cifar_test_duplicates_in_cifar100_train_are_found(data_root):
     assert ("truck/pickup_truck_s_000169", "pickup_truck/pickup_truck_s_000169") in set(
         zip(exact["test_file"], exact["source_file"]))  # the copy the data README names
     assert (table.loc[~table["exact"], "similarity"] >= 0.98).all()
+
+
+def test_subpopulations_group_by_top_class_and_skip_unhelped_examples():
+    from transfer_core.findings import subpopulations
+    influence = np.array([[0.0, 0.0, 0.0],    # nothing helps: no group (not "class 0")
+                          [0.1, 0.5, 0.2],    # -> class 1
+                          [0.0, 0.3, 0.1],    # -> class 1
+                          [0.2, -0.1, 0.0],   # -> class 0
+                          [0.0, 0.0, 0.9]])   # other target class -> class 2
+    labels = np.array([0, 0, 0, 0, 1])
+    table = subpopulations(influence, labels, ["t0", "t1"], ["a", "b", "c"], [f"f{i}" for i in range(5)])
+    rows = {(r.target_class, r.source_class): r for r in table.itertuples()}
+    assert set(rows) == {("t0", "b"), ("t0", "a"), ("t1", "c")}
+    assert rows[("t0", "b")].examples == "1;2" and rows[("t0", "b")].share == 0.5
+    assert rows[("t0", "a")].n_examples == 1

@@ -94,19 +94,22 @@ def subpopulations(influence: np.ndarray, labels: np.ndarray, target_names: list
 
     One row per (target class, source class) group, largest groups first within a target
     class; ``examples`` lists up to ``max_examples`` test indices of the group, most
-    influenced first (the paper's "ostrich-like birds").
+    influenced first (the paper's "ostrich-like birds"). Examples whose largest influence
+    is not positive belong to no group; ``share`` is relative to the whole target class.
     """
     top = np.nanargmax(np.where(np.isnan(influence), -np.inf, influence), axis=1)
     top_value = influence[np.arange(len(top)), top]
     rows = []
     for k, target in enumerate(target_names):
-        members = np.flatnonzero(labels == k)
+        # an example no class helps (e.g. one every model gets right: all influences 0) has no
+        # "most influential" class; argmax would file it under class 0
+        members = np.flatnonzero((labels == k) & (top_value > 0))
         groups = [members[top[members] == c] for c in np.unique(top[members])]
         for group in sorted(groups, key=len, reverse=True):
             group = group[np.argsort(-top_value[group], kind="stable")]
             rows.append({"target_class": target, "source_class": class_names[top[group[0]]],
                          "class_index": int(top[group[0]]), "n_examples": len(group),
-                         "share": len(group) / len(members), "mean_influence": float(top_value[group].mean()),
+                         "share": len(group) / int((labels == k).sum()), "mean_influence": float(top_value[group].mean()),
                          "examples": ";".join(map(str, group[:max_examples].tolist())),
                          "example_files": ";".join(file_names[i] for i in group[:max_examples])})
     return pd.DataFrame(rows, columns=["target_class", "source_class", "class_index", "n_examples", "share",
