@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from .analysis import ANALYSIS_KIND, class_ranking
 from .config import ConfigError, RunConfig, build_config, with_overrides
 from .counterfactual import CounterfactualPlan, CounterfactualRuns, quote, run_counterfactual
 from .counterfactual_report import Selection, log_report
-from .tracking import KIND_TAG, artifact_path, get_experiment_id, run_config
-
-ANALYSIS_KIND = "analysis"
-RANKING_ARTIFACT = "class_influence.csv"
+from .tracking import KIND_TAG, get_experiment_id, run_config
 
 
 def find_analysis_run(client: MlflowClient, experiment_id: str, run_id: str | None = None):
@@ -40,14 +37,6 @@ def find_analysis_run(client: MlflowClient, experiment_id: str, run_id: str | No
         raise ConfigError("the experiment has no FINISHED analysis run; run `transfer-core analyze` first "
                           "or pass --analysis RUN_ID")
     return found[0]
-
-
-def analysis_ranking(run) -> pd.DataFrame:
-    """The class ranking (``class_influence.csv``) of an analysis run."""
-    path = artifact_path(run, RANKING_ARTIFACT)
-    if not path.is_file():
-        raise ConfigError(f"analysis run {run.info.run_id} has no {RANKING_ARTIFACT}; rerun `analyze`")
-    return pd.read_csv(path)
 
 
 def sweep_config(client: MlflowClient, experiment_id: str, sweep_id: str) -> RunConfig:
@@ -91,7 +80,7 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, a
         raise ConfigError(f"analysis run {analysis.info.run_id} names no sweep_id, so its recipe is unknown; "
                           "pass --profile")
     runner = SubsetRunner(config, experiment, data_root)
-    runs = run_counterfactual(runner, analysis_ranking(analysis), plan, analysis_run_id=analysis.info.run_id,
+    runs = run_counterfactual(runner, class_ranking(analysis.info.run_id), plan, analysis_run_id=analysis.info.run_id,
                               source_sweep_id=sweep_id, parent_run_id=parent_run_id, progress=progress)
     selection = log_report(client, runs)
     return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id)
