@@ -266,7 +266,7 @@ def test_cli_checks_the_ranking_of_the_latest_analysis_with_the_sweeps_recipe(tr
     assert bad.exit_code != 0 and "would remove every one of the 10 source classes" in bad.output
 
     result = cli.invoke(main, ["counterfactual", "--experiment", "cli", "--orders", "bottom", "--ks", "0,1",
-                               "--seeds", "1", "--no-progress"])
+                               "--seeds", "1", "--workers", "2", "--no-progress"])  # two worker processes
     assert result.exit_code == 0, result.output
     assert "2 runs (2 trained, 0 reused)" in result.output
     parent = client.search_runs([runner.experiment_id], "tags.`transfer_core.kind` = 'counterfactual'")[0]

@@ -304,10 +304,13 @@ def sweeps_command(experiment, tracking_uri):
               help="Folder with the CIFAR archives or trees [env: TRANSFER_CORE_DATA].")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@click.option("--workers", default="1", show_default=True,
+              help="Processes training grid points at once; each loads the data once and gets cores/workers "
+                   "torch threads (2 is best on a shared 2-core machine).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @friendly_errors
 def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides,
-                           transfer_params_from, data_root, tracking_uri, progress):
+                           transfer_params_from, data_root, tracking_uri, workers, progress):
     """Retrain without the classes an analysis ranks most detrimental / helpful / at random.
 
     Each (order, k, seed) is one child run of a counterfactual parent run, which gets a
@@ -328,7 +331,8 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
     setup_tracking(tracking_uri)
     outcome = counterfactual_from_analysis(experiment, plan, analysis_run_id=analysis_run_id or None,
                                            profile=profile or None, overrides=merged, data_root=data_root,
-                                           parent_run_id=os.environ.get("MLFLOW_RUN_ID"), progress=progress)
+                                           parent_run_id=os.environ.get("MLFLOW_RUN_ID"),
+                                           workers=parse_value("--workers", workers, int), progress=progress)
     runs = outcome.runs
     click.echo(f"counterfactual {runs.counterfactual_id} (run {runs.parent_run_id}) of analysis "
                f"{outcome.analysis_run_id}: {len(runs.table)} runs ({runs.n_trained} trained, "
@@ -370,7 +374,8 @@ def register_command(experiment, counterfactual_run_id, name, data_root, trackin
               help="Override a config field in every step, e.g. --set pretrain.epochs=4. Repeatable.")
 @click.option("--tune-trials", default="8", show_default=True, help="Optuna trials of the tune step; 0 skips it.")
 @click.option("--n-models", default="40", show_default=True, help="Subset runs in the sweep.")
-@click.option("--workers", default="1", show_default=True, help="Local worker processes of the sweep.")
+@click.option("--workers", default="2", show_default=True,
+              help="Worker processes of the sweep and the counterfactual (1 torch thread each on 2 cores).")
 @click.option("--orders", default="bottom,top,random", show_default=True, help="Counterfactual removal orders.")
 @click.option("--ks", default="0,10,25", show_default=True, help="Counterfactual numbers of removed classes.")
 @click.option("--seeds", default="2", show_default=True, help="Counterfactual seeds per grid point.")

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from mlflow.entities import Param, RunTag
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-from tqdm.auto import tqdm
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from .config import ConfigError, RunConfig
+from .counterfactual_exec import Point, train_points
 from .tracking import KIND_TAG
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,11 @@ def _parent_run(client, experiment_id: str, cf_id: str, tags: dict, params: dict
 
 def run_counterfactual(runner, ranking: pd.DataFrame, plan: CounterfactualPlan, *,
                        analysis_run_id: str | None = None, source_sweep_id: str | None = None,
-                       parent_run_id: str | None = None, progress: bool = True) -> CounterfactualRuns:
+                       parent_run_id: str | None = None, workers: int = 1, data_root=None,
+                       progress: bool = True) -> CounterfactualRuns:
     """Train every missing grid point with ``runner`` (a :class:`SubsetRunner`) and log it.
 
+    ``workers > 1`` trains points in that many processes (``data_root`` is what they load).
     Each child run keeps its transferred model (``model.pt``) so the registry can log the
     chosen one without retraining. Returns the parent run id and the table of all points.
     """
@@ -190,15 +192,15 @@ def run_counterfactual(runner, ranking: pd.DataFrame, plan: CounterfactualPlan, 
     todo = [p for p in plan.points() if p not in done]
     log.info("counterfactual %s: %d of %d runs already FINISHED", cf_id, len(plan.points()) - len(todo),
              len(plan.points()))
-    for order, k, seed in tqdm(todo, desc=f"counterfactual {cf_id}", unit="run", disable=not progress):
+    points = []
+    for order, k, seed in todo:
         removed = removal_set(order, k, seed, ranked, config.sweep_seed)
         mask = np.ones(len(names), dtype=bool)
         mask[removed] = False
         tags = {**common, KIND_TAG: CHILD_KIND, "order": order, "k": str(k), "seed": str(seed),
                 "removed": json.dumps(removed.tolist())[:4900]}
-        run_id = client.create_run(runner.experiment_id, tags={
-            **tags, MLFLOW_RUN_NAME: f"{order}-k{k}-s{seed}", MLFLOW_PARENT_RUN_ID: parent}).info.run_id
-        runner.run(seed, mask=mask, run_id=run_id, log_checkpoint=True, extra_tags=tags)
+        points.append(Point(seed, mask, tags, f"{order}-k{k}-s{seed}", parent))
+    train_points(runner, points, workers, data_root, progress, desc=f"counterfactual {cf_id}")
     done = finished_children(client, runner.experiment_id, cf_id)
     rows = []
     for order, k, seed in plan.points():

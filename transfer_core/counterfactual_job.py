@@ -60,7 +60,8 @@ class CounterfactualOutcome:
 
 def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, analysis_run_id: str | None = None,
                                  profile: str | None = None, overrides: dict | None = None, data_root=None,
-                                 parent_run_id: str | None = None, progress: bool = True) -> CounterfactualOutcome:
+                                 parent_run_id: str | None = None, workers: int = 1,
+                                 progress: bool = True) -> CounterfactualOutcome:
     """Run (or resume) the counterfactual grid of an analysis run and report it.
 
     The models are trained with the config of the analysed sweep (so the check uses the
@@ -81,6 +82,7 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, a
                           "pass --profile")
     runner = SubsetRunner(config, experiment, data_root)
     runs = run_counterfactual(runner, class_ranking(analysis.info.run_id), plan, analysis_run_id=analysis.info.run_id,
-                              source_sweep_id=sweep_id, parent_run_id=parent_run_id, progress=progress)
+                              source_sweep_id=sweep_id, parent_run_id=parent_run_id, workers=workers,
+                              data_root=data_root, progress=progress)
     selection = log_report(client, runs)
     return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id)

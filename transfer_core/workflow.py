@@ -37,7 +37,7 @@ class MainSettings:
     overrides: str = ""  # "section.field=value,..." applied to every step
     tune_trials: int = 8  # 0 skips tuning
     n_models: int = 40
-    workers: int = 1
+    workers: int = 2  # sweep and counterfactual processes, 1 torch thread each on 2 cores
     orders: str = "bottom,top,random"
     ks: str = "0,10,25"
     seeds: int = 2
@@ -144,7 +144,7 @@ class Workflow:
         analysis = self.step("analyze", {**common, "sweep": sweep_id})
         analysis_run_id = self._analysis_run_id(analysis, sweep_id)
         counterfactual = self.step("counterfactual", {**common, "analysis": analysis_run_id, "orders": s.orders,
-                                                      "ks": s.ks, "seeds": s.seeds})
+                                                      "ks": s.ks, "seeds": s.seeds, "workers": s.workers})
         register = self.step("register", {**common, "counterfactual": counterfactual.info.run_id})
         tags = register.data.tags
         return MainResult(self.steps, sweep_id, analysis_run_id, counterfactual.info.run_id,
