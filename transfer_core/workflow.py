@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -121,8 +122,14 @@ class Workflow:
         for run in others:
             self.echo(f"[{entry_point}] not reusing run {run.info.run_id}: {_why_skipped(run, params)}")
         self.echo(f"[{entry_point}] running with {params}")
-        submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=entry_point, parameters=params,
-                                        experiment_id=self.experiment_id, env_manager="local", synchronous=True)
+        path = os.environ.get("PATH", "")
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"  # steps use this Python
+        try:
+            submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=entry_point, parameters=params,
+                                            experiment_id=self.experiment_id, env_manager="local",
+                                            synchronous=True)
+        finally:
+            os.environ["PATH"] = path
         self.client.set_tag(submitted.run_id, STEP_KEY_TAG, key)
         self.steps[entry_point] = submitted.run_id
         return self.client.get_run(submitted.run_id)
