@@ -36,7 +36,8 @@ def main() -> None:
     client = mlflow.MlflowClient(uri)
     if client.get_experiment_by_name(experiment) is None:  # artifacts under the store, not the checkout
         client.create_experiment(experiment, artifact_location=str(store.resolve() / "mlruns" / experiment))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,  # `python` of the entry points = this Python, as in make run
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.setdefault("TRANSFER_CORE_DATA", str(REPO.parent / "shared" / "data"))
     command = [sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local"]
     for param in args.params:
