@@ -119,6 +119,10 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
     if pruned:
         message = (f"registered the pruned source's model as {CHAMPION}: it beats the full source on "
                    f"validation. {selection.describe()}")
+    elif selection.k == 0:
+        message = (f"no pruned source (the most detrimental classes removed) beat the full source on validation "
+                   f"(full source val {selection.full_val_acc:.4f}), so the full-source model is registered as "
+                   f"{CHAMPION}")
     else:
         message = (f"the pruned source did not beat the full source on validation (best "
                    f"{selection.order} k={selection.k}: val {selection.val_acc:.4f} vs full "
