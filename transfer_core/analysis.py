@@ -228,20 +228,26 @@ def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptio
                           pd.read_csv(artifact_path(run, RANKING_ARTIFACT)))
 
 
+def get_analysis_run(client: MlflowClient, run_id: str):
+    """The MLflow run ``run_id``, checked to be an analysis run; ConfigError otherwise."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise ConfigError(f"analysis run {run_id!r} does not exist in this tracking store; "
+                          "give the id of an `analyze` run") from None
+    if run.data.tags.get(KIND_TAG) != ANALYSIS_KIND:
+        raise ConfigError(f"run {run_id} is not an analysis run (its {KIND_TAG} tag is "
+                          f"{run.data.tags.get(KIND_TAG)!r}); give the id of an `analyze` run")
+    return run
+
+
 def class_ranking(analysis_run_id: str) -> pd.DataFrame:
     """The ``class_influence.csv`` table of an analysis run: one row per source class, best first.
 
     Columns ``class_index, class_name, influence, std_error, ci_low, ci_high``; influence on
     target accuracy when the run's output was ``correct``, else on that output.
     """
-    client = MlflowClient()
-    try:
-        run = client.get_run(analysis_run_id)
-    except Exception:
-        raise ConfigError(f"analysis run {analysis_run_id!r} does not exist in this tracking store") from None
-    if run.data.tags.get(KIND_TAG) != ANALYSIS_KIND:
-        raise ConfigError(f"run {analysis_run_id} is not an analysis run (its {KIND_TAG} tag is "
-                          f"{run.data.tags.get(KIND_TAG)!r}); give the id of an `analyze` run")
+    run = get_analysis_run(MlflowClient(), analysis_run_id)
     path = artifact_path(run, RANKING_ARTIFACT)
     if not Path(path).is_file():
         raise ConfigError(f"analysis run {analysis_run_id} has no {RANKING_ARTIFACT} (status {run.info.status}); "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from .analysis import ANALYSIS_KIND, class_ranking
+from .analysis import ANALYSIS_KIND, class_ranking, get_analysis_run
 from .config import ConfigError, RunConfig, build_config, with_overrides
 from .counterfactual import CounterfactualPlan, CounterfactualRuns, quote, run_counterfactual
 from .counterfactual_report import Selection, log_report
@@ -20,13 +20,7 @@ from .tracking import KIND_TAG, get_experiment_id, run_config
 def find_analysis_run(client: MlflowClient, experiment_id: str, run_id: str | None = None):
     """The analysis run ``run_id``, or the latest FINISHED analysis run of the experiment."""
     if run_id:
-        try:
-            run = client.get_run(run_id)
-        except Exception:
-            raise ConfigError(f"analysis run {run_id!r} does not exist; give the id of an `analyze` run") from None
-        if run.data.tags.get(KIND_TAG) != ANALYSIS_KIND:
-            raise ConfigError(f"run {run_id} is not an analysis run (its {KIND_TAG} tag is "
-                              f"{run.data.tags.get(KIND_TAG)!r}); give the id of an `analyze` run")
+        run = get_analysis_run(client, run_id)
         if run.info.status != "FINISHED":
             raise ConfigError(f"analysis run {run_id} is {run.info.status}, not FINISHED; rerun `analyze`")
         return run
