@@ -87,6 +87,24 @@ def test_resuming_a_journal_study_adds_trials_and_keeps_the_backbone(resumed):
     assert second.best_value == study.best_value >= second.default_value
 
 
+def test_total_trials_completes_the_study_and_then_adds_none(resumed):
+    """--total-trials makes rerunning a tuning command safe: it tops the study up to N finished
+    trials and, once there, adds none, so the best params (and the sweep they feed) stay put."""
+    config = resumed[0]
+    space = SearchSpace.parse(SPACE)
+    first = tune(config, TuneSettings(n_trials=2, study_name="total", space=space, sampler_seed=0), EXPERIMENT,
+                 progress=False)
+    settings = TuneSettings(n_trials=1, total_trials=4, study_name="total", space=space, sampler_seed=2)
+    topped = tune(config, settings, EXPERIMENT, progress=False)
+    assert sum(first.counts.values()) == 2 and sum(topped.counts.values()) == 4  # 2 added, not n_trials=1
+    again = tune(config, settings, EXPERIMENT, progress=False)
+    assert sum(again.counts.values()) == 4 and len(journal_study("total").trials) == 4
+    assert again.best_params == topped.best_params and again.best_value == topped.best_value
+    assert MlflowClient().get_run(again.run_id).info.status == "FINISHED"
+    with pytest.raises(ConfigError, match="--total-trials must be a positive integer"):
+        TuneSettings(total_trials=0).validate(config)
+
+
 def test_mlflow_child_runs_match_optuna_trials_one_for_one(resumed):
     _, first, second = resumed
     study = journal_study("resume")

@@ -155,6 +155,10 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
 @config_options
 @click.option("--n-trials", type=str, default="20", show_default=True,
               help="Trials this call adds to the study (the study's first trial is the config's own recipe).")
+@click.option("--total-trials", type=str, default=None,
+              help="Instead of --n-trials: add only the trials the study lacks to hold this many finished ones, "
+                   "so rerunning the command after an interruption completes the study and then adds none "
+                   "(the best params, and so the sweep they feed, stay the same).")
 @click.option("--study-name", default=None,
               help="Optuna study to create or extend. Default: <profile>-<mode>-<config hash>, so rerunning "
                    "the same command adds trials to the same study.")
@@ -176,7 +180,7 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @friendly_errors
 def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
-                 n_trials, study_name, storage, space, backbone_index, timeout, sampler_seed, progress):
+                 n_trials, total_trials, study_name, storage, space, backbone_index, timeout, sampler_seed, progress):
     """Tune the transfer hyperparameters with Optuna on the target validation split.
 
     One backbone is pretrained and logged, then every trial transfers it with other
@@ -190,11 +194,12 @@ def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root
 
     config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed)
     optional = {"--backbone-index": (backbone_index, int), "--timeout": (timeout, float),
-                "--sampler-seed": (sampler_seed, int)}
+                "--total-trials": (total_trials, int), "--sampler-seed": (sampler_seed, int)}
     values = {k: None if v in (None, "") else parse_value(k, v, kind) for k, (v, kind) in optional.items()}
     space_specs = [s for s in space if s.strip().lower() != "default"]
     settings = TuneSettings(
-        n_trials=parse_value("--n-trials", n_trials, int), study_name=study_name or None, storage=storage or None,
+        n_trials=parse_value("--n-trials", n_trials, int), total_trials=values["--total-trials"],
+        study_name=study_name or None, storage=storage or None,
         space=SearchSpace.parse(space_specs) if space_specs else None,
         backbone_index=values["--backbone-index"], timeout_s=values["--timeout"],
         sampler_seed=values["--sampler-seed"]).validate(config)
@@ -465,6 +470,42 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
                f"{top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
                f"({bottom.influence:+.4g}); positive = including the class helps")
     click.echo(f"report: {result.report_path}")
+
+
+@main.command("publish")
+@click.option("--experiment", default="transfer_core", show_default=True, help="MLflow experiment name.")
+@click.option("--out", "out_dir", default="docs/results", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to write RESULTS.md, the figures and the tables into (files of the same name are replaced).")
+@click.option("--analysis", "analysis_run_id", default=None,
+              help="Analysis run to publish. Default: the experiment's latest FINISHED analysis run.")
+@click.option("--counterfactual", "counterfactual_run_id", default=None,
+              help="Counterfactual run to publish. Default: the latest FINISHED one made from that analysis run.")
+@click.option("--top-k", default="10", show_default=True,
+              help="Most helpful and most detrimental classes listed, overall and per target class.")
+@click.option("--subpopulation", default=None, metavar="TARGET:SOURCE",
+              help="Sub-population to show, e.g. automobile:pickup_truck. Default: the group with the largest "
+                   "share of its target class (at least 8 images).")
+@click.option("--data-root", type=click.Path(), default=None, envvar="TRANSFER_CORE_DATA",
+              help="Folder with the CIFAR archives or trees [env: TRANSFER_CORE_DATA]; for the example images.")
+@click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@friendly_errors
+def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id, top_k, subpopulation, data_root,
+                    tracking_uri):
+    """Write an experiment's results (figures, tables, RESULTS.md) into a folder for a README.
+
+    Reads the analysis run, the counterfactual run made from it and the tune run whose recipe
+    the sweep used; every table in RESULTS.md names the run and artifact it comes from.
+    """
+    from .config import parse_value
+    from .publish import publish
+    from .tracking import setup_tracking
+
+    setup_tracking(tracking_uri)
+    path = publish(experiment, out_dir, analysis_run_id=analysis_run_id or None,
+                   counterfactual_run_id=counterfactual_run_id or None, top_k=parse_value("--top-k", top_k, int),
+                   subpopulation=subpopulation or None, data_root=data_root)
+    click.echo(f"results written to {path}")
 
 
 if __name__ == "__main__":

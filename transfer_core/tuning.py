@@ -58,6 +58,7 @@ class TuneSettings:
     """How to search; the config being tuned is a separate :class:`RunConfig`."""
 
     n_trials: int = 20  # trials this call adds to the study
+    total_trials: int | None = None  # if set: add only the trials the study lacks to hold this many finished ones
     study_name: str | None = None  # None: <profile>-<mode>-<hash of the config>
     storage: str | None = None  # None: mlruns/optuna/<study>.journal; or a *.journal path, or an RDB URL
     space: SearchSpace | None = None  # None: SearchSpace.default(transfer mode)
@@ -70,6 +71,9 @@ class TuneSettings:
     def validate(self, config: RunConfig) -> "TuneSettings":
         if self.n_trials < 1:
             raise ConfigError(f"--n-trials must be a positive integer, got {self.n_trials}; e.g. --n-trials 20")
+        if self.total_trials is not None and self.total_trials < 1:
+            raise ConfigError(f"--total-trials must be a positive integer, got {self.total_trials}; "
+                              "e.g. --total-trials 16")
         if self.backbone_index is not None and self.backbone_index < 0:
             raise ConfigError(f"--backbone-index must be >= 0 (or unset for the full source), got {self.backbone_index}")
         if self.timeout_s is not None and self.timeout_s <= 0:
@@ -213,6 +217,12 @@ def _tune(config, settings, experiment, data_root, device, profile, run_id, prog
     study_name = settings.study_name or default_study_name(profile, config, settings.backbone_index)
     storage, storage_label = open_storage(settings.storage, study_name)  # fail fast, before any training
     study = load_study(settings, storage, study_name, storage_label, config)
+    n_trials = settings.n_trials
+    if settings.total_trials is not None:  # resumable: finish the study, add nothing once it is complete
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        n_trials = max(settings.total_trials - finished, 0)
+        log.info("study %s holds %d finished trials; adding %d to reach %d", study_name, finished, n_trials,
+                 settings.total_trials)
     runner = SubsetRunner(config, experiment, data_root, device)
     client = runner.client
     experiment_id = client.get_run(run_id).info.experiment_id if run_id else runner.experiment_id
@@ -220,7 +230,7 @@ def _tune(config, settings, experiment, data_root, device, profile, run_id, prog
             BACKBONE_TAG: backbone_hash(config, settings.backbone_index), MLFLOW_RUN_NAME: f"tune-{study_name}"}
     if run_id is None:
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    params = {**config.to_params(), **settings.space.describe(), "tune.n_trials": str(settings.n_trials),
+    params = {**config.to_params(), **settings.space.describe(), "tune.n_trials": str(n_trials),
               "tune.study_name": study_name, "tune.storage": storage_label,
               "tune.backbone_index": "all" if settings.backbone_index is None else str(settings.backbone_index),
               "tune.sampler_seed": str(settings.sampler_seed)}
@@ -234,12 +244,13 @@ def _tune(config, settings, experiment, data_root, device, profile, run_id, prog
         log_backbone(client, run_id, backbone, config)
         fitter = TrialFitter(backbone, runner)
         objective = make_objective(settings.space, config, fitter, client, experiment_id, run_id, study_name)
-        with tqdm(total=settings.n_trials, desc=f"tune {study_name}", disable=not progress, unit="trial") as bar:
+        with tqdm(total=n_trials, desc=f"tune {study_name}", disable=not progress, unit="trial") as bar:
             def advance(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 bar.update()
                 if any(t.state.name == "COMPLETE" for t in study_.get_trials(deepcopy=False)):
                     bar.set_postfix(best=f"{study_.best_value:.4f}")
-            study.optimize(objective, n_trials=settings.n_trials, timeout=settings.timeout_s, callbacks=[advance])
+            if n_trials:
+                study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_s, callbacks=[advance])
         best = log_study_summary(client, run_id, study, config)
     except BaseException as exc:
         mark_failed(client, run_id, exc)
