@@ -15,6 +15,8 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ RANKING_ARTIFACT = "class_influence.csv"
 MATRIX_ARTIFACT = "influence_matrix.npy"
 REPORT_ARTIFACT = "report.html"
 PER_RUN_PARAMS = ("subset.index", "subset.seed", "subset.n_kept")  # differ between runs by design
+INPUTS_TAG = "analysis_inputs"  # hash of the analysed run ids and the options: equal hash, equal analysis
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class AnalysisResult:
     sweep_id: str
     report_path: Path
     ranking: pd.DataFrame  # the class_influence.csv table
+    reused: bool = False  # an earlier FINISHED analysis of the same runs with the same options
 
 
 def resolve_sweep(experiment_id: str, experiment: str, sweep_id: str | None) -> str:
@@ -181,12 +185,28 @@ def existing_experiment(client: MlflowClient, name: str) -> str:
     return found.experiment_id
 
 
+def inputs_hash(run_ids: list[str], options: AnalysisOptions) -> str:
+    """What an analysis is a function of: the set of runs and the options (seeds included)."""
+    key = json.dumps([sorted(run_ids), asdict(options)], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _result(client: MlflowClient, run_id: str, sweep_id: str, reused: bool = False) -> AnalysisResult:
+    run = client.get_run(run_id)
+    return AnalysisResult(run_id, sweep_id, artifact_path(run, REPORT_ARTIFACT),
+                          pd.read_csv(artifact_path(run, RANKING_ARTIFACT)), reused)
+
+
 def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptions = AnalysisOptions(),
-            data_root=None, device=None, run_id: str | None = None, progress: bool = True) -> AnalysisResult:
+            data_root=None, device=None, run_id: str | None = None, progress: bool = True,
+            recompute: bool = False) -> AnalysisResult:
     """Analyse the FINISHED runs of a sweep and log an analysis run; see the module docstring.
 
-    ``run_id`` continues a RUNNING run made elsewhere (``mlflow run``); otherwise one is made.
-    Bad input (incompatible runs, too few runs per class) raises before anything is logged.
+    ``run_id`` continues a RUNNING run made elsewhere (``mlflow run``); otherwise one is made,
+    unless a FINISHED analysis of the same runs with the same options exists: that one is
+    returned (``reused``), so steps keyed on the analysis run (counterfactuals) resume, unless
+    ``recompute``. Bad input (incompatible runs, too few runs per class) raises before anything
+    is logged.
     """
     from .analysis_artifacts import write_artifacts
     from .collect import collect_sweep
@@ -201,7 +221,14 @@ def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptio
     influence.check_coverage(runs.masks, runs.source_classes, options.min_runs)
     config = from_params(runs.params)
 
-    tags = {KIND_TAG: ANALYSIS_KIND, "sweep_id": sweep_id, MLFLOW_RUN_NAME: f"analysis-{sweep_id}"}
+    key = inputs_hash(runs.run_ids, options)
+    if run_id is None and not recompute:
+        found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                   filter_string=f"tags.`{KIND_TAG}` = '{ANALYSIS_KIND}' and tags.{INPUTS_TAG} = "
+                                                 f"'{key}' and attributes.status = 'FINISHED'")
+        if found:
+            return _result(client, found[0].info.run_id, sweep_id, reused=True)
+    tags = {KIND_TAG: ANALYSIS_KIND, "sweep_id": sweep_id, MLFLOW_RUN_NAME: f"analysis-{sweep_id}", INPUTS_TAG: key}
     if run_id is None:
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
     else:
@@ -223,9 +250,7 @@ def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptio
         mark_failed(client, run_id, exc)
         raise
     client.set_terminated(run_id, status="FINISHED")
-    run = client.get_run(run_id)
-    return AnalysisResult(run_id, sweep_id, artifact_path(run, REPORT_ARTIFACT),
-                          pd.read_csv(artifact_path(run, RANKING_ARTIFACT)))
+    return _result(client, run_id, sweep_id)
 
 
 def get_analysis_run(client: MlflowClient, run_id: str):

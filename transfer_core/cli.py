@@ -443,10 +443,13 @@ def main_job(profile, experiment, overrides, tune_trials, n_models, workers, ord
               help="Folder with the CIFAR archives or trees [env: TRANSFER_CORE_DATA]; for the example images.")
 @click.option("--tracking-uri", default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store mlruns/mlflow.db.")
+@click.option("--recompute/--reuse", default=False, show_default=True,
+              help="By default a FINISHED analysis of the same runs with the same options is reused (so reruns "
+                   "of a script resume its counterfactuals); --recompute logs a new analysis run anyway.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @friendly_errors
 def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidence, seed, feature_neighbours,
-                    data_root, tracking_uri, progress):
+                    data_root, tracking_uri, recompute, progress):
     """Fit class influences from a sweep's FINISHED runs and log the findings as an analysis run.
 
     Positive influence = including the source class helps the target. Logs class_influence.csv,
@@ -463,9 +466,12 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
         seed=parse_value("--seed", seed, int), feature_neighbours=feature_neighbours).validate()
     setup_tracking(tracking_uri)
     result = analyze(experiment, sweep_id or None, options, data_root=data_root,
-                     run_id=os.environ.get("MLFLOW_RUN_ID"), progress=progress)
+                     run_id=os.environ.get("MLFLOW_RUN_ID"), progress=progress, recompute=recompute)
     top = result.ranking.iloc[0]
     bottom = result.ranking.iloc[-1]
+    if result.reused:
+        click.echo(f"reusing analysis run {result.run_id}: the same {result.sweep_id} runs with the same options "
+                   "(--recompute makes a new one)")
     click.echo(f"analysis run {result.run_id} of sweep {result.sweep_id} FINISHED: most helpful class "
                f"{top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
                f"({bottom.influence:+.4g}); positive = including the class helps")

@@ -315,3 +315,21 @@ def dom_influence(masks, outputs, **kwargs) -> np.ndarray:
 
 
 ESTIMATORS = {"dom": dom_influence, "ridge": ridge_influence}
+
+
+def runs_for_reliability(n_runs: int, split_half: float, target: float = 0.9) -> float:
+    """Runs whose class ranking would correlate ``target`` with an independent replicate.
+
+    ``split_half`` is the correlation of two rankings from ``n_runs`` runs each (the last
+    point of :func:`split_half_stability`). The Spearman-Brown prophecy formula extrapolates
+    it: a ranking from ``m * n_runs`` runs has reliability ``m r / (1 + (m - 1) r)``; solved
+    for ``target``, ``m = target (1 - r) / (r (1 - target))``. Infinite when ``r <= 0``.
+    An extrapolation that assumes independent noise per run; treat it as an order of magnitude.
+    """
+    if not 0 < target < 1:
+        raise ConfigError(f"target reliability must lie in (0, 1), got {target}")
+    if not np.isfinite(split_half) or split_half <= 0:
+        return float("inf")
+    if split_half >= target:
+        return float(n_runs)
+    return float(n_runs * target * (1 - split_half) / (split_half * (1 - target)))
