@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from .analysis import ANALYSIS_KIND, existing_experiment, get_analysis_run
+from .analysis import existing_experiment
 from .config import ConfigError
 from .counterfactual import FULL, PARENT_KIND, quote
+from .counterfactual_job import find_analysis_run
 from .counterfactual_report import SELECTION_ARTIFACT, SUMMARY_ARTIFACT, Selection
 from .findings import ALL
 from .influence import runs_for_reliability
@@ -56,18 +58,13 @@ def find_runs(experiment: str, analysis_run_id: str | None = None,
 
     client = MlflowClient()
     experiment_id = existing_experiment(client, experiment)
-    if analysis_run_id:
-        analysis = get_analysis_run(client, analysis_run_id)
-    else:
-        found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
-                                   filter_string=f"tags.`{KIND_TAG}` = '{ANALYSIS_KIND}' and attributes.status = "
-                                                 "'FINISHED'")
-        if not found:
-            raise ConfigError(f"experiment {experiment!r} has no FINISHED analysis run; run `transfer-core analyze` "
-                              "first")
-        analysis = found[0]
+    analysis = find_analysis_run(client, experiment_id, analysis_run_id)
     if counterfactual_run_id:
-        counterfactual = client.get_run(counterfactual_run_id)
+        try:
+            counterfactual = client.get_run(counterfactual_run_id)
+        except MlflowException:
+            raise ConfigError(f"no MLflow run {counterfactual_run_id!r} in this tracking store; give the id the "
+                              "`counterfactual` command printed") from None
         if counterfactual.data.tags.get(KIND_TAG) != PARENT_KIND:
             raise ConfigError(f"run {counterfactual_run_id} is not a counterfactual run; give the id the "
                               "`counterfactual` command printed")
@@ -82,11 +79,19 @@ def find_runs(experiment: str, analysis_run_id: str | None = None,
         tune = None
     if tune is not None:  # only the tune run whose recipe the sweep was trained with
         best = json.loads(artifact_path(tune, "best_params.json").read_text())
-        swept = analysis.data.params
-        if any(swept.get(k) is None or not np.isclose(float(swept[k]), float(v)) for k, v in best.items()
-               if isinstance(v, (int, float))):
+        if not all(same_value(analysis.data.params.get(k), v) for k, v in best.items()):
             tune = None
     return PublishedRuns(analysis, counterfactual, tune)
+
+
+def same_value(logged: str | None, wanted) -> bool:
+    """A logged param equals a best-params value (numbers compared as floats)."""
+    if logged is None:
+        return False
+    try:
+        return bool(np.isclose(float(logged), float(wanted)))
+    except ValueError:
+        return str(logged) == str(wanted)
 
 
 def ci(value: float, low: float, high: float, scale: float = 100.0, sign: bool = True) -> str:
