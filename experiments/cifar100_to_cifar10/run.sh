@@ -26,6 +26,7 @@ BOOTSTRAP=${BOOTSTRAP:-200}
 MIN_RUNS=${MIN_RUNS:-5}
 OUT=${OUT:-$ROOT/docs/results}
 SET=${SET:-}
+SUBPOPULATION=${SUBPOPULATION:-}  # TARGET:SOURCE shown in RESULTS.md; empty: the largest group
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns/mlflow.db}
 mkdir -p mlruns
 overrides=()
@@ -44,4 +45,4 @@ step "4/5 counterfactuals: retrain without the top / bottom / random k classes"
 # (retrains with the analysed sweep's own config, tuned transfer recipe included)
 transfer-core counterfactual --experiment "$EXPERIMENT" --ks "$KS" --seeds "$SEEDS" --workers "$WORKERS"
 step "5/5 publish: RESULTS.md, tables and figures into $OUT"
-transfer-core publish --experiment "$EXPERIMENT" --out "$OUT"
+transfer-core publish --experiment "$EXPERIMENT" --out "$OUT" ${SUBPOPULATION:+--subpopulation "$SUBPOPULATION"}
