@@ -69,7 +69,7 @@ def ranking(helpful: pd.DataFrame, detrimental: pd.DataFrame, output: str, path:
 
 
 def image_grid(target_name: str, target_examples: list[torch.Tensor], rows: list[tuple[str, float, list]],
-               path: Path) -> Path:
+               path: Path, title: str | None = None) -> Path:
     """One target class: example target images, then one row of example images per chosen source
     class (``(label, influence, images)``), top positive first, then top negative."""
     n_cols = max([len(target_examples)] + [len(images) for _, _, images in rows] + [1])
@@ -87,7 +87,8 @@ def image_grid(target_name: str, target_examples: list[torch.Tensor], rows: list
             _show(axes[i, j], image)
         axes[i, 0].set_ylabel(f"{label}\n{influence:+.3g}", fontsize=7,
                               color="tab:blue" if influence > 0 else "tab:red")
-    fig.suptitle(f"Target class {target_name!r}: top positive (blue) and negative (red) source classes", fontsize=9)
+    fig.suptitle(title or f"Target class {target_name!r}: top positive (blue) and negative (red) source classes",
+                 fontsize=9)
     return _save(fig, path)
 
 

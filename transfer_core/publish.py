@@ -182,7 +182,10 @@ def subpopulation_figure(group: pd.Series, analysis, data_root, path: Path, n_im
     members = [int(i) for i in str(group.examples).split(";") if i][:n_images]
     source_members = np.flatnonzero(source.labels.numpy() == int(group.class_index))[:n_images]
     rows = [(f"source\n{group.source_class}", float(group.mean_influence), [source.images[i] for i in source_members])]
-    figures.image_grid(f"{group.target_class} <- {group.source_class}", [test.images[i] for i in members], rows, path)
+    title = (f"Sub-population: {group.target_class} test images whose most influential source class is "
+             f"{group.source_class}, above {group.source_class} training images")
+    figures.image_grid(f"{group.target_class} <- {group.source_class}", [test.images[i] for i in members], rows, path,
+                       title)
     return path
 
 
