@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .analysis import existing_experiment
@@ -60,14 +59,8 @@ def find_runs(experiment: str, analysis_run_id: str | None = None,
     experiment_id = existing_experiment(client, experiment)
     analysis = find_analysis_run(client, experiment_id, analysis_run_id)
     if counterfactual_run_id:
-        try:
-            counterfactual = client.get_run(counterfactual_run_id)
-        except MlflowException:
-            raise ConfigError(f"no MLflow run {counterfactual_run_id!r} in this tracking store; give the id the "
-                              "`counterfactual` command printed") from None
-        if counterfactual.data.tags.get(KIND_TAG) != PARENT_KIND:
-            raise ConfigError(f"run {counterfactual_run_id} is not a counterfactual run; give the id the "
-                              "`counterfactual` command printed")
+        from .registry import read_selection
+        counterfactual = read_selection(client, counterfactual_run_id)[0]
     else:
         found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
                                    filter_string=f"tags.`{KIND_TAG}` = '{PARENT_KIND}' and tags.analysis_run_id = "
