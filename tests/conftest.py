@@ -46,6 +46,17 @@ def tracking(tmp_path, monkeypatch, _empty_store):
     mlflow.set_tracking_uri(None)
 
 
+@pytest.fixture
+def new_store(tmp_path, monkeypatch):
+    """A tracking URI whose sqlite file does not exist yet: the first process to open it creates it."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts land under tmp_path/mlruns
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture(scope="session")
 def data_root():
     """The offline CIFAR archives (../shared/data); tests needing them skip only if absent."""

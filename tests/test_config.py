@@ -7,7 +7,7 @@ from transfer_core.config import ConfigError, RunConfig, build_config, from_para
 def test_profiles_load_and_validate():
     assert {"quick", "cifar", "imagenet", "synthetic"} <= set(profile_names())
     for name in profile_names():
-        load_profile(name).validate()
+        assert isinstance(load_profile(name), RunConfig)  # constructing one validates it
     quick = build_config("quick")
     assert quick.data.source == "cifar100" and quick.data.target == "cifar10"
     assert quick.alpha == 0.5 and quick.transfer.mode == "fixed"
@@ -54,5 +54,7 @@ def test_unknown_profile_and_bad_override_syntax():
         parse_overrides(["pretrain.epochs"])
 
 
-def test_defaults_are_valid():
-    RunConfig().validate()
+def test_defaults_are_valid_and_invalid_configs_cannot_exist():
+    RunConfig()
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        RunConfig(alpha=2.0)

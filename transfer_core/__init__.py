@@ -1,5 +1,20 @@
 """transfer_core: which source classes help or hurt transfer to a target task.
 
+The package's stages, in the order data flows through them::
+
+    config         RunConfig: typed, validated at construction; profiles in experiments/profiles
+    data           datasets as uint8 tensors, the target's splits, class masks
+    train          networks and the tensor training loop; one subset run as pure computation
+    track          the MLflow store, run lookups and lifecycle, what a run logs, claims
+    execute        SubsetRunner (one model = one MLflow run); one executor for every retraining
+    sweep          many subset runs of one config; collecting them back as arrays
+    tune           Optuna search of the transfer recipe on the validation split
+    analysis       influences, uncertainty, findings, report
+    counterfactual retraining without the classes a ranking names
+    registry       the champion model in the MLflow Model Registry
+    workflow       the `main` chain of MLproject entry points; publishing results
+    cli            the `transfer-core` command line
+
 A small surface, in the spirit of airbench and TRAK::
 
     from transfer_core import build_config, SubsetRunner
@@ -8,14 +23,14 @@ A small surface, in the spirit of airbench and TRAK::
 
 Sign convention everywhere: positive influence = including the source class helps.
 """
-from .config import ConfigError, RunConfig, build_config, load_profile
-from .subsets import class_mask
+from transfer_core.config import ConfigError, RunConfig, build_config, load_profile
+from transfer_core.data import class_mask
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "load_profile", "class_mask", "SubsetRunner"]
 
 
 def __getattr__(name):  # keep `import transfer_core` light: MLflow loads only when used
     if name == "SubsetRunner":
-        from .runner import SubsetRunner
+        from transfer_core.execute import SubsetRunner
         return SubsetRunner
     raise AttributeError(name)

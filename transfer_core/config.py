@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "profiles"
+DEFAULT_PROFILE = "quick"
 ARCHS = ("resnet_small", "resnet18")
 TRANSFER_MODES = ("fixed", "full")
 TOP_LEVEL_SECTION = "subset"  # how alpha and sweep_seed are spelled as params: subset.alpha
@@ -68,7 +69,8 @@ class RunConfig:
     alpha: float = 0.5  # share of the source classes each model keeps
     sweep_seed: int = 0  # masks are a pure function of (sweep_seed, index)
 
-    def validate(self) -> "RunConfig":
+    def __post_init__(self):
+        """Validate once, at construction: every RunConfig that exists is a valid one."""
         d, p, t = self.data, self.pretrain, self.transfer
         _check(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}; use e.g. alpha=0.5")
         _check(d.resolution >= 8, f"data.resolution must be at least 8 pixels, got {d.resolution}")
@@ -86,7 +88,6 @@ class RunConfig:
             _check(0 <= section.label_smoothing < 1, f"{name}.label_smoothing must be in [0, 1)")
         _check(p.width >= 1, "pretrain.width must be a positive integer")
         _check(0 <= p.peak_epoch <= p.epochs, "pretrain.peak_epoch must lie between 0 and pretrain.epochs")
-        return self
 
     def to_params(self) -> dict[str, str]:
         """Flat ``{"section.field": str(value)}``: the one place values become MLflow params."""
@@ -202,9 +203,9 @@ def load_profile(name: str) -> RunConfig:
     return with_overrides(RunConfig(), overrides)
 
 
-def build_config(profile: str, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Profile + overrides, validated: the single entry every command uses."""
-    return with_overrides(load_profile(profile), overrides or {}).validate()
+def build_config(profile: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Profile + overrides (validated, as every RunConfig): the single entry every command uses."""
+    return with_overrides(load_profile(profile), overrides or {})
 
 
 def from_params(params: dict[str, str]) -> RunConfig:

@@ -1,0 +1,260 @@
+"""The analysis end to end: a real sweep on the planted synthetic data, the `analyze` command,
+its findings and report; refusals of bad input; the near-duplicate search on real CIFAR."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from transfer_core.analysis import findings, influence
+from transfer_core.data import synthetic
+from transfer_core.analysis import AnalysisOptions, class_ranking, estimate
+from transfer_core.analysis.run import check_compatible
+from transfer_core.cli import main
+from transfer_core.config import ConfigError, build_config
+from transfer_core.data import load_split
+from transfer_core.execute import ExecutorSettings, SubsetRunner
+from transfer_core.sweep import run_sweep
+from transfer_core.track import artifact_path
+
+N_MODELS = 40  # measured z of the weakest planted effect at 40 runs: about 4 (synthetic.py's docstring)
+EXPERIMENT = "planted"
+TINY = {"pretrain.epochs": "1", "transfer.epochs": "1"}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, _empty_store):
+    """A 40-model sweep of the synthetic profile and one `transfer-core analyze` of it (no --sweep)."""
+    root = tmp_path_factory.mktemp("planted")
+    shutil.copy(_empty_store, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        mlflow.set_tracking_uri(uri)
+        sweep_id = run_sweep(build_config("synthetic"), N_MODELS, experiment=EXPERIMENT,
+                             execution=ExecutorSettings(workers=2), progress=False)
+        start = time.perf_counter()
+        result = CliRunner().invoke(main, ["analyze", "--experiment", EXPERIMENT, "--bootstrap", "200",
+                                           "--no-progress"], catch_exceptions=False)
+        print(f"analyze of {N_MODELS} runs took {time.perf_counter() - start:.1f} s")
+        assert result.exit_code == 0, result.output
+        client = MlflowClient()
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        (run,) = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'analysis'")
+        yield {"sweep_id": sweep_id, "run": run, "output": result.output,
+               "artifacts": Path(artifact_path(run, "report.html")).parent}
+        mlflow.set_tracking_uri(None)
+
+
+def aggregates(planted) -> pd.DataFrame:
+    table = pd.read_csv(planted["artifacts"] / "class_aggregates.csv")
+    return table[table["output"] == "margin"]
+
+
+def test_analysis_run_is_tagged_and_reported(planted):
+    run = planted["run"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["transfer_core.kind"] == "analysis" and run.data.tags["sweep_id"] == planted["sweep_id"]
+    assert run.data.params["analysis.output"] == "margin" and run.data.params["analysis.n_runs"] == str(N_MODELS)
+    report = planted["artifacts"] / "report.html"
+    assert f"report: {report}" in planted["output"] and report.is_file()
+    matrix = np.load(planted["artifacts"] / "influence_matrix.npy")
+    assert matrix.shape == (400, 10) and matrix.dtype == np.float32
+
+
+def test_helpful_class_is_the_top_positive_for_its_target_class(planted):
+    vertical = aggregates(planted).query("scope == 'vertical'").sort_values("influence", ascending=False)
+    top, runner_up = vertical.iloc[0], vertical.iloc[1]
+    assert top["class_name"] == "helpful"
+    assert top["ci_low"] > 0  # 95% bootstrap interval over runs excludes zero
+    assert top["influence"] > 1.3 * runner_up["influence"]  # measured 8.6 vs 4.5 (diagonal_twin)
+
+
+def test_misleading_class_is_significantly_negative_on_its_target_class(planted):
+    rings = aggregates(planted).query("scope == 'rings'").sort_values("influence")
+    worst, next_worst = rings.iloc[0], rings.iloc[1]
+    assert worst["class_name"] == "misleading"
+    assert worst["ci_high"] < 0 and worst["significant_familywise"]  # Bonferroni over 40 pairs: |z| > 3.2
+    assert worst["influence"] < 2 * next_worst["influence"]  # measured -18.8 vs -2.1
+    listed = pd.read_csv(planted["artifacts"] / "misleading.csv")
+    assert (listed.iloc[0]["class_name"], listed.iloc[0]["target_class"]) == ("misleading", "rings")
+
+
+def test_leaked_class_dominates_the_copied_test_images(planted):
+    run_ids = json.loads((planted["artifacts"] / "summary.json").read_text())["run_ids"]
+    assert len(run_ids) == N_MODELS
+    matrix = np.load(planted["artifacts"] / "influence_matrix.npy")
+    leaked = synthetic.leaked_test_indices().numpy()
+    names = synthetic.SOURCE_CLASSES
+    top = matrix[leaked].argmax(1)
+    assert (top == synthetic.PLANTED["leaked"]).mean() >= 0.8  # measured 60 of 60
+    # the group of copied images: leaked is the top class and its bootstrap interval excludes zero
+    from transfer_core.sweep import collect_sweep
+    runs = collect_sweep(planted["sweep_id"], progress=False)
+    group = np.zeros((400, 1), bool)
+    group[leaked] = True
+    means = influence.group_means(runs.outputs["margin"], group)
+    est = influence.difference_of_means(runs.masks, means)
+    assert names[int(est.influence[0].argmax())] == "leaked"
+    draws = influence.bootstrap_draws(runs.masks, means, influence.bootstrap_weights(N_MODELS, 200, seed=1))
+    assert np.percentile(draws[:, 0, synthetic.PLANTED["leaked"]], 2.5) > 0
+    # and the leakage finding confirms exact copies in that class, never elsewhere
+    candidates = pd.read_csv(planted["artifacts"] / "leakage_candidates.csv")
+    copies = candidates[candidates["verdict"] == "exact copy"]
+    assert len(copies) >= 10 and set(copies["source_class"]) == {"leaked"}
+    assert set(copies["test_index"]) <= set(leaked.tolist())
+
+
+def test_near_duplicates_list_exactly_the_planted_copies(planted):
+    table = pd.read_csv(planted["artifacts"] / "near_duplicates.csv")
+    exact = table[table["exact"]]
+    test, source = load_split("synthetic-target", "test", 32), load_split("synthetic-source", "train", 32)
+    a, b = test.images.flatten(1).double(), source.images.flatten(1).double()
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T  # exact in float64
+    naive = {tuple(pair) for pair in torch.nonzero(squared == 0).tolist()}
+    assert set(zip(exact["test_index"], exact["source_index"])) == naive
+    assert len(naive) == 2 * synthetic.N_LEAKED  # each copied image sits twice in the class
+    row = exact.iloc[0]
+    assert row["test_file"] == test.file_names[row["test_index"]]
+    assert row["source_file"] == source.file_names[row["source_index"]]
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs, self.images = set(), []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "a" and "href" in attrs and not attrs["href"].startswith("#"):
+            self.hrefs.add(attrs["href"])
+        if tag == "img":
+            self.images.append(attrs["src"])
+
+
+def test_report_opens_and_links_every_artifact(planted):
+    root = planted["artifacts"]
+    parser = _Links()
+    parser.feed((root / "report.html").read_text(encoding="utf-8"))
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != "report.html"}
+    assert {"class_influence.csv", "influence_matrix.npy", "heatmap.png", "misleading.csv",
+            "leakage_candidates.csv", "near_duplicates.csv", "subpopulations.csv", "rank_stability.csv",
+            "datamodel.csv", "image_grids.json", "grids/grid_000.png"} <= files
+    assert files <= parser.hrefs  # every artifact is linked ...
+    assert all((root / href).is_file() for href in parser.hrefs)  # ... and every link resolves
+    assert len(parser.images) >= 8
+    for src in parser.images:  # pictures are embedded, so the report is self-contained
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_class_ranking_reads_the_analysis_table(planted):
+    ranking = class_ranking(planted["run"].info.run_id)
+    assert list(ranking.columns) == ["class_index", "class_name", "influence", "std_error", "ci_low", "ci_high"]
+    assert sorted(ranking["class_index"]) == list(range(10))
+    assert ranking["influence"].is_monotonic_decreasing
+    assert ((ranking["ci_low"] <= ranking["influence"]) & (ranking["influence"] <= ranking["ci_high"])).all()
+    whole = aggregates(planted).query("scope == '(all)'").set_index("class_index")
+    np.testing.assert_allclose(ranking.set_index("class_index")["influence"], whole.loc[ranking["class_index"],
+                               "influence"].to_numpy())
+
+
+def test_estimate_aggregates_are_means_of_the_per_example_influences():
+    rng = np.random.default_rng(0)
+    masks = rng.random((60, 5)) < 0.5
+    labels = np.repeat(np.arange(3), 7)
+    outputs = {"margin": rng.normal(size=(60, 21)).astype(np.float16), "prob": rng.random((60, 21)).astype(np.float16),
+               "correct": rng.random((60, 21)) < 0.6}
+    est = estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisOptions(bootstrap=50))
+    table = est.aggregates.set_index(["output", "scope", "class_index"]).sort_index()
+    for output in ("margin", "correct"):  # the difference of means is linear in the outputs
+        per_example = influence.difference_of_means(masks, outputs[output]).influence
+        np.testing.assert_allclose(table.loc[(output, findings.ALL), "influence"], per_example.mean(0), rtol=1e-4)
+        np.testing.assert_allclose(table.loc[(output, "y"), "influence"], per_example[labels == 1].mean(0), rtol=1e-4)
+    assert "prob" not in est.aggregates["output"].unique()
+    assert est.bootstrap_se.shape == (21, 5) and est.ridge.coef.shape == (21, 5)
+    with pytest.raises(ConfigError, match="unknown output 'logit'"):
+        estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisOptions(output="logit"))
+
+
+def test_incompatible_runs_are_refused_naming_runs_and_fields():
+    params = [{**build_config("synthetic").to_params(), "subset.n_source_classes": "10"} for _ in range(3)]
+    check_compatible(["a", "b", "c"], params)
+    params[2] = {**params[2], "transfer.mode": "full", "data.target": "cifar10"}
+    with pytest.raises(ConfigError) as err:
+        check_compatible(["a", "b", "c"], params)
+    assert "run c has transfer.mode=full but run a has fixed" in str(err.value)
+    assert "data.target=cifar10" in str(err.value)
+
+
+def analysis_runs(experiment):
+    found = MlflowClient().get_experiment_by_name(experiment)
+    return MlflowClient().search_runs([found.experiment_id], "tags.`transfer_core.kind` = 'analysis'")
+
+
+def test_too_few_runs_are_refused_saying_how_many_are_missing(planted):
+    few = CliRunner().invoke(main, ["analyze", "--experiment", EXPERIMENT, "--min-runs", "30"])
+    assert few.exit_code != 0 and "Traceback" not in few.output
+    assert f"{N_MODELS} runs are too few" in few.output and "more run(s) with it kept" in few.output
+    assert len(analysis_runs(EXPERIMENT)) == 1  # the refused analysis logged nothing
+
+
+def test_analyze_refuses_bad_input_and_records_nothing(tracking):
+    cli = CliRunner()
+    missing = cli.invoke(main, ["analyze", "--experiment", "nowhere"])
+    assert missing.exit_code != 0 and "experiment 'nowhere' does not exist" in missing.output
+    SubsetRunner(build_config("synthetic", TINY), experiment="tiny").run(0, tags={"sweep_id": "sweep-a"})
+    other = SubsetRunner(build_config("synthetic", {**TINY, "transfer.lr": "0.05"}), experiment="tiny")
+    run_id, _ = other.run(1, tags={"sweep_id": "sweep-a"})
+    mixed = cli.invoke(main, ["analyze", "--experiment", "tiny"])  # its only sweep
+    assert mixed.exit_code != 0 and f"run {run_id} has transfer.lr=0.05 but run" in mixed.output
+    bad = cli.invoke(main, ["analyze", "--experiment", "tiny", "--sweep", "sweep-a", "--bootstrap", "5"])
+    assert bad.exit_code != 0 and "at least 20 resamples" in bad.output
+    assert "Traceback" not in missing.output + mixed.output + bad.output
+    assert analysis_runs("tiny") == []  # nothing was logged by the refused analyses
+
+
+def test_cifar_test_duplicates_in_cifar100_train_are_found(data_root):
+    """The exact cross-dataset copies between CIFAR-10 test and CIFAR-100 train, at native 32 px."""
+    test = load_split("cifar10", "test", 32, data_root)
+    source = load_split("cifar100", "train", 32, data_root)
+    start = time.perf_counter()
+    table = findings.near_duplicates(test, source, threshold=0.98)
+    seconds = time.perf_counter() - start
+    print(f"near-duplicate search of {len(test)} x {len(source)} images at 32 px: {seconds:.1f} s")
+    index: dict[bytes, list[int]] = {}  # naive ground truth: the raw bytes of every image
+    for j, image in enumerate(source.images.numpy()):
+        index.setdefault(image.tobytes(), []).append(j)
+    naive = {(i, j) for i, image in enumerate(test.images.numpy()) for j in index.get(image.tobytes(), [])}
+    exact = table[table["exact"]]
+    assert set(zip(exact["test_index"], exact["source_index"])) == naive
+    assert ("truck/pickup_truck_s_000169", "pickup_truck/pickup_truck_s_000169") in set(
+        zip(exact["test_file"], exact["source_file"]))  # the copy the data README names
+    assert (table.loc[~table["exact"], "similarity"] >= 0.98).all()
+
+
+def test_subpopulations_group_by_top_class_and_skip_unhelped_examples():
+    from transfer_core.analysis.findings import subpopulations
+    influence = np.array([[0.0, 0.0, 0.0],    # nothing helps: no group (not "class 0")
+                          [0.1, 0.5, 0.2],    # -> class 1
+                          [0.0, 0.3, 0.1],    # -> class 1
+                          [0.2, -0.1, 0.0],   # -> class 0
+                          [0.0, 0.0, 0.9]])   # other target class -> class 2
+    labels = np.array([0, 0, 0, 0, 1])
+    table = subpopulations(influence, labels, ["t0", "t1"], ["a", "b", "c"], [f"f{i}" for i in range(5)])
+    rows = {(r.target_class, r.source_class): r for r in table.itertuples()}
+    assert set(rows) == {("t0", "b"), ("t0", "a"), ("t1", "c")}
+    assert rows[("t0", "b")].examples == "1;2" and rows[("t0", "b")].share == 0.5
+    assert rows[("t0", "a")].n_examples == 1

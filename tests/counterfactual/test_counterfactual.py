@@ -1,0 +1,334 @@
+"""Counterfactual grids: removal sets, statistics, selection on validation, and a real grid on
+synthetic data with planted structure (real MLflow store, real training)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from transfer_core.config import ConfigError, build_config
+from transfer_core.counterfactual import (FULL, SELECTION_ARTIFACT, SUMMARY_ARTIFACT, TABLE_ARTIFACT,
+                                          CounterfactualPlan, Selection, log_report, ranking_order, removal_set,
+                                          run_counterfactual, select, summarize, t_interval)
+from transfer_core.counterfactual.grid import parse_list
+from transfer_core.counterfactual.report import PLOT_ARTIFACT
+from transfer_core.counterfactual.run import finished_points
+from transfer_core.counterfactual.summary import paired_differences
+from transfer_core.data.synthetic import PLANTED, PLANTED_TARGET, SOURCE_CLASSES, TARGET_CLASSES
+from transfer_core.track import artifact_path
+
+NAMES = [f"c{i}" for i in range(8)]
+
+
+def ranking_of(influence, names=NAMES) -> pd.DataFrame:
+    """An analysis-style table (shuffled rows, as a CSV may come) for the given influences."""
+    table = pd.DataFrame({"class_index": range(len(influence)), "class_name": names, "influence": influence})
+    return table.sample(frac=1.0, random_state=0)
+
+
+# ---- removal sets -------------------------------------------------------------------------------
+
+def test_removal_sets_follow_the_sign_convention():
+    influence = np.array([0.3, -0.5, 0.1, -0.2, 0.0, 0.7, -0.1, 0.2])
+    ranked = ranking_order(ranking_of(influence), NAMES)
+    naive = sorted(range(8), key=lambda c: -influence[c])  # most helpful first
+    assert ranked.tolist() == naive
+    for k in range(1, 8):
+        assert set(removal_set("top", k, 0, ranked)) == set(naive[:k])  # the k largest influences
+        assert set(removal_set("bottom", k, 0, ranked)) == set(naive[::-1][:k])  # the k most negative
+    assert removal_set("bottom", 2, 0, ranked).tolist() == [1, 3]
+    assert removal_set("top", 0, 0, ranked).size == 0
+
+
+def test_random_removals_are_seeded_nested_and_differ_between_seeds():
+    ranked = np.arange(8)
+    sets = [set(removal_set("random", k, seed=1, ranked=ranked)) for k in range(1, 8)]
+    assert all(a < b for a, b in zip(sets, sets[1:]))  # nested as k grows
+    assert all(len(s) == k for k, s in enumerate(sets, start=1))
+    again = removal_set("random", 4, seed=1, ranked=ranked)
+    assert again.tolist() == sorted(sets[3])
+    others = {tuple(removal_set("random", 4, seed=s, ranked=ranked)) for s in range(6)}
+    assert len(others) > 1
+
+
+def test_ranking_is_checked_against_the_source():
+    with pytest.raises(ConfigError, match="covers 7 classes but the source has 8"):
+        ranking_order(ranking_of(np.zeros(7), NAMES[:7]), NAMES)
+    with pytest.raises(ConfigError, match="lacks column"):
+        ranking_order(pd.DataFrame({"class_index": range(8)}), NAMES)
+    wrong = ranking_of(np.zeros(8), NAMES[::-1])
+    with pytest.raises(ConfigError, match="analyse a sweep of the same source"):
+        ranking_order(wrong, NAMES)
+
+
+def test_plan_validation_and_points():
+    plan = CounterfactualPlan(("top", "bottom", "top"), (10, 0, 5), 2).validate(20)
+    assert plan.ks == (0, 5, 10) and plan.orders == ("top", "bottom")
+    points = plan.points()
+    assert points[:2] == [(FULL, 0, 0), (FULL, 0, 1)]  # k = 0 once per seed, shared by all orders
+    assert len(points) == 2 + 2 * 2 * 2 and len(set(points)) == len(points)
+    assert CounterfactualPlan(("random",), (3,), 1).validate(5).ks == (0, 3)
+    for bad, message in [(CounterfactualPlan(("worst",), (1,), 1), "unknown removal order"),
+                         (CounterfactualPlan(ks=(0, 8)), "would remove every one of the 8"),
+                         (CounterfactualPlan(ks=(-1,)), "k must be >= 0"),
+                         (CounterfactualPlan(ks=(0, 1), n_seeds=0), "positive integer")]:
+        with pytest.raises(ConfigError, match=message):
+            bad.validate(8)
+    with pytest.raises(ConfigError, match="--ks must be a comma-separated list of ints"):
+        parse_list("0,five", int, "--ks")
+
+
+# ---- statistics and selection -------------------------------------------------------------------
+
+def test_t_interval_matches_scipy():
+    x = np.array([0.61, 0.65, 0.58, 0.70])
+    mean, low, high = t_interval(x)
+    ref = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert mean == pytest.approx(x.mean()) and (low, high) == pytest.approx(ref)
+    assert np.isnan(t_interval([0.5])[1])
+
+
+def grid_table(acc: dict[tuple[str, int], list[tuple[float, float]]]) -> pd.DataFrame:
+    """A run table from {(order, k): [(val, test) per seed]}."""
+    rows = [{"order": o, "k": k, "seed": s, "run_id": f"{o}-{k}-{s}", "removed": "" if k == 0 else "a;b",
+             "target_val_acc": v, "target_test_acc": t, "source_acc": 0.5}
+            for (o, k), values in acc.items() for s, (v, t) in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_summary_pairs_differences_by_seed():
+    table = grid_table({(FULL, 0): [(0.5, 0.50), (0.6, 0.70)], ("bottom", 2): [(0.6, 0.55), (0.7, 0.74)]})
+    diffs = paired_differences(table, "bottom", 2)
+    assert diffs == pytest.approx([0.05, 0.04])  # per seed, not mean minus mean of shuffled seeds
+    row = summarize(table).set_index(["order", "k"]).loc[("bottom", 2)]
+    assert row.test_diff == pytest.approx(0.045)
+    ref = stats.t.interval(0.95, 1, loc=0.045, scale=stats.sem([0.05, 0.04]))
+    assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx(ref)
+
+
+def test_selection_uses_validation_never_test():
+    table = grid_table({
+        (FULL, 0): [(0.60, 0.60), (0.62, 0.61)],
+        ("bottom", 2): [(0.70, 0.58), (0.72, 0.57)],  # best on validation, worse on test
+        ("bottom", 4): [(0.65, 0.90), (0.66, 0.91)],  # best on test: must not be chosen
+        ("top", 2): [(0.90, 0.90), (0.90, 0.90)],  # controls, never candidates
+        ("random", 2): [(0.90, 0.90), (0.90, 0.90)],
+    })
+    chosen = select(table)
+    assert (chosen.order, chosen.k, chosen.beats_full) == ("bottom", 2, True)
+    assert chosen.model_run_id == "bottom-2-1" and chosen.full_run_id == "full-0-1"  # best val seed
+    assert chosen.test_acc == pytest.approx(0.575) and chosen.test_diff == pytest.approx(-0.03)
+    assert chosen.removed == ["a", "b"]
+    assert Selection.from_json(chosen.to_json()) == chosen
+
+    worse = grid_table({(FULL, 0): [(0.80, 0.6), (0.80, 0.6)], ("bottom", 2): [(0.70, 0.9), (0.72, 0.9)]})
+    chosen = select(worse)
+    assert (chosen.order, chosen.k, chosen.beats_full) == (FULL, 0, False)
+    tie = grid_table({(FULL, 0): [(0.70, 0.6)], ("bottom", 2): [(0.70, 0.9)]})
+    assert select(tie).k == 0  # a tie goes to the full source
+
+
+# ---- a real grid on planted data ----------------------------------------------------------------
+
+def planted_ranking() -> pd.DataFrame:
+    """The ranking the planted structure implies (synthetic.py): helpful and leaked help the
+    target; the misleading class hurts it; the other classes lie in between."""
+    influence = np.zeros(len(SOURCE_CLASSES))
+    influence[PLANTED["helpful"]], influence[PLANTED["leaked"]] = 0.3, 0.2
+    influence[PLANTED["misleading"]] = -0.3
+    return ranking_of(influence, SOURCE_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def planted_grid(tmp_path_factory):
+    """One grid on the synthetic profile: k in {0, 1}, three orders, six seeds (about 40 s)."""
+    import mlflow
+    from transfer_core.track import get_experiment_id
+    root = tmp_path_factory.mktemp("cf")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    grid = Grid(build_config("synthetic"), get_experiment_id("cf-test"))
+    plan = CounterfactualPlan(ks=(0, 1), n_seeds=6)
+    runs = grid.run(plan)
+    selection = log_report(MlflowClient(), runs.parent_run_id, runs.table)
+    yield grid, plan, runs, selection
+    mlflow.set_tracking_uri(None)
+
+
+class Grid:
+    """The planted ranking's grid in experiment cf-test."""
+
+    def __init__(self, config, experiment_id):
+        self.config, self.experiment_id = config, experiment_id
+
+    def run(self, plan):
+        return run_counterfactual(self.config, planted_ranking(), plan, experiment="cf-test",
+                                  analysis_run_id="a" * 32, progress=False)
+
+
+def test_grid_runs_are_tagged_child_runs_with_a_report(planted_grid):
+    runner, plan, runs, selection = planted_grid
+    client = MlflowClient()
+    assert runs.n_trained == len(plan.points()) == 6 + 3 * 6
+    children = client.search_runs([runner.experiment_id], f"tags.mlflow.parentRunId = '{runs.parent_run_id}'")
+    assert len(children) == len(plan.points())
+    keys = {(r.data.tags["order"], int(r.data.tags["k"]), int(r.data.tags["seed"])) for r in children}
+    assert keys == set(plan.points())
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["analysis_run_id"] == "a" * 32
+        assert run.data.tags["transfer_core.kind"] == "counterfactual_run"  # never mixed into a sweep
+        removed = json.loads(run.data.tags["removed"])
+        mask = np.load(artifact_path(run, "class_mask.npy"))
+        assert sorted(np.flatnonzero(~mask).tolist()) == removed and len(removed) == int(run.data.tags["k"])
+        assert artifact_path(run, "model.pt").is_file()  # kept for the registry
+    parent = client.get_run(runs.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    for name in (TABLE_ARTIFACT, SUMMARY_ARTIFACT, PLOT_ARTIFACT, SELECTION_ARTIFACT):
+        assert artifact_path(parent, name).stat().st_size > 0
+    logged = pd.read_csv(artifact_path(parent, TABLE_ARTIFACT))
+    assert len(logged) == len(plan.points())
+    assert parent.data.metrics["selected_k"] == selection.k
+    assert Selection.from_json(artifact_path(parent, SELECTION_ARTIFACT).read_text()) == selection
+
+
+def test_same_seed_trains_every_point_with_one_training_seed(planted_grid):
+    _, _, runs, _ = planted_grid
+    client = MlflowClient()
+    seeds = {}
+    for row in runs.table.itertuples():
+        seeds.setdefault(row.seed, set()).add(client.get_run(row.run_id).data.params["subset.seed"])
+    assert all(len(s) == 1 for s in seeds.values())  # paired across orders and k
+    assert len({next(iter(s)) for s in seeds.values()}) == len(seeds)  # distinct between seeds
+
+
+def test_resume_trains_only_missing_points(planted_grid):
+    runner, plan, runs, _ = planted_grid
+    again = runner.run(plan)
+    assert again.n_trained == 0 and again.counterfactual_id == runs.counterfactual_id
+    assert again.table.run_id.tolist() == runs.table.run_id.tolist()
+    grown = CounterfactualPlan(("bottom",), (0, 1, 2), 6)
+    more = runner.run(grown)
+    assert more.n_trained == 6  # only (bottom, k=2) for six seeds
+    done = finished_points(MlflowClient(), runner.experiment_id, runs.counterfactual_id)
+    assert len(done) == len(plan.points()) + 6
+
+
+def class_margin(run_id: str, target_class: int) -> float:
+    """Mean true-class margin of a run on the test images of one target class."""
+    outputs = np.load(artifact_path(MlflowClient().get_run(run_id), "target_outputs.npz"))
+    return float(outputs["margin"][outputs["labels"] == target_class].astype(float).mean())
+
+
+def test_planted_effects(planted_grid):
+    """Removing the planted misleading class raises target test accuracy over the full source;
+    removing the planted helpful class lowers it, by more than removing a random class.
+
+    Six paired seeds, fixed. Whole-target accuracy on this data is dominated by the misleading
+    watermark shortcut (the diagonal and rings test images flip between all right and all
+    wrong from seed to seed), so the helpful class's effect is also measured where it acts,
+    on its own target class. Stated margins (measured values in brackets):
+      * misleading removed: mean paired gain >= 10 points, 95% CI above zero (+29);
+      * helpful removed: test accuracy below both the full source (-5.8) and a random
+        removal (-2.7); on target class "vertical", mean true-class margin at most half of
+        a random removal's (3.9 vs 11.8) and of the full source's (16.4).
+    """
+    _, _, runs, _ = planted_grid
+    table = runs.table
+    summary = summarize(table).set_index(["order", "k"])
+    assert table[(table.order == "bottom") & (table.k == 1)].removed.unique().tolist() == ["misleading"]
+    assert table[(table.order == "top") & (table.k == 1)].removed.unique().tolist() == ["helpful"]
+    full, bottom = summary.loc[(FULL, 0)], summary.loc[("bottom", 1)]
+    top, rand = summary.loc[("top", 1)], summary.loc[("random", 1)]
+    assert bottom.test_diff >= 0.10 and bottom.diff_ci_low > 0, summary
+    assert top.test_mean < rand.test_mean and top.test_mean < full.test_mean, summary
+
+    vertical = TARGET_CLASSES.index(PLANTED_TARGET["helpful"])
+    margin = {order: np.mean([class_margin(r, vertical) for r in table[table.order == order].run_id])
+              for order in (FULL, "top", "random")}
+    assert margin["top"] <= 0.5 * margin["random"] and margin["top"] <= 0.5 * margin[FULL], margin
+
+
+# ---- the command, from an analysis run --------------------------------------------------------
+
+def test_cli_checks_the_ranking_of_the_latest_analysis_with_the_sweeps_recipe(tracking, tmp_path):
+    from click.testing import CliRunner
+    from transfer_core.cli import main
+    from transfer_core.execute import SubsetRunner
+
+    cli = CliRunner()
+    missing = cli.invoke(main, ["counterfactual", "--experiment", "cli", "--ks", "0,1", "--seeds", "1"])
+    assert missing.exit_code != 0 and "has no FINISHED analysis run" in missing.output
+
+    # a one-run "sweep" with a non-default recipe, and an analysis run of it
+    runner = SubsetRunner(build_config("synthetic", {"transfer.epochs": "7"}), experiment="cli")
+    sweep_run_id, _ = runner.run(0, tags={"sweep_id": "sweep-test"})
+    client = MlflowClient()
+    analysis = client.create_run(runner.experiment_id, tags={"transfer_core.kind": "analysis",
+                                                             "sweep_id": "sweep-test"}).info.run_id
+    (tmp_path / "class_influence.csv").write_text(planted_ranking().to_csv(index=False))
+    client.log_artifact(analysis, str(tmp_path / "class_influence.csv"))
+    client.set_terminated(analysis)
+
+    bad = cli.invoke(main, ["counterfactual", "--experiment", "cli", "--analysis", sweep_run_id])
+    assert bad.exit_code != 0 and "is a subset_run run, not an analysis run" in bad.output
+    bad = cli.invoke(main, ["counterfactual", "--experiment", "cli", "--ks", "0,10"])
+    assert bad.exit_code != 0 and "would remove every one of the 10 source classes" in bad.output
+
+    result = cli.invoke(main, ["counterfactual", "--experiment", "cli", "--orders", "bottom", "--ks", "0,1",
+                               "--seeds", "1", "--workers", "2", "--no-progress"])  # two worker processes
+    assert result.exit_code == 0, result.output
+    assert "2 runs (2 trained here, 0 reused or trained elsewhere)" in result.output
+    parent = client.search_runs([runner.experiment_id], "tags.`transfer_core.kind` = 'counterfactual'")[0]
+    assert parent.data.tags["analysis_run_id"] == analysis and parent.data.tags["source_sweep_id"] == "sweep-test"
+    assert parent.data.params["transfer.epochs"] == "7"  # the sweep's recipe, not the profile's
+    children = client.search_runs([runner.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["removed"] for r in children) == ["[1]", "[]"]  # misleading is the bottom class
+    again = cli.invoke(main, ["counterfactual", "--experiment", "cli", "--orders", "bottom", "--ks", "0,1",
+                              "--seeds", "1", "--no-progress"])
+    assert "(0 trained here, 2 reused or trained elsewhere)" in again.output
+
+
+def test_two_counterfactual_commands_at_once_never_train_a_point_twice(new_store, tmp_path):
+    """Two commands on one grid, started together: the points are shared out, none trained twice."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from transfer_core.execute import SubsetRunner
+
+    runner = SubsetRunner(build_config("synthetic", {"pretrain.epochs": "1", "transfer.epochs": "2"}),
+                          experiment="both")
+    runner.run(0, tags={"sweep_id": "sweep-test"})
+    client = MlflowClient()
+    analysis = client.create_run(runner.experiment_id, tags={"transfer_core.kind": "analysis",
+                                                             "sweep_id": "sweep-test"}).info.run_id
+    (tmp_path / "class_influence.csv").write_text(planted_ranking().to_csv(index=False))
+    client.log_artifact(analysis, str(tmp_path / "class_influence.csv"))
+    client.set_terminated(analysis)
+
+    command = [sys.executable, "-m", "transfer_core.cli", "counterfactual", "--experiment", "both", "--orders",
+               "bottom,random", "--ks", "0,1,2", "--seeds", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    trained = [int(re.search(r"(\d+) trained here", out).group(1)) for out, _ in results]
+    n_points = 2 + 2 * 2 * 2  # the full source per seed, then (order, k > 0, seed)
+    assert sum(trained) == n_points and min(trained) > 0, results
+
+    children = client.search_runs([runner.experiment_id], "tags.`transfer_core.kind` = 'counterfactual_run'")
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    keys = [(r.data.tags["order"], r.data.tags["k"], r.data.tags["seed"]) for r in finished]
+    assert len(keys) == len(set(keys)) == n_points
+    assert all(r.data.tags.get("superseded") == "true" and not r.data.params
+               for r in children if r.info.status != "FINISHED")  # withdrawn claims never trained
+    parents = [r for r in client.search_runs([runner.experiment_id], "tags.`transfer_core.kind` = 'counterfactual'")
+               if r.data.tags.get("superseded") != "true"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in finished} == {parents[0].info.run_id}

@@ -1,0 +1,123 @@
+"""Executors on real infrastructure: worker processes through an `mlflow server`, and Ray."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from transfer_core.sweep import collect_sweep
+from transfer_core.config import build_config
+from transfer_core.execute import ExecutorSettings, threads_per_worker
+from transfer_core.sweep import sweep_with_summary
+
+CONFIG = build_config("synthetic", {"pretrain.epochs": "1", "transfer.epochs": "2"})
+
+
+def finished_children(summary):
+    client = MlflowClient()
+    return client.search_runs([summary.experiment_id], f"tags.sweep_id = '{summary.sweep_id}' and "
+                              "tags.`transfer_core.kind` = 'subset_run' and attributes.status = 'FINISHED'")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, _empty_store):
+    """A real `mlflow server` on loopback with a sqlite backend and served artifacts; stopped after."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    shutil.copy(_empty_store, tmp_path / "server.db")
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "served-artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-2000:])
+            time.sleep(0.3)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers: a session of our own
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+def test_two_worker_processes_log_through_a_shared_mlflow_server(mlflow_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(tmp_path)
+    summary = sweep_with_summary(CONFIG, 2, execution=ExecutorSettings(workers=2), tracking_uri=mlflow_server,
+                                 progress=False)
+    assert summary.complete and summary.n_trained == 2
+    runs = finished_children(summary)
+    assert len(runs) == 2
+    workers = {r.data.tags["claim_pid"] for r in runs}
+    assert len(workers) == 2 and str(os.getpid()) not in workers  # both workers trained, not this process
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)  # stored by the server
+    collected = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
+    assert collected.indices.tolist() == [0, 1]
+    assert not (tmp_path / "mlruns").exists()  # nothing went to a local store
+
+
+def test_ray_executor_on_a_local_ray_instance(tracking):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = sweep_with_summary(CONFIG, 2, execution=ExecutorSettings("ray", ray_cpus_per_run=1), progress=False)
+    finally:
+        ray.shutdown()
+    assert summary.complete and summary.n_trained == 2
+    runs = finished_children(summary)
+    assert sorted(int(r.data.tags["index"]) for r in runs) == [0, 1]
+    assert str(os.getpid()) not in {r.data.tags["claim_pid"] for r in runs}  # trained in Ray workers
+
+
+def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(tracking):
+    summaries = []
+    thread = threading.Thread(target=lambda: summaries.append(
+        sweep_with_summary(CONFIG, 3, execution=ExecutorSettings(workers=2), progress=False)))
+    thread.start()
+    client, victim, deadline = MlflowClient(), None, time.time() + 300
+    while victim is None and thread.is_alive() and time.time() < deadline:
+        running = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                     "tags.`transfer_core.kind` = 'subset_run' and attributes.status = 'RUNNING'")
+        if running:
+            victim = running[0]
+            os.kill(int(victim.data.tags["claim_pid"]), signal.SIGKILL)
+        time.sleep(0.1)
+    thread.join(300)
+    assert victim is not None and summaries, "the sweep ended before a worker could be killed"
+    first = summaries[0]
+    assert (first.n_finished, first.n_failed) == (2, 1)  # the surviving worker did the rest
+    assert first.failures[0]["index"] == int(victim.data.tags["index"])
+    assert "worker process died" in first.failures[0]["error"]
+
+    second = sweep_with_summary(CONFIG, 3, progress=False)
+    assert second.complete and (second.n_reused, second.n_trained) == (2, 1)
+    orphan = client.get_run(victim.info.run_id)
+    assert orphan.info.status == "KILLED" and orphan.data.tags["superseded"] == "true"
+
+
+@pytest.mark.parametrize("workers, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 2, 1), (4, 16, 4)])
+def test_workers_split_the_cores_between_them(workers, cores, threads):
+    assert threads_per_worker(workers, cores) == threads

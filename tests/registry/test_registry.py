@@ -1,0 +1,146 @@
+"""The Model Registry: champion logic, version tags, and a round trip through a fresh process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from transfer_core.config import ConfigError, build_config
+from transfer_core.counterfactual import CounterfactualPlan, run_counterfactual
+from transfer_core.track.runs import COUNTERFACTUAL as PARENT_KIND
+from transfer_core.counterfactual import SELECTION_ARTIFACT, log_report
+from transfer_core.registry import CHAMPION, latest_counterfactual_run, model_name, register_champion
+from transfer_core.data.synthetic import SOURCE_CLASSES
+from transfer_core.track import KIND_TAG
+
+# What README.md's "Using the registered model" shows, plus an accuracy check on the test split.
+LOAD_SNIPPET = """
+import json, sys
+import mlflow, torch
+from transfer_core.data import load_split
+
+uri = sys.argv[1]
+model = mlflow.pytorch.load_model(uri)
+info = mlflow.models.get_model_info(uri)
+classes, resolution = info.metadata["target_classes"], info.metadata["resolution"]
+test = load_split("synthetic-target", "test", resolution)
+with torch.no_grad():
+    pred = model(test.images).argmax(1)
+    small = model(test.images[:7])
+print(json.dumps({"type": type(model).__name__, "is_module": isinstance(model, torch.nn.Module),
+                  "acc": float((pred == test.labels).float().mean()), "classes": classes,
+                  "small_batch": list(small.shape), "first": classes[int(pred[0])]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A two-run counterfactual grid (full source, and one class removed) on synthetic data."""
+    import mlflow
+    import pandas as pd
+    from transfer_core.execute import SubsetRunner
+    root = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    cwd = os.getcwd()
+    os.chdir(root)  # artifacts under root/mlruns
+    runner = SubsetRunner(build_config("synthetic"), experiment="reg test")
+    ranking = pd.DataFrame({"class_index": range(len(SOURCE_CLASSES)), "class_name": SOURCE_CLASSES,
+                            "influence": [0.1 * (len(SOURCE_CLASSES) / 2 - i) for i in range(len(SOURCE_CLASSES))]})
+    runs = run_counterfactual(runner.config, ranking, CounterfactualPlan(("bottom",), (0, 1), 1),
+                              experiment="reg test", progress=False)
+    selection = log_report(runner.client, runs.parent_run_id, runs.table)
+    yield runner, runs, selection, uri
+    os.chdir(cwd)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    mlflow.set_tracking_uri(None)
+
+
+def parent_with(runner, selection) -> str:
+    """A counterfactual parent run carrying ``selection`` (to drive both branches of the logic)."""
+    client = runner.client
+    run_id = client.create_run(runner.experiment_id, tags={KIND_TAG: PARENT_KIND, "source_sweep_id": "sweep-x",
+                                                           "analysis_run_id": "b" * 32}).info.run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / SELECTION_ARTIFACT).write_text(selection.to_json())
+        client.log_artifacts(run_id, tmp)
+    client.set_terminated(run_id)
+    return run_id
+
+
+def test_model_name_is_derived_from_the_experiment():
+    assert model_name("reg test") == "reg_test-target"
+    assert model_name("transfer_core") == "transfer_core-target"
+
+
+def test_pruned_champion_round_trip_in_a_fresh_process(grid):
+    runner, runs, selection, uri = grid
+    pruned = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], beats_full=True,
+                     model_run_id=runs.table.run_id[runs.table.k == 1].iloc[0])
+    result = register_champion(parent_with(runner, pruned))
+    assert result.pruned and result.name == "reg_test-target" and "beats the full source" in result.message
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(result.name, CHAMPION)
+    assert str(version.version) == result.version
+    tags = version.tags
+    assert json.loads(tags["removed_classes"]) == [SOURCE_CLASSES[-1]] and tags["k"] == "1"
+    assert tags["source_sweep_id"] == "sweep-x" and tags["analysis_run_id"] == "b" * 32
+    assert tags["source_run_id"] == pruned.model_run_id and tags["pruned"] == "true"
+    for key in ("val_acc", "test_acc", "full_val_acc", "full_test_acc", "test_diff_vs_full"):
+        float(tags[key])
+    assert "fine-tuned" in client.get_registered_model(result.name).description
+
+    out = subprocess.run([sys.executable, "-c", LOAD_SNIPPET, result.uri], capture_output=True, text=True,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": uri}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded["type"] == "Normalized" and loaded["is_module"]  # the module itself, not a GraphModule
+    assert loaded["small_batch"] == [7, 4]  # any batch size: no shapes fixed at export
+    logged = client.get_run(pruned.model_run_id).data.metrics["target_test_acc"]
+    assert loaded["acc"] == pytest.approx(logged, abs=1e-6)  # the logged test accuracy, reproduced
+    assert float(tags["test_acc"]) == pytest.approx(logged, abs=1e-6)
+    assert loaded["classes"] == runner.data.target_test.class_names
+
+
+def test_full_source_is_champion_when_pruning_does_not_win_on_validation(grid):
+    runner, runs, selection, _ = grid
+    losing = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], beats_full=False,
+                     val_acc=selection.full_val_acc - 0.01,
+                     model_run_id=runs.table.run_id[runs.table.k == 1].iloc[0])
+    result = register_champion(parent_with(runner, losing), name="fallback")
+    assert not result.pruned and "full-source model is registered as champion" in result.message
+    version = MlflowClient().get_model_version_by_alias("fallback", CHAMPION)
+    assert version.tags["pruned"] == "false" and version.tags["k"] == "0"
+    assert version.tags["source_run_id"] == losing.full_run_id
+    assert json.loads(version.tags["removed_classes"]) == []
+
+
+def test_registering_again_reuses_the_version(grid):
+    runner, _, selection, _ = grid
+    run_id = parent_with(runner, selection)
+    first = register_champion(run_id, name="again")
+    second = register_champion(run_id, name="again")
+    assert second.version == first.version and "reused" in second.message
+    assert len(MlflowClient().search_model_versions("name = 'again'")) == 1
+    assert latest_counterfactual_run("reg test") == run_id
+
+
+def test_bad_runs_are_refused_clearly(grid):
+    runner, runs, _, _ = grid
+    with pytest.raises(ConfigError, match="is a counterfactual_run run, not a counterfactual run"):
+        register_champion(runs.table.run_id.iloc[0])
+    with pytest.raises(ConfigError, match="there is no MLflow run"):
+        register_champion("0" * 32)
+    with pytest.raises(ConfigError, match="experiment 'no such experiment' does not exist"):
+        latest_counterfactual_run("no such experiment")
+    MlflowClient().create_experiment("empty")
+    with pytest.raises(ConfigError, match="has no FINISHED counterfactual run"):
+        latest_counterfactual_run("empty")

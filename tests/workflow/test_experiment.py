@@ -1,0 +1,115 @@
+"""The CIFAR-100 -> CIFAR-10 experiment behind the README's results, CI-sized: the same script
+(experiments/cifar100_to_cifar10/run.sh) on the real data with tiny models, then checks that
+RESULTS.md is complete and its numbers are those of the logged MLflow runs."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "experiments" / "cifar100_to_cifar10" / "run.sh"
+TINY = ("data.source_images_per_class=10 data.target_train_images=1000 pretrain.epochs=2 pretrain.peak_epoch=0.5 "
+        "pretrain.width=8 transfer.epochs=3")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, data_root):
+    """Run the whole script once: tune (2 trials), 16 models, analyze, counterfactual, publish."""
+    work = tmp_path_factory.mktemp("experiment")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "WORKDIR": str(work), "OUT": str(work / "results"), "TRANSFER_CORE_DATA": str(data_root),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlruns/mlflow.db", "EXPERIMENT": "ci_cifar",
+           "N_MODELS": "16", "WORKERS": "1", "TUNE_TRIALS": "2", "KS": "0,3", "SEEDS": "2", "BOOTSTRAP": "20",
+           "MIN_RUNS": "2", "SET": TINY}
+    first = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    again = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]  # for the MlflowClient below
+    yield work, first.stdout + first.stderr, again.stdout + again.stderr
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def results(work: Path) -> str:
+    return (work / "results" / "RESULTS.md").read_text()
+
+
+def run_id(text: str, step: str) -> str:
+    return re.search(rf"\| {step}[^|]* \| `([0-9a-f]{{32}})`", text).group(1)
+
+
+def test_every_step_ran_and_a_rerun_trains_nothing(experiment):
+    work, first, again = experiment
+    for step in ("1/5 tune", "2/5 sweep", "3/5 analyze", "4/5 counterfactual", "5/5 publish"):
+        assert step in first
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name("ci_cifar").experiment_id
+    subset = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'subset_run'", max_results=100)
+    assert len(subset) == 16 and {r.info.status for r in subset} == {"FINISHED"}  # rerun: no new sweep
+    analyses = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'analysis'")
+    assert len(analyses) == 1 and f"reusing analysis run {analyses[0].info.run_id}" in again
+    assert "8 runs (0 trained here, 8 reused or trained elsewhere)" in again  # the counterfactual grid: 2 full + 3 orders x 2 seeds
+
+
+def test_results_name_the_runs_and_show_every_figure(experiment):
+    work = experiment[0]
+    text = results(work)
+    for heading in ("## Accuracy", "## Counterfactual curves", "## Top classes", "### Per target class",
+                    "## Stability", "## Leakage", "## Sub-populations"):
+        assert heading in text
+    for target in ("airplane", "automobile", "truck"):
+        assert f"#### {target}" in text
+    pictures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert {"counterfactual_accuracy.png", "heatmap.png", "rank_stability.png", "near_duplicates.png",
+            "subpopulation_example.png"} <= set(pictures)
+    for picture in pictures:
+        assert (work / "results" / picture).stat().st_size > 1000
+    assert (work / "results" / "grid_automobile.png").is_file()
+    client = MlflowClient()
+    assert client.get_run(run_id(text, "analysis")).data.tags["transfer_core.kind"] == "analysis"
+    assert client.get_run(run_id(text, "counterfactual")).data.tags["transfer_core.kind"] == "counterfactual"
+    assert client.get_run(run_id(text, "tune")).data.tags["transfer_core.kind"] == "tune"
+
+
+def test_accuracy_is_the_mean_of_the_logged_full_source_runs(experiment):
+    """The full-source row of RESULTS.md, recomputed from the child runs' metrics in MLflow."""
+    text = results(experiment[0])
+    client = MlflowClient()
+    parent = client.get_run(run_id(text, "counterfactual"))
+    children = client.search_runs([parent.info.experiment_id], "tags.`transfer_core.kind` = 'counterfactual_run' and "
+                                  f"tags.counterfactual_id = '{parent.data.tags['counterfactual_id']}'")
+    full = [r.data.metrics["target_test_acc"] for r in children if r.data.tags["order"] == "full"]
+    assert len(full) == 2
+    row = re.search(r"\| full source \(k = 0\) \| 2 \| [^|]+ \| ([0-9.]+) \[", text).group(1)
+    assert float(row) == pytest.approx(100 * np.mean(full), abs=0.005)
+    for order in ("bottom", "top", "random"):
+        assert re.search(rf"\| {order} \| 3 \| 2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\] \|", text)
+
+
+def test_top_classes_are_the_analysis_run_influences(experiment):
+    text = results(experiment[0])
+    client = MlflowClient()
+    analysis = client.get_run(run_id(text, "analysis"))
+    path = Path(analysis.info.artifact_uri.removeprefix("file://")) / "class_aggregates.csv"
+    table = pd.read_csv(path)
+    whole = table[(table.scope == "(all)") & (table.output == "correct")].sort_values("influence")
+    best, worst = whole.iloc[-1], whole.iloc[0]
+    first_row = re.search(r"\| 1 \| (\w+)\*? \| ([+-][0-9.]+) \[[^|]+\| (\w+)\*? \| ([+-][0-9.]+) ", text)
+    assert first_row.group(1) == best.class_name and first_row.group(3) == worst.class_name
+    assert float(first_row.group(2)) == pytest.approx(100 * best.influence, abs=0.005)
+    assert float(first_row.group(4)) == pytest.approx(100 * worst.influence, abs=0.005)
+
+
+def test_the_known_cifar_duplicate_is_published_with_its_file_names(experiment):
+    """CIFAR-10 test image truck/pickup_truck_s_000169 is a pixel copy of a CIFAR-100 train image."""
+    text = results(experiment[0])
+    assert re.search(r"\| truck/pickup_truck_s_000169\S* \| 9609 \| pickup_truck/pickup_truck_s_000169\S* \| "
+                     r"1\.0 \(exact\) \|", text)

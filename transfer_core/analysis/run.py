@@ -1,0 +1,169 @@
+"""The ``analyze`` step: class influences of one sweep, with uncertainty, as one MLflow run.
+
+Reads every FINISHED run of a sweep (:func:`transfer_core.sweep.collect_sweep`), refuses
+runs of different configs and too few runs per class, fits influences
+(:mod:`~transfer_core.analysis.estimate`), and logs the findings
+(:mod:`~transfer_core.analysis.artifacts`) as artifacts of an analysis run tagged
+``transfer_core.kind=analysis``, ``sweep_id`` and ``sweep_parent_run_id``.
+
+Sign convention everywhere: positive influence = including the source class helps the target.
+
+Example::
+
+    result = analyze("demo", options=AnalysisOptions(output="margin", bootstrap=100))
+    print(result.report_path)
+    ranking = class_ranking(result.run_id)      # the class_influence.csv table
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+from transfer_core.analysis import influence
+from transfer_core.analysis.artifacts import RANKING_ARTIFACT, REPORT_ARTIFACT, write_artifacts
+from transfer_core.analysis.estimate import AnalysisOptions
+from transfer_core.config import ConfigError, RunConfig, from_params
+from transfer_core.sweep import collect_sweep, find_sweeps
+from transfer_core.track import (KIND_TAG, artifact_path, existing_experiment, get_run_of_kind, latest_run,
+                                 log_metrics, log_new_params, run_filter, run_scope, search_all, set_tags)
+from transfer_core.track.runs import ANALYSIS, SUBSET_RUN, SWEEP
+
+INPUTS_TAG = "analysis_inputs"  # hash of the analysed run ids and the options: equal hash, equal analysis
+
+
+def compatibility_fields() -> list[str]:
+    """The run params that must agree across analysed runs: every config field, and the class count."""
+    return [*RunConfig().to_params(), "subset.n_source_classes"]
+
+
+def check_compatible(run_ids: list[str], run_params: list[dict[str, str]]) -> None:
+    """Refuse runs that differ in source classes, target, transfer mode or recipe, naming them."""
+    reference = run_params[0]
+    clashes = []
+    for run_id, params in zip(run_ids[1:], run_params[1:]):
+        for key in compatibility_fields():
+            if params.get(key) != reference.get(key):
+                clashes.append(f"run {run_id} has {key}={params.get(key, '(unset)')} but run {run_ids[0]} has "
+                               f"{reference.get(key, '(unset)')}")
+    if clashes:
+        more = f" (and {len(clashes) - 4} more differences)" if len(clashes) > 4 else ""
+        raise ConfigError(f"the runs are incompatible and cannot be analysed together: {'; '.join(clashes[:4])}"
+                          f"{more}; analyse runs of one config (one sweep) at a time")
+
+
+@dataclass
+class AnalysisResult:
+    run_id: str
+    sweep_id: str
+    report_path: Path
+    ranking: pd.DataFrame  # the class_influence.csv table
+    reused: bool = False  # an earlier FINISHED analysis of the same runs with the same options
+
+
+def resolve_sweep(experiment_id: str, experiment: str, sweep_id: str | None) -> str:
+    """``sweep_id``, or the experiment's only sweep (by its parent run, else by its subset runs' tags)."""
+    if sweep_id:
+        return sweep_id
+    sweeps = find_sweeps(experiment_id)
+    if not sweeps:  # runs logged without a sweep parent, e.g. by SubsetRunner in a loop
+        runs = search_all(MlflowClient(), [experiment_id], run_filter(SUBSET_RUN, "FINISHED"))
+        sweeps = sorted({r.data.tags["sweep_id"] for r in runs if r.data.tags.get("sweep_id")})
+    if len(sweeps) == 1:
+        return sweeps[0]
+    if not sweeps:
+        raise ConfigError(f"experiment {experiment!r} has no sweep; run `transfer-core sweep` first or pass --sweep")
+    raise ConfigError(f"experiment {experiment!r} has {len(sweeps)} sweeps ({', '.join(sweeps[:5])}); "
+                      "choose one with --sweep")
+
+
+def inputs_hash(run_ids: list[str], options: AnalysisOptions) -> str:
+    """What an analysis is a function of: the set of runs and the options (seeds included)."""
+    key = json.dumps([sorted(run_ids), asdict(options)], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _result(client: MlflowClient, run_id: str, sweep_id: str, reused: bool = False) -> AnalysisResult:
+    run = client.get_run(run_id)
+    return AnalysisResult(run_id, sweep_id, artifact_path(run, REPORT_ARTIFACT),
+                          pd.read_csv(artifact_path(run, RANKING_ARTIFACT)), reused)
+
+
+def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptions = AnalysisOptions(),
+            data_root=None, device=None, run_id: str | None = None, progress: bool = True,
+            recompute: bool = False) -> AnalysisResult:
+    """Analyse the FINISHED runs of a sweep and log an analysis run; see the module docstring.
+
+    ``run_id`` continues a RUNNING run made elsewhere (``mlflow run``); otherwise one is made,
+    unless a FINISHED analysis of the same runs with the same options exists: that one is
+    returned (``reused``), so steps keyed on the analysis run (counterfactuals) resume, unless
+    ``recompute``. Bad input (incompatible runs, too few runs per class) raises before anything
+    is logged.
+    """
+    client = MlflowClient()
+    experiment_id = existing_experiment(experiment)
+    sweep_id = resolve_sweep(experiment_id, experiment, sweep_id)
+    runs = collect_sweep(sweep_id, experiment_id, progress=progress)
+    check_compatible(runs.run_ids, runs.run_params)
+    influence.check_coverage(runs.masks, runs.source_classes, options.min_runs)
+    config = from_params(runs.params)
+
+    key = inputs_hash(runs.run_ids, options)
+    if run_id is None and not recompute:
+        found = latest_run(client, experiment_id, ANALYSIS, **{INPUTS_TAG: key})
+        if found is not None:
+            return _result(client, found.info.run_id, sweep_id, reused=True)
+    parent = latest_run(client, experiment_id, SWEEP, status=None, sweep_id=sweep_id)
+    tags = {KIND_TAG: ANALYSIS, "sweep_id": sweep_id, MLFLOW_RUN_NAME: f"analysis-{sweep_id}", INPUTS_TAG: key,
+            "sweep_parent_run_id": parent.info.run_id if parent is not None else ""}
+    if run_id is None:
+        run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    else:
+        set_tags(client, run_id, tags)
+    with run_scope(client, run_id), tempfile.TemporaryDirectory() as tmp:
+        timings = {}
+        start = time.perf_counter()
+        summary = write_artifacts(Path(tmp), sweep_id, runs, config, options, data_root, device, timings, progress)
+        timings["total_s"] = time.perf_counter() - start
+        params = {f"analysis.{k}": str(v) for k, v in asdict(options).items()}
+        log_new_params(client, run_id, {**params, "analysis.n_runs": str(len(runs)), **config.to_params()})
+        log_metrics(client, run_id, {**summary, **timings})
+        client.log_artifacts(run_id, tmp)
+    return _result(client, run_id, sweep_id)
+
+
+def get_analysis_run(client: MlflowClient, run_id: str, finished: bool = False):
+    """The MLflow run ``run_id``, checked to be an analysis run (and FINISHED); ConfigError otherwise."""
+    return get_run_of_kind(client, run_id, ANALYSIS, "transfer-core analyze", finished)
+
+
+def find_analysis_run(client: MlflowClient, experiment_id: str, run_id: str | None = None):
+    """The FINISHED analysis run ``run_id``, or the latest FINISHED analysis run of the experiment."""
+    if run_id:
+        return get_analysis_run(client, run_id, finished=True)
+    run = latest_run(client, experiment_id, ANALYSIS)
+    if run is None:
+        raise ConfigError("the experiment has no FINISHED analysis run; run `transfer-core analyze` first "
+                          "or pass --analysis RUN_ID")
+    return run
+
+
+def class_ranking(analysis_run_id: str) -> pd.DataFrame:
+    """The ``class_influence.csv`` table of an analysis run: one row per source class, best first.
+
+    Columns ``class_index, class_name, influence, std_error, ci_low, ci_high``; influence on
+    target accuracy when the run's output was ``correct``, else on that output.
+    """
+    run = get_analysis_run(MlflowClient(), analysis_run_id)
+    path = artifact_path(run, RANKING_ARTIFACT)
+    if not Path(path).is_file():
+        raise ConfigError(f"analysis run {analysis_run_id} has no {RANKING_ARTIFACT} (status {run.info.status}); "
+                          "rerun `transfer-core analyze`")
+    return pd.read_csv(path)

@@ -1,0 +1,5 @@
+import sys
+
+from transfer_core.cli.commands import main
+
+sys.exit(main())

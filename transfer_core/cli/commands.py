@@ -1,0 +1,390 @@
+"""The ``transfer-core`` commands. Each one parses, validates, and calls the library.
+
+The MLproject entry points call these same commands, so ``mlflow run . -e NAME`` and
+``transfer-core NAME`` behave identically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from transfer_core.cli.options import (TEXT, Choice, FloatRange, IntRange, config_options,
+                                       execution_settings, executor_options, experiment_option, friendly_errors,
+                                       given, merge_overrides, profile_option, progress_option, set_option,
+                                       store_options, transfer_params_option)
+from transfer_core.config import DEFAULT_PROFILE, ConfigError, build_config
+from transfer_core.track import DEFAULT_EXPERIMENT
+
+
+def resolve_config(profile, overrides, transfer_mode=None, alpha=None, sweep_seed=None, extra=None):
+    """Profile + ``--set`` overrides + the dedicated options (+ ``extra``), validated once."""
+    merged = merge_overrides(overrides)
+    merged.update(given(**{"transfer.mode": transfer_mode, "alpha": alpha, "sweep_seed": sweep_seed}))
+    merged.update(extra or {})
+    return build_config(profile or DEFAULT_PROFILE, merged)
+
+
+def invocation_run_id() -> str | None:
+    """The run of an enclosing ``mlflow run`` (its entry point's command runs with MLFLOW_RUN_ID set)."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose):
+    """transfer_core: which source classes help or hurt transfer to a target task.
+
+    Every model is pretrained on a random half of the source classes and transferred to the
+    target; each is one MLflow run. Influences of each source class on each target example
+    are fitted from many such runs (positive influence = including the class helps).
+    """
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(asctime)s %(name)s: %(message)s")
+
+
+@main.command("subset-run")
+@config_options
+@click.option("--index", type=IntRange(min=0), default=0, show_default=True,
+              help="Model index: with the sweep seed it fixes the class mask and the training seed.")
+@click.option("--mask", "mask_file", type=TEXT, default=None,
+              help="A .npy boolean mask (one entry per source class) to use instead of the random one.")
+@click.option("--log-checkpoint/--no-log-checkpoint", default=True, show_default=True,
+              help="Log the transferred model as model.pt (about 0.3 MB for the quick profile).")
+@friendly_errors
+def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
+               index, mask_file, log_checkpoint):
+    """Pretrain on one class subset, transfer to the target, log it all as one MLflow run."""
+    import numpy as np
+
+    from transfer_core.execute import SubsetRunner
+    from transfer_core.track import setup_tracking
+
+    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed)
+    mask = None
+    if mask_file:
+        try:
+            mask = np.load(mask_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read mask file {mask_file} ({exc}); give a .npy boolean array") from None
+    setup_tracking(tracking_uri)
+    runner = SubsetRunner(config, experiment or DEFAULT_EXPERIMENT, data_root)
+    run_id, result = runner.run(index if index is not None else 0, mask=mask, run_id=invocation_run_id(),
+                                log_checkpoint=log_checkpoint)
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in {**result.metrics, **result.timings}.items())
+    click.echo(f"run {run_id} FINISHED: {metrics}")
+
+
+@main.command("tune")
+@config_options
+@click.option("--n-trials", type=IntRange(min=1), default=None, show_default="20",
+              help="Trials this call adds to the study (the study's first trial is the config's own recipe).")
+@click.option("--total-trials", type=IntRange(min=1), default=None,
+              help="Instead of --n-trials: add only the trials the study lacks to hold this many finished ones, "
+                   "so rerunning the command after an interruption completes the study and then adds none "
+                   "(the best params, and so the sweep they feed, stay the same).")
+@click.option("--study-name", type=TEXT, default=None,
+              help="Optuna study to create or extend. Default: <profile>-<mode>-<config hash>, so rerunning "
+                   "the same command adds trials to the same study.")
+@click.option("--storage", type=TEXT, default=None,
+              help="Where the study lives: unset = journal file mlruns/optuna/<study>.journal (resumable, safe "
+                   "for several processes on one machine); a *.journal path; or an RDB URL such as "
+                   "postgresql://user:pw@host/db shared by several machines.")
+@click.option("--space", "space", multiple=True, metavar="SPEC",
+              help="Search space, e.g. 'lr=0.001:1:log;epochs=2:30;batch_size=64,128' (LOW:HIGH[:log] is a "
+                   "range, a comma list a choice; names: lr, weight_decay, epochs, label_smoothing, "
+                   "batch_size). Repeatable. Default: lr, weight_decay, epochs, label_smoothing (+ batch_size "
+                   "in full mode).")
+@click.option("--backbone-index", type=IntRange(min=0), default=None,
+              help="Pretrain the shared backbone on the classes of sweep mask INDEX. Default: every source class.")
+@click.option("--timeout", type=FloatRange(0, min_open=True), default=None,
+              help="Stop starting new trials after this many seconds.")
+@click.option("--sampler-seed", type=IntRange(min=0), default=None,
+              help="Seed of the TPE sampler, for a reproducible search. Default: fresh (best when several "
+                   "processes share a study).")
+@progress_option
+@friendly_errors
+def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
+                 n_trials, total_trials, study_name, storage, space, backbone_index, timeout, sampler_seed, progress):
+    """Tune the transfer hyperparameters with Optuna on the target validation split.
+
+    One backbone is pretrained and logged, then every trial transfers it with other
+    hyperparameters; the study is one MLflow run with one child run per trial. Hand the
+    result to other commands with --transfer-params-from RUN_ID (or latest).
+    """
+    from transfer_core.track import setup_tracking
+    from transfer_core.tune import SearchSpace, TuneSettings, tune
+
+    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed)
+    space_specs = [s for s in space if s.strip() and s.strip().lower() != "default"]
+    settings = TuneSettings(**given(n_trials=n_trials, total_trials=total_trials, study_name=study_name,
+                                    storage=storage, space=SearchSpace.parse(space_specs) if space_specs else None,
+                                    backbone_index=backbone_index, timeout_s=timeout, sampler_seed=sampler_seed))
+    setup_tracking(tracking_uri)
+    result = tune(config, settings, experiment or DEFAULT_EXPERIMENT, data_root, profile=profile or DEFAULT_PROFILE,
+                  run_id=invocation_run_id(), progress=progress)
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts.items())
+    baseline = "n/a" if result.default_value is None else f"{result.default_value:.4f}"
+    recipe = ", ".join(f"{k}={v}" for k, v in result.best_params.items())
+    click.echo(f"study {result.study_name} ({result.storage}): {counts}\n"
+               f"best target_val_acc={result.best_value:.4f} (default recipe {baseline}) with {recipe}\n"
+               f"tune run {result.run_id}; use it with --transfer-params-from {result.run_id}")
+
+
+@main.command("sweep")
+@config_options
+@transfer_params_option
+@click.option("--n-models", required=True, type=IntRange(min=1),
+              help="Models (subset runs) the sweep should have. Rerunning trains only the missing ones; a larger "
+                   "number grows the sweep and reuses the runs it has.")
+@executor_options
+@click.option("--sweep-id", type=TEXT, default=None,
+              help="Name the sweep yourself. Default: sweep-<hash of the config>, so the same command always "
+                   "means the same sweep. A stored sweep of that name must have the same config.")
+@click.option("--log-checkpoint/--no-log-checkpoint", default=False, show_default=True,
+              help="Log each transferred model as model.pt (about 0.3 MB per run for the quick profile).")
+@progress_option
+@friendly_errors
+def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
+                  transfer_params_from, n_models, executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run,
+                  sweep_id, log_checkpoint, progress):
+    """Train N subset runs of one config as one sweep: resumable, parallel, or on Ray.
+
+    The sweep is a parent MLflow run with one child run per model index. Interrupt it
+    at any time; the same command later trains only the indices without a FINISHED run.
+    """
+    from transfer_core.sweep import SweepIncomplete, sweep_with_summary
+    from transfer_core.track import setup_tracking
+    from transfer_core.tune import recipe_from
+
+    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run)
+    experiment = experiment or DEFAULT_EXPERIMENT
+    setup_tracking(tracking_uri)
+    recipe = recipe_from(transfer_params_from, experiment, transfer_mode)
+    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed,
+                            extra=recipe.overrides if recipe else None)
+    summary = sweep_with_summary(config, n_models, experiment=experiment, execution=execution, data_root=data_root,
+                                 sweep_id=sweep_id, log_checkpoint=log_checkpoint,
+                                 tune_run_id=recipe.run_id if recipe else None,
+                                 invocation_run_id=invocation_run_id(), progress=progress)
+    click.echo(f"sweep {summary.sweep_id} (parent run {summary.parent_run_id}): {summary.n_finished} of "
+               f"{summary.n_models} runs FINISHED ({summary.n_reused} reused, {summary.n_trained} trained, "
+               f"{summary.n_failed} failed); wall time per run median {summary.run_wall_median_s:.1f} s, "
+               f"p90 {summary.run_wall_p90_s:.1f} s; total {summary.total_wall_s:.1f} s")
+    if not summary.complete:
+        raise SweepIncomplete(summary)
+
+
+@main.command("sweeps")
+@experiment_option
+@store_options
+@friendly_errors
+def sweeps_command(experiment, data_root, tracking_uri):
+    """List the sweep ids of an experiment, newest first."""
+    from transfer_core.sweep import find_sweeps
+    from transfer_core.track import existing_experiment, setup_tracking
+
+    setup_tracking(tracking_uri)
+    for sweep_id in find_sweeps(existing_experiment(experiment or DEFAULT_EXPERIMENT)):
+        click.echo(sweep_id)
+
+
+@main.command("analyze")
+@experiment_option
+@click.option("--sweep", "sweep_id", type=TEXT, default=None,
+              help="Sweep id to analyse (see `transfer-core sweeps`). May be left out when the experiment has one "
+                   "sweep.")
+@click.option("--output", type=Choice(["margin", "prob", "correct"]), default=None,
+              show_default="margin",
+              help="Per-example output the influences are fitted to: margin (true-class logit minus the largest "
+                   "other), prob (true-class probability) or correct (then class influence = effect on accuracy).")
+@click.option("--bootstrap", type=IntRange(min=0), default=None, show_default="100",
+              help="Bootstrap resamples of the runs for the intervals (0, or at least 20); 0 uses normal intervals "
+                   "from Welch standard errors.")
+@click.option("--min-runs", type=IntRange(min=2), default=None, show_default="5",
+              help="Each source class must be kept in, and left out of, at least this many runs.")
+@click.option("--confidence", type=FloatRange(0.5, 1, min_open=True, max_open=True), default=None,
+              show_default="0.95", help="Confidence level of every interval.")
+@click.option("--seed", type=IntRange(min=0), default=None, show_default="0",
+              help="Seed of the bootstrap, split halves and held-out runs.")
+@click.option("--feature-neighbours/--no-feature-neighbours", default=None, show_default="on",
+              help="Also check leakage candidates by nearest neighbours in a backbone's feature space (uses a "
+                   "logged checkpoint, else pretrains one backbone on the whole source).")
+@store_options
+@click.option("--recompute/--reuse", default=False, show_default=True,
+              help="By default a FINISHED analysis of the same runs with the same options is reused (so reruns "
+                   "of a script resume its counterfactuals); --recompute logs a new analysis run anyway.")
+@progress_option
+@friendly_errors
+def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidence, seed, feature_neighbours,
+                    data_root, tracking_uri, recompute, progress):
+    """Fit class influences from a sweep's FINISHED runs and log the findings as an analysis run.
+
+    Positive influence = including the source class helps the target. Logs class_influence.csv,
+    influence_matrix.npy, heatmap, image grids, leakage, misleading classes, sub-populations and
+    one HTML report, whose path is printed at the end.
+    """
+    from transfer_core.analysis import AnalysisOptions, analyze
+    from transfer_core.track import setup_tracking
+
+    options = AnalysisOptions(**given(output=output, bootstrap=bootstrap, min_runs=min_runs, confidence=confidence,
+                                      seed=seed, feature_neighbours=feature_neighbours))
+    setup_tracking(tracking_uri)
+    result = analyze(experiment or DEFAULT_EXPERIMENT, sweep_id, options, data_root=data_root,
+                     run_id=invocation_run_id(), progress=progress, recompute=recompute)
+    top, bottom = result.ranking.iloc[0], result.ranking.iloc[-1]
+    if result.reused:
+        click.echo(f"reusing analysis run {result.run_id}: the same {result.sweep_id} runs with the same options "
+                   "(--recompute makes a new one)")
+    click.echo(f"analysis run {result.run_id} of sweep {result.sweep_id} FINISHED: most helpful class "
+               f"{top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
+               f"({bottom.influence:+.4g}); positive = including the class helps")
+    click.echo(f"report: {result.report_path}")
+
+
+@main.command("counterfactual")
+@experiment_option
+@click.option("--analysis", "analysis_run_id", type=TEXT, default=None,
+              help="Analysis run whose class ranking (class_influence.csv) to check. Default: the experiment's "
+                   "latest FINISHED analysis run.")
+@click.option("--orders", type=TEXT, default=None, show_default="bottom,top,random",
+              help="Removal orders, comma-separated: bottom (the k most detrimental classes), top (the k most "
+                   "helpful), random (k random classes, a baseline).")
+@click.option("--ks", type=TEXT, default=None, show_default="0,5,10,20",
+              help="Numbers of removed classes, comma-separated; 0 (the full source) is always included.")
+@click.option("--seeds", type=IntRange(min=1), default=None, show_default="3",
+              help="Training seeds per grid point; confidence intervals are over seeds.")
+@click.option("--profile", type=TEXT, default=None,
+              help="Train with this profile instead of the config of the analysed sweep's runs (the default).")
+@set_option
+@transfer_params_option
+@executor_options
+@store_options
+@progress_option
+@friendly_errors
+def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides, transfer_params_from,
+                           executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, data_root,
+                           tracking_uri, progress):
+    """Retrain without the classes an analysis ranks most detrimental / helpful / at random.
+
+    Each (order, k, seed) is one child run of a counterfactual parent run, which gets a
+    plot of target test accuracy against k, tables, and the pruned source chosen on
+    validation accuracy. Rerunning the same command trains only the missing points; two
+    commands at once share the grid without training a point twice.
+    """
+    from transfer_core.counterfactual import CounterfactualPlan, counterfactual_from_analysis
+    from transfer_core.counterfactual.grid import parse_list
+    from transfer_core.track import setup_tracking
+    from transfer_core.tune import recipe_from
+
+    plan = CounterfactualPlan(**given(orders=parse_list(orders, str, "--orders") if orders else None,
+                                      ks=parse_list(ks, int, "--ks") if ks else None, n_seeds=seeds))
+    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run)
+    experiment = experiment or DEFAULT_EXPERIMENT
+    setup_tracking(tracking_uri)
+    merged = merge_overrides(overrides)
+    recipe = recipe_from(transfer_params_from, experiment)
+    merged.update(recipe.overrides if recipe else {})
+    outcome = counterfactual_from_analysis(experiment, plan, analysis_run_id=analysis_run_id, profile=profile,
+                                           overrides=merged, data_root=data_root,
+                                           invocation_run_id=invocation_run_id(), execution=execution,
+                                           progress=progress)
+    runs = outcome.runs
+    click.echo(f"counterfactual {runs.counterfactual_id} (run {runs.parent_run_id}) of analysis "
+               f"{outcome.analysis_run_id}: {len(runs.table)} runs ({runs.n_trained} trained here, "
+               f"{len(runs.table) - runs.n_trained} reused or trained elsewhere)\n{outcome.selection.describe()}")
+
+
+@main.command("register")
+@experiment_option
+@click.option("--counterfactual", "counterfactual_run_id", type=TEXT, default=None,
+              help="Counterfactual run whose chosen model to register. Default: the experiment's latest "
+                   "FINISHED counterfactual run.")
+@click.option("--name", type=TEXT, default=None, help="Registered model name. Default: <experiment>-target.")
+@store_options
+@friendly_errors
+def register_command(experiment, counterfactual_run_id, name, data_root, tracking_uri):
+    """Register the champion target model (alias `champion`) in the MLflow Model Registry.
+
+    The pruned source's model becomes champion only if it beat the full source on
+    validation; otherwise the full-source model does, and the command says so.
+    """
+    from transfer_core.registry import latest_counterfactual_run, register_champion
+    from transfer_core.track import setup_tracking
+
+    setup_tracking(tracking_uri)
+    run_id = counterfactual_run_id or latest_counterfactual_run(experiment or DEFAULT_EXPERIMENT)
+    result = register_champion(run_id, data_root=data_root, name=name, run_id=invocation_run_id())
+    click.echo(f"{result.message}\nregistered {result.name} version {result.version}: {result.uri}")
+
+
+@main.command("main")
+@profile_option
+@experiment_option
+@set_option
+@click.option("--tune-trials", type=IntRange(min=0), default=None, show_default="8",
+              help="Optuna trials of the tune step; 0 skips it.")
+@click.option("--n-models", type=IntRange(min=2), default=None, show_default="40",
+              help="Subset runs in the sweep.")
+@click.option("--workers", type=IntRange(min=1), default=None, show_default="2",
+              help="Worker processes of the sweep and the counterfactual (cores/workers torch threads each).")
+@click.option("--orders", type=TEXT, default=None, show_default="bottom,top,random",
+              help="Counterfactual removal orders.")
+@click.option("--ks", type=TEXT, default=None, show_default="0,10,25",
+              help="Counterfactual numbers of removed classes.")
+@click.option("--seeds", type=IntRange(min=1), default=None, show_default="2",
+              help="Counterfactual seeds per grid point.")
+@store_options
+@friendly_errors
+def main_job(profile, experiment, overrides, tune_trials, n_models, workers, orders, ks, seeds, data_root,
+             tracking_uri):
+    """The main job: tune -> sweep -> analyze -> counterfactual -> register, reusing finished steps.
+
+    Each step is an MLproject entry point run by mlflow.run with the local environment; a
+    step whose FINISHED run has the same parameters, config and data is reused. At the end
+    it prints the MLflow UI command, the analysis report and the registered model URI.
+    """
+    import mlflow
+
+    from transfer_core.workflow.main import MainSettings, run_main
+
+    merged = merge_overrides(overrides)
+    settings = MainSettings(**given(profile=profile, experiment=experiment, tune_trials=tune_trials,
+                                    n_models=n_models, workers=workers, orders=orders, ks=ks, seeds=seeds,
+                                    overrides=",".join(f"{k}={v}" for k, v in merged.items()) or None))
+    result = run_main(settings, data_root, tracking_uri, echo=click.echo)
+    click.echo(result.where_to_look(mlflow.get_tracking_uri()))
+
+
+@main.command("publish")
+@experiment_option
+@click.option("--out", "out_dir", type=TEXT, default="docs/results", show_default=True,
+              help="Folder to write RESULTS.md, the figures and the tables into (files of the same name are replaced).")
+@click.option("--analysis", "analysis_run_id", type=TEXT, default=None,
+              help="Analysis run to publish. Default: the experiment's latest FINISHED analysis run.")
+@click.option("--counterfactual", "counterfactual_run_id", type=TEXT, default=None,
+              help="Counterfactual run to publish. Default: the latest FINISHED one made from that analysis run.")
+@click.option("--top-k", type=IntRange(min=1), default=10, show_default=True,
+              help="Most helpful and most detrimental classes listed, overall and per target class.")
+@click.option("--subpopulation", type=TEXT, default=None, metavar="TARGET:SOURCE",
+              help="Sub-population to show, e.g. automobile:pickup_truck. Default: the group with the largest "
+                   "share of its target class (at least 8 images).")
+@store_options
+@friendly_errors
+def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id, top_k, subpopulation, data_root,
+                    tracking_uri):
+    """Write an experiment's results (figures, tables, RESULTS.md) into a folder for a README.
+
+    Reads the analysis run, the counterfactual run made from it and the tune run whose recipe
+    the sweep used (the sweep's tune_run_id tag); every table in RESULTS.md names the run and
+    artifact it comes from.
+    """
+    from transfer_core.track import setup_tracking
+    from transfer_core.workflow.publish import publish
+
+    setup_tracking(tracking_uri)
+    path = publish(experiment or DEFAULT_EXPERIMENT, out_dir, analysis_run_id=analysis_run_id,
+                   counterfactual_run_id=counterfactual_run_id, top_k=top_k, subpopulation=subpopulation,
+                   data_root=data_root)
+    click.echo(f"results written to {path}")

@@ -1,0 +1,178 @@
+"""Shared pieces of the command line: parameter types, option groups, and one-sentence errors.
+
+MLproject passes every parameter as a string, and an empty string means "not given". The
+parameter types here map ``""`` to None (unset, so the library's typed default applies)
+and convert everything else to the real type, so ``--help`` shows choices and ranges and a
+bad value gets click's one-line error. Defaults shown in ``--help`` are read from the
+library's dataclasses, the one place they live.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+
+import click
+from mlflow.exceptions import MlflowException
+
+from transfer_core.config import DEFAULT_PROFILE, ConfigError, parse_overrides, profile_names
+from transfer_core.execute import EXECUTORS, ExecutorSettings
+from transfer_core.track import DEFAULT_EXPERIMENT
+
+
+class _EmptyIsUnset:
+    """Mixin: ``""`` (MLproject's "not given") converts to None; anything else as the base type does."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            value = value.strip()
+        return super().convert(value, param, ctx)
+
+
+class Text(_EmptyIsUnset, click.types.StringParamType):
+    name = "text"
+
+
+class IntRange(_EmptyIsUnset, click.IntRange):
+    pass
+
+
+class FloatRange(_EmptyIsUnset, click.FloatRange):
+    pass
+
+
+class Choice(_EmptyIsUnset, click.Choice):
+    pass
+
+
+TEXT = Text()
+
+
+def default(cls, name: str) -> str:
+    """The default of field ``name`` of dataclass ``cls``, as ``--help`` shows it."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    return "unset" if value is None else str(value)
+
+
+def given(**values) -> dict:
+    """The keyword arguments that were given (not None), for a dataclass whose defaults fill the rest."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def merge_overrides(items) -> dict[str, str]:
+    """``--set`` values (repeatable, each possibly a comma-separated list) as one dict."""
+    merged: dict[str, str] = {}
+    for item in items or ():
+        merged.update(parse_overrides(item))
+    return merged
+
+
+def _stack(fn, options):
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def profile_option(fn):
+    return click.option("--profile", type=TEXT, default=None, show_default=DEFAULT_PROFILE,
+                        help=f"Named experiment config from experiments/profiles ({', '.join(profile_names())}) "
+                             "or a path to a .toml file.")(fn)
+
+
+def set_option(fn):
+    return click.option("--set", "overrides", multiple=True, metavar="FIELD=VALUE",
+                        help="Override any config field, e.g. --set pretrain.epochs=4 --set data.resolution=32. "
+                             "Repeatable; a comma-separated list also works.")(fn)
+
+
+def experiment_option(fn):
+    return click.option("--experiment", type=TEXT, default=None, show_default=DEFAULT_EXPERIMENT,
+                        help="MLflow experiment name.")(fn)
+
+
+def store_options(fn):
+    """``--data-root`` and ``--tracking-uri``: where the data and the MLflow store are."""
+    return _stack(fn, [
+        click.option("--data-root", type=TEXT, default=None, envvar="TRANSFER_CORE_DATA",
+                     help="Folder with cifar10.tar.gz / cifar100.tar.gz or their extracted trees "
+                          "[env: TRANSFER_CORE_DATA]. Unset: torchvision downloads CIFAR."),
+        click.option("--tracking-uri", type=TEXT, default=None, envvar="MLFLOW_TRACKING_URI",
+                     help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store "
+                          "mlruns/mlflow.db with artifacts under mlruns/."),
+    ])
+
+
+def config_options(fn):
+    """Options of every command that builds a RunConfig."""
+    return _stack(fn, [
+        profile_option, set_option,
+        click.option("--transfer-mode", type=Choice(["fixed", "full"]), default=None,
+                     help="fixed (frozen backbone in eval mode + linear head) or full (all weights train). "
+                          "Default: the profile's."),
+        click.option("--alpha", type=FloatRange(0, 1, min_open=True), default=None,
+                     help="Share of source classes each model keeps. Default: the profile's (0.5)."),
+        click.option("--sweep-seed", type=IntRange(min=0), default=None,
+                     help="Seed of the class masks: mask i is a pure function of (sweep seed, i). "
+                          "Default: the profile's."),
+        experiment_option, store_options,
+    ])
+
+
+def executor_options(fn):
+    """Where models train: local worker processes or a Ray cluster (see ExecutorSettings)."""
+    d = functools.partial(default, ExecutorSettings)
+    return _stack(fn, [
+        click.option("--executor", type=Choice(list(EXECUTORS)), default=None, show_default=d("executor"),
+                     help="local (worker processes on this machine) or ray (one Ray task per model; needs "
+                          "pip install 'transfer-core[ray]')."),
+        click.option("--workers", type=IntRange(min=1), default=None, show_default=d("workers"),
+                     help="Local worker processes; each loads the data once and gets cores/workers torch threads "
+                          "(1 trains in this process)."),
+        click.option("--ray-address", type=TEXT, default=None,
+                     help="Ray cluster to use, e.g. 10.0.0.5:6379 or auto. Unset: $RAY_ADDRESS if set, else a new "
+                          "local Ray instance."),
+        click.option("--ray-cpus-per-run", type=FloatRange(0, min_open=True), default=None,
+                     show_default=d("ray_cpus_per_run"), help="CPUs each Ray task reserves."),
+        click.option("--ray-gpus-per-run", type=FloatRange(0), default=None, show_default=d("ray_gpus_per_run"),
+                     help="GPUs each Ray task reserves; a fraction (0.25) lets several small models share one card."),
+    ])
+
+
+def execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run) -> ExecutorSettings:
+    return ExecutorSettings(**given(executor=executor, workers=workers, ray_address=ray_address,
+                                    ray_cpus_per_run=ray_cpus_per_run, ray_gpus_per_run=ray_gpus_per_run))
+
+
+def transfer_params_option(fn):
+    """``--transfer-params-from RUN_ID|latest``: train with the recipe a ``tune`` run found."""
+    return click.option(
+        "--transfer-params-from", "transfer_params_from", type=TEXT, default=None, metavar="RUN_ID|latest",
+        help="Use the best transfer hyperparameters of a `transfer-core tune` run: its MLflow run id, or "
+             "'latest' for the experiment's latest FINISHED tune run. They override the profile's and "
+             "--set's transfer values, are logged as params on every run, and the tune run's id is "
+             "recorded on the sweep (tag tune_run_id).")(fn)
+
+
+def progress_option(fn):
+    return click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(fn)
+
+
+def friendly_errors(fn):
+    """Library errors become one clear sentence and exit status 1, with no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        except MlflowException as exc:  # the store refused or failed a request
+            message = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"the MLflow tracking store failed a request ({message}); check "
+                                       "--tracking-uri and the server's log, then run the command again") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to finish what is missing", err=True)
+            sys.exit(130)
+    return wrapper

@@ -1,0 +1,113 @@
+"""The counterfactual grid, as pure computation: which classes each point removes, and its id.
+
+For every point of a grid (order, k, seed) the source model is retrained from scratch on
+the full source minus ``k`` classes and transferred to the target, as one MLflow child run:
+
+  ``bottom``  removes the k most detrimental classes (most negative influence first);
+  ``top``     removes the k most helpful classes (most positive influence first);
+  ``random``  removes k classes drawn at random (a fixed permutation per seed, so the
+              removal sets of one seed are nested as k grows).
+
+``k = 0`` is the full source; its runs (order tag ``full``) are shared by all orders.
+Seed ``s`` trains every point with the same training seed, so differences between
+orders and from the full source are paired per seed. :mod:`transfer_core.counterfactual.run`
+trains the grid; a point with a FINISHED run of the same counterfactual id is never retrained.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from transfer_core.config import ConfigError, RunConfig
+
+ORDERS = ("bottom", "top", "random")
+FULL = "full"  # order tag of the k = 0 runs
+
+
+@dataclass(frozen=True)
+class CounterfactualPlan:
+    """The grid: removal orders, numbers of removed classes (0 added), seeds ``0..n_seeds-1``."""
+
+    orders: tuple[str, ...] = ORDERS
+    ks: tuple[int, ...] = (0, 5, 10, 20)
+    n_seeds: int = 3
+
+    def validate(self, n_classes: int) -> "CounterfactualPlan":
+        unknown = [o for o in self.orders if o not in ORDERS]
+        if unknown or not self.orders:
+            raise ConfigError(f"unknown removal order(s) {', '.join(unknown) or '(none given)'}; "
+                              f"choose from {', '.join(ORDERS)}, e.g. --orders bottom,top,random")
+        if any(k < 0 for k in self.ks):
+            raise ConfigError(f"every k must be >= 0, got {list(self.ks)}")
+        if max(self.ks, default=0) >= n_classes:
+            raise ConfigError(f"k={max(self.ks)} would remove every one of the {n_classes} source "
+                              f"classes; choose ks below {n_classes}")
+        if self.n_seeds < 1:
+            raise ConfigError(f"--seeds must be a positive integer, got {self.n_seeds}")
+        return CounterfactualPlan(tuple(dict.fromkeys(self.orders)), tuple(sorted({0, *self.ks})),
+                                  self.n_seeds)
+
+    def points(self) -> list[tuple[str, int, int]]:
+        """``(order, k, seed)`` for every run: the full source first, then k ascending."""
+        pts = [(FULL, 0, s) for s in range(self.n_seeds)]
+        for k in self.ks:
+            if k > 0:
+                pts += [(o, k, s) for o in self.orders for s in range(self.n_seeds)]
+        return pts
+
+
+def parse_list(text: str, kind: type, what: str) -> tuple:
+    """``"0,5,10"`` -> ``(0, 5, 10)``, with a clear error naming ``what``."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        return tuple(kind(t) for t in items)
+    except ValueError:
+        raise ConfigError(f"{what} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+
+
+def ranking_order(ranking: pd.DataFrame, class_names: list[str]) -> np.ndarray:
+    """Class indices ``(n_classes,)`` sorted by influence, most helpful first.
+
+    ``ranking`` is an analysis run's ``class_influence.csv`` table (columns ``class_index``,
+    ``influence``, optionally ``class_name``); positive influence = including the class helps.
+    """
+    missing = {"class_index", "influence"} - set(ranking.columns)
+    if missing:
+        raise ConfigError(f"the class ranking lacks column(s) {', '.join(sorted(missing))}; "
+                          "give an analysis run's class_influence.csv")
+    idx = ranking["class_index"].to_numpy(int)
+    if sorted(idx.tolist()) != list(range(len(class_names))):
+        raise ConfigError(f"the class ranking covers {len(idx)} classes but the source has "
+                          f"{len(class_names)}; analyse a sweep of the same source")
+    if "class_name" in ranking.columns:
+        wrong = [(i, n) for i, n in zip(idx, ranking["class_name"]) if class_names[i] != n]
+        if wrong:
+            i, n = wrong[0]
+            raise ConfigError(f"the ranking names class {i} {n!r} but the source calls it "
+                              f"{class_names[i]!r}; analyse a sweep of the same source")
+    order = np.argsort(-ranking["influence"].to_numpy(float), kind="stable")
+    return idx[order]
+
+
+def removal_set(order: str, k: int, seed: int, ranked: np.ndarray, random_seed: int = 0) -> np.ndarray:
+    """Indices of the ``k`` removed classes; ``ranked`` is :func:`ranking_order`'s output."""
+    if k == 0:
+        return np.array([], dtype=int)
+    if order == "top":
+        return np.sort(ranked[:k])
+    if order == "bottom":
+        return np.sort(ranked[::-1][:k])
+    if order == "random":  # one permutation per seed: the sets of one seed are nested in k
+        perm = np.random.default_rng([int(random_seed), int(seed), 11]).permutation(len(ranked))
+        return np.sort(perm[:k])
+    raise ConfigError(f"unknown removal order {order!r}; choose from {', '.join(ORDERS)}")
+
+
+def counterfactual_id(config: RunConfig, ranked: np.ndarray, analysis_run_id: str | None) -> str:
+    """Stable id of (config, ranking, analysis run): the same command resumes the same grid."""
+    key = json.dumps([config.config_hash(), ranked.tolist(), analysis_run_id or ""])
+    return "cf-" + hashlib.sha256(key.encode()).hexdigest()[:10]

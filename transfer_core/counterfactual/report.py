@@ -1,0 +1,62 @@
+"""The report of a counterfactual grid on its parent run: tables, the accuracy-vs-k plot, the selection."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from transfer_core.counterfactual.grid import FULL, ORDERS
+from transfer_core.counterfactual.summary import Selection, select, summarize
+from transfer_core.track import log_metrics
+
+TABLE_ARTIFACT = "counterfactual_runs.csv"
+SUMMARY_ARTIFACT = "counterfactual_summary.csv"
+PLOT_ARTIFACT = "counterfactual_accuracy.png"
+SELECTION_ARTIFACT = "selection.json"
+
+
+def plot_accuracy(summary: pd.DataFrame, path) -> None:
+    """Target test accuracy against k for each order, with 95% CI bands; k = 0 is shared."""
+    full = summary[summary.order == FULL]
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    colours = {"bottom": "tab:green", "top": "tab:red", "random": "tab:gray"}
+    labels = {"bottom": "remove most detrimental (bottom)", "top": "remove most helpful (top)",
+              "random": "remove random"}
+    for order in ORDERS:
+        part = pd.concat([full, summary[summary.order == order]]).sort_values("k")
+        if len(part) <= len(full):
+            continue
+        ax.plot(part.k, part.test_mean, "o-", color=colours[order], label=labels[order])
+        ax.fill_between(part.k, part.test_ci_low, part.test_ci_high, color=colours[order], alpha=0.15)
+    ax.axhline(float(full.test_mean.iloc[0]), color="black", lw=0.8, ls="--", label="full source")
+    ax.set_xlabel("k = number of source classes removed")
+    ax.set_ylabel("target test accuracy")
+    ax.set_title(f"Counterfactual retraining (mean, 95% CI over {int(full.n_seeds.iloc[0])} seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True) -> Selection:
+    """Write the tables, plot and selection to the parent run; end it FINISHED if ``finish``."""
+    summary = summarize(table)
+    selection = select(table)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        table.to_csv(tmp / TABLE_ARTIFACT, index=False)
+        summary.to_csv(tmp / SUMMARY_ARTIFACT, index=False)
+        plot_accuracy(summary, tmp / PLOT_ARTIFACT)
+        (tmp / SELECTION_ARTIFACT).write_text(selection.to_json())
+        client.log_artifacts(parent_run_id, str(tmp))
+    values = {"selected_k": selection.k, "selected_val_acc": selection.val_acc,
+              "selected_test_acc": selection.test_acc, "full_val_acc": selection.full_val_acc,
+              "full_test_acc": selection.full_test_acc, "test_diff": selection.test_diff,
+              "test_diff_ci_low": selection.diff_ci_low, "test_diff_ci_high": selection.diff_ci_high}
+    log_metrics(client, parent_run_id, values)
+    client.set_tag(parent_run_id, "selection", selection.describe()[:4900])
+    if finish:
+        client.set_terminated(parent_run_id, status="FINISHED")
+    return selection

@@ -1,0 +1,172 @@
+"""The ``counterfactual`` step: from an analysis run to a finished, reported grid.
+
+Resolves the analysis run (latest FINISHED when not given), its class ranking and the
+config its sweep was trained with, trains every missing grid point
+(:mod:`~transfer_core.counterfactual.grid`) through the one executor
+(:mod:`transfer_core.execute`), and logs the report (:mod:`~transfer_core.counterfactual.report`)
+on the grid's parent run. Every point is claimed through the tracking store, so two
+commands on the same grid never train a point twice, and ``executor="ray"`` spreads the
+grid over a Ray cluster.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from transfer_core.analysis import class_ranking, find_analysis_run
+from transfer_core.config import ConfigError, RunConfig, build_config, with_overrides
+from transfer_core.counterfactual.grid import CounterfactualPlan, counterfactual_id, ranking_order, removal_set
+from transfer_core.counterfactual.report import log_report
+from transfer_core.counterfactual.summary import Selection
+from transfer_core.data import load_split
+from transfer_core.execute import ExecutorSettings, Job, Task, run_tasks
+from transfer_core.track import (DEFAULT_EXPERIMENT, get_experiment_id, latest_run, run_config, run_filter, search_all,
+                                 set_tags)
+from transfer_core.track.claims import settle_parent
+from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, SUBSET_RUN
+
+log = logging.getLogger(__name__)
+METRICS = ("target_val_acc", "target_test_acc", "source_acc")
+
+
+@dataclass
+class CounterfactualRuns:
+    """What :func:`run_counterfactual` returns: the parent run and one row per grid point."""
+
+    parent_run_id: str
+    counterfactual_id: str
+    table: pd.DataFrame  # order, k, seed, run_id, removed, target_val_acc, target_test_acc, source_acc
+    class_names: list[str]
+    n_trained: int  # runs trained by this call (the rest were reused or trained by another command)
+
+
+def finished_points(client: MlflowClient, experiment_id: str, cf_id: str) -> dict[tuple[str, int, int], object]:
+    """FINISHED runs of counterfactual ``cf_id`` keyed by (order, k, seed); the oldest wins."""
+    runs = search_all(client, [experiment_id], run_filter(COUNTERFACTUAL_RUN, "FINISHED", counterfactual_id=cf_id),
+                      order_by=["attributes.start_time ASC"])
+    done = {}
+    for run in runs:
+        t = run.data.tags
+        done.setdefault((t["order"], int(t["k"]), int(t["seed"])), run)
+    return done
+
+
+def grid_tasks(plan: CounterfactualPlan, points: list[tuple[str, int, int]], ranked: np.ndarray, random_seed: int,
+               cf_id: str, parent_run_id: str, common: dict[str, str]) -> list[Task]:
+    """One task per grid point: the full source minus the point's removed classes, seed index = seed."""
+    tasks = []
+    for order, k, seed in points:
+        removed = removal_set(order, k, seed, ranked, random_seed)
+        mask = np.ones(len(ranked), dtype=bool)
+        mask[removed] = False
+        key = (("counterfactual_id", cf_id), ("order", order), ("k", str(k)), ("seed", str(seed)))
+        tags = (*common.items(), ("removed", json.dumps(removed.tolist())[:4900]))
+        tasks.append(Task(COUNTERFACTUAL_RUN, key, seed, f"{cf_id}-{order}-k{k}-s{seed}", parent_run_id,
+                          tuple(mask.tolist()), tags))
+    return tasks
+
+
+def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: CounterfactualPlan, *,
+                       experiment: str = DEFAULT_EXPERIMENT, analysis_run_id: str | None = None,
+                       source_sweep_id: str | None = None, invocation_run_id: str | None = None,
+                       execution: ExecutorSettings = ExecutorSettings(), data_root=None,
+                       tracking_uri: str | None = None, progress: bool = True) -> CounterfactualRuns:
+    """Train every missing grid point of ``ranking`` (a ``class_influence.csv`` table) and log it.
+
+    Each point keeps its transferred model (``model.pt``) so the registry can log the chosen
+    one without retraining. Points that fail are retried by the next call; this one raises
+    after the others have run.
+    """
+    import mlflow
+
+    names = load_split(config.data.source, "train", config.data.resolution, data_root).class_names
+    plan = plan.validate(len(names))
+    ranked = ranking_order(ranking, names)
+    client = MlflowClient()
+    experiment_id = get_experiment_id(experiment)
+    cf_id = counterfactual_id(config, ranked, analysis_run_id)
+    common = {"counterfactual_id": cf_id, "analysis_run_id": analysis_run_id or "",
+              "source_sweep_id": source_sweep_id or ""}
+    parent = settle_parent(client, experiment_id, COUNTERFACTUAL, {"counterfactual_id": cf_id},
+                           params=config.to_params(), run_name=cf_id, invocation_run_id=invocation_run_id,
+                           extra_tags={k: v for k, v in common.items() if k != "counterfactual_id"})
+    client.update_run(parent, status="RUNNING")
+    set_tags(client, parent, {"orders": ",".join(plan.orders), "ks": ",".join(map(str, plan.ks)),
+                              "n_seeds": plan.n_seeds})
+    done = finished_points(client, experiment_id, cf_id)
+    todo = [p for p in plan.points() if p not in done]
+    log.info("counterfactual %s: %d of %d runs already FINISHED", cf_id, len(plan.points()) - len(todo),
+             len(plan.points()))
+    job = Job(config, experiment, tracking_uri or mlflow.get_tracking_uri(),
+              None if data_root is None else str(data_root), log_checkpoint=True)
+    outcomes = run_tasks(job, grid_tasks(plan, todo, ranked, config.sweep_seed, cf_id, parent, common),
+                         execution, n_total=len(plan.points()), n_done=len(plan.points()) - len(todo),
+                         progress=progress, desc=f"counterfactual {cf_id}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        client.set_terminated(parent, status="FAILED")
+        raise ConfigError(f"counterfactual {cf_id}: {len(failed)} of {len(todo)} runs failed (first: "
+                          f"{failed[0].task.name}: "
+                          f"{failed[0].error}); run the same command again to retry them")
+    done = finished_points(client, experiment_id, cf_id)
+    rows = []
+    for order, k, seed in plan.points():
+        run = done[(order, k, seed)]
+        removed = removal_set(order, k, seed, ranked, config.sweep_seed)
+        rows.append({"order": order, "k": k, "seed": seed, "run_id": run.info.run_id,
+                     "removed": ";".join(names[i] for i in removed),
+                     **{m: run.data.metrics.get(m, np.nan) for m in METRICS}})
+    return CounterfactualRuns(parent, cf_id, pd.DataFrame(rows), names,
+                              sum(o.status == "trained" for o in outcomes))
+
+
+def sweep_config(client: MlflowClient, experiment_id: str, sweep_id: str) -> RunConfig:
+    """The config the FINISHED runs of sweep ``sweep_id`` were trained with."""
+    found = latest_run(client, experiment_id, SUBSET_RUN, sweep_id=sweep_id)
+    if found is None:
+        raise ConfigError(f"sweep {sweep_id!r} has no FINISHED subset run in this experiment; "
+                          "run or resume the sweep first")
+    return run_config(found)
+
+
+@dataclass
+class CounterfactualOutcome:
+    runs: CounterfactualRuns
+    selection: Selection
+    analysis_run_id: str
+    sweep_id: str
+
+
+def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, analysis_run_id: str | None = None,
+                                 profile: str | None = None, overrides: dict | None = None, data_root=None,
+                                 invocation_run_id: str | None = None,
+                                 execution: ExecutorSettings = ExecutorSettings(),
+                                 progress: bool = True) -> CounterfactualOutcome:
+    """Run (or resume) the counterfactual grid of an analysis run and report it.
+
+    The models are trained with the config of the analysed sweep (so the check uses the
+    recipe the influences were fitted on), or with ``profile`` when given; ``overrides``
+    (dotted fields) apply on top.
+    """
+    client = MlflowClient()
+    experiment_id = get_experiment_id(experiment)
+    analysis = find_analysis_run(client, experiment_id, analysis_run_id)
+    sweep_id = analysis.data.tags.get("sweep_id", "")
+    if profile:
+        config = build_config(profile, overrides)
+    elif sweep_id:
+        config = with_overrides(sweep_config(client, experiment_id, sweep_id), overrides or {})
+    else:
+        raise ConfigError(f"analysis run {analysis.info.run_id} names no sweep_id, so its recipe is unknown; "
+                          "pass --profile")
+    runs = run_counterfactual(config, class_ranking(analysis.info.run_id), plan, experiment=experiment,
+                              analysis_run_id=analysis.info.run_id, source_sweep_id=sweep_id,
+                              invocation_run_id=invocation_run_id, execution=execution, data_root=data_root,
+                              progress=progress)
+    selection = log_report(client, runs.parent_run_id, runs.table)
+    return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id)

@@ -1,0 +1,223 @@
+"""Datasets as uint8 tensors, decoded once and cached.
+
+Following airbench, a dataset is one ``uint8`` image tensor ``(N, 3, R, R)`` plus an
+``int64`` label tensor ``(N,)``; a class subset is an index into those tensors. Each
+(dataset, split, resolution) is decoded once into ``<cache>/tensors/*.pt`` and loaded from
+there afterwards.
+
+Dataset specs:
+  ``cifar10`` / ``cifar100``     an ImageFolder tree ``<root>/<name>/{train,test}/<class>/``
+                                 or an archive ``<root>/<name>.tar.gz`` under the data root
+                                 (``--data-root`` or ``$TRANSFER_CORE_DATA``); with no data
+                                 root, torchvision's downloader.
+  ``imagefolder:<path>``         ``<path>/{train,test}`` (``val`` stands in for ``test``).
+  ``synthetic-source`` / ``synthetic-target``  generated data with planted structure, see
+                                 :mod:`transfer_core.data.synthetic`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transfer_core.config import ConfigError, DataConfig
+from transfer_core.data.images import ImageSet, resize
+from transfer_core.data.synthetic import make_synthetic
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".JPEG")
+CIFAR_NAMES = ("cifar10", "cifar100")
+CACHE_VERSION = "v1"
+
+
+class DataError(ConfigError):
+    """Missing, empty or corrupt data; the message says what to fix."""
+
+
+@dataclass
+class TransferData:
+    """Everything one run reads: the source and the target's train/val/test splits."""
+
+    source: ImageSet  # already sampled to data.source_images_per_class
+    target_train: ImageSet
+    target_val: ImageSet
+    target_test: ImageSet  # the full test split, in its original order
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TRANSFER_CORE_CACHE") or Path.home() / ".cache" / "transfer_core"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
+    """The data root given, else ``$TRANSFER_CORE_DATA``, else None (download)."""
+    root = data_root or os.environ.get("TRANSFER_CORE_DATA")
+    if not root:
+        return None
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataError(f"data root {str(path)!r} does not exist; pass --data-root (or set "
+                        "TRANSFER_CORE_DATA) to a folder holding cifar10.tar.gz / cifar100.tar.gz "
+                        "or their extracted trees")
+    if not any(path.iterdir()):
+        raise DataError(f"data root {str(path)!r} is empty; put cifar10.tar.gz / cifar100.tar.gz "
+                        "or their extracted trees there")
+    return path
+
+
+def load_split(spec: str, split: str, resolution: int, data_root=None) -> ImageSet:
+    """Load one split of a dataset spec at ``resolution`` pixels, decoding it once."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if spec.startswith("synthetic"):
+        return make_synthetic(spec, split, resolution)
+    root = resolve_data_root(data_root) if spec in CIFAR_NAMES else None
+    key = hashlib.sha256(f"{CACHE_VERSION}|{spec}|{root}|{split}|{resolution}".encode()).hexdigest()[:16]
+    label = spec.replace(":", "_").replace("/", "_")[-40:]
+    cached = cache_dir() / "tensors" / f"{label}-{split}-{resolution}px-{key}.pt"
+    if cached.is_file():
+        return ImageSet(**torch.load(cached, weights_only=False))
+    if spec in CIFAR_NAMES:
+        images = _decode_cifar(spec, split, root)
+    elif spec.startswith("imagefolder:"):
+        images = _decode_folder(_imagefolder_split(Path(spec.split(":", 1)[1]), split))
+    else:
+        raise ConfigError(f"unknown dataset {spec!r}; use cifar10, cifar100, imagefolder:<path>, "
+                          "synthetic-source or synthetic-target")
+    images.images = resize(images.images, resolution)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".tmp{os.getpid()}")
+    torch.save(vars(images), tmp)
+    os.replace(tmp, cached)  # atomic: a concurrent reader never sees a half-written file
+    return images
+
+
+def _decode_cifar(name: str, split: str, root: Path | None) -> ImageSet:
+    if root is None:
+        return _download_cifar(name, split)
+    tree = root / name / split
+    if tree.is_dir():
+        return _decode_folder(tree)
+    archive = root / f"{name}.tar.gz"
+    if not archive.is_file():
+        raise DataError(f"neither {tree} nor {archive} exists; point --data-root at the folder "
+                        f"holding {name}.tar.gz")
+    extracted = cache_dir() / "extracted"
+    target = extracted / name / split
+    if not (extracted / f".{name}.done").exists():
+        log.info("extracting %s into %s", archive, extracted)
+        extracted.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(extracted, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"archive {archive} is corrupt or unreadable ({exc}); "
+                            "replace it with a good copy") from None
+        (extracted / f".{name}.done").touch()
+    if not target.is_dir():
+        raise DataError(f"archive {archive} has no {name}/{split}/ folder; "
+                        "it should hold <name>/{{train,test}}/<class>/<image>")
+    return _decode_folder(target)
+
+
+def _imagefolder_split(path: Path, split: str) -> Path:
+    candidates = [path / split] + ([path / "val"] if split == "test" else [])
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise DataError(f"image folder {path} has no {split}/ subfolder; expected "
+                    f"{path}/train/<class>/<image> and {path}/test/<class>/<image> (or val/)")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _decode_folder(tree: Path) -> ImageSet:
+    class_names = sorted(p.name for p in tree.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        members = sorted(p for p in (tree / name).iterdir() if p.suffix in IMAGE_SUFFIXES)
+        files += members
+        labels += [label] * len(members)
+    if not files:
+        raise DataError(f"no images found under {tree}; expected <class>/<image> subfolders")
+    log.info("decoding %d images from %s (once; cached afterwards)", len(files), tree)
+    try:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            arrays = list(pool.map(_read_image, files, chunksize=256))
+    except OSError as exc:
+        raise DataError(f"could not decode an image under {tree} ({exc}); "
+                        "remove or replace the broken file") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:  # ImageNet-style trees: square-crop to the smallest side first
+        arrays = [_center_square(a) for a in arrays]
+        side = min(a.shape[0] for a in arrays)
+        arrays = [resize(torch.from_numpy(a).permute(2, 0, 1)[None], side)[0].permute(1, 2, 0).numpy()
+                  for a in arrays]
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images, torch.tensor(labels, dtype=torch.long), class_names,
+                    [f"{class_names[y]}/{f.stem}" for f, y in zip(files, labels)])
+
+
+def _center_square(a: np.ndarray) -> np.ndarray:
+    h, w = a.shape[:2]
+    s = min(h, w)
+    return a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+def _download_cifar(name: str, split: str) -> ImageSet:
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        ds = cls(root=str(cache_dir() / "torchvision"), train=(split == "train"), download=True)
+    except Exception as exc:  # no network: say how to use local data instead
+        raise DataError(f"could not download {name} ({exc}); pass --data-root (or set "
+                        f"TRANSFER_CORE_DATA) to a folder holding {name}.tar.gz") from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor(ds.targets, dtype=torch.long)
+    return ImageSet(images, labels, list(ds.classes),
+                    [f"{ds.classes[y]}/{split}_{i:05d}" for i, y in enumerate(ds.targets)])
+
+
+def sample_per_class(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
+    """Indices of at most ``per_class`` examples of every class, chosen by ``seed``, sorted."""
+    if per_class <= 0:
+        return torch.arange(len(labels))
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=gen)
+    shuffled = labels[order]
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique():
+        keep[order[shuffled == c][:per_class]] = True
+    return keep.nonzero().squeeze(1)
+
+
+def load_transfer_data(config: DataConfig, data_root=None) -> TransferData:
+    """Source (sampled per class), and the target split into train / val / test."""
+    source = load_split(config.source, "train", config.resolution, data_root)
+    source = source.select(sample_per_class(source.labels, config.source_images_per_class,
+                                            config.split_seed))
+    train = load_split(config.target, "train", config.resolution, data_root)
+    test = load_split(config.target, "test", config.resolution, data_root)
+    gen = torch.Generator().manual_seed(config.split_seed + 1)
+    order = torch.randperm(len(train), generator=gen)
+    if config.target_train_images:
+        order = order[:config.target_train_images]
+    n_val = max(1, int(round(config.val_fraction * len(order))))
+    if len(order) - n_val < 1:
+        raise DataError(f"target {config.target} has too few train images ({len(order)}) "
+                        "for a train/validation split; lower data.val_fraction")
+    return TransferData(source, train.select(order[n_val:].sort().values),
+                        train.select(order[:n_val].sort().values), test)

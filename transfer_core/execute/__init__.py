@@ -1,0 +1,16 @@
+"""Execution: where models train, one way for every retraining (sweeps and counterfactual grids).
+
+    from transfer_core.execute import Job, Task, run_tasks, SubsetRunner
+    runner = SubsetRunner(build_config("quick"), experiment="demo")   # one model, in this process
+    run_id, result = runner.run(index=0)
+
+A :class:`Task` is one model named by its key tags; :func:`run_tasks` claims each task
+through the tracking store and trains it on local worker processes or a Ray cluster, so
+two commands at once never train the same model twice.
+"""
+from transfer_core.execute.executor import EXECUTORS, ExecutorSettings, check_executor, drive, make_executor, run_tasks
+from transfer_core.execute.runner import SubsetRunner
+from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, threads_per_worker
+
+__all__ = ["EXECUTORS", "ExecutorSettings", "check_executor", "drive", "make_executor", "run_tasks", "SubsetRunner",
+           "ExecutionError", "Job", "Outcome", "Task", "threads_per_worker"]

@@ -1,0 +1,128 @@
+"""Run tasks to an end on an executor: every retraining (sweeps and counterfactual grids) goes here.
+
+``local``  ``workers`` processes on this machine (in-process when 1), each with
+           ``cores // workers`` torch threads (:mod:`transfer_core.execute.local`).
+``ray``    each task is a Ray task with ``num_cpus`` / fractional ``num_gpus``, on a local Ray
+           instance or a cluster (:mod:`transfer_core.execute.ray_cluster`).
+
+Every attempt claims its task through the tracking store first, so executors and commands
+may overlap freely: a task another live process holds is checked again later, with a growing
+random delay, until it is FINISHED there or free to train here.
+"""
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task
+
+EXECUTORS = ("local", "ray")
+BUSY_RETRY_S = (3.0, 60.0)  # first and longest wait before re-checking a task another process holds
+
+
+def check_executor(executor: str, workers: int = 1) -> None:
+    """Refuse a bad executor choice before anything is recorded."""
+    if executor not in EXECUTORS:
+        raise ExecutionError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if workers < 1:
+        raise ExecutionError(f"--workers must be a positive integer, got {workers}; use 1 to train in "
+                             "this process")
+    if executor == "ray":
+        from transfer_core.execute.ray_cluster import RAY_MISSING
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ExecutionError(RAY_MISSING) from None
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """Where tasks train; validated at construction.
+
+    ``local``: ``workers`` processes on this machine, each with ``cores // workers`` torch
+    threads (one worker trains in this process). ``ray``: one Ray task per model with
+    ``ray_cpus_per_run`` CPUs and ``ray_gpus_per_run`` GPUs (a fraction lets models share a
+    card), on the cluster at ``ray_address`` (``$RAY_ADDRESS``, else a new local instance).
+    """
+
+    executor: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    ray_cpus_per_run: float = 1.0
+    ray_gpus_per_run: float = 0.0
+
+    def __post_init__(self):
+        check_executor(self.executor, self.workers)
+        if self.ray_cpus_per_run <= 0 or self.ray_gpus_per_run < 0:
+            raise ExecutionError(f"Ray resources per run must be positive CPUs and >= 0 GPUs, got "
+                                 f"{self.ray_cpus_per_run} CPUs and {self.ray_gpus_per_run} GPUs")
+
+
+def make_executor(job: Job, settings: ExecutorSettings, n_tasks: int | None = None):
+    """An executor for ``job``; a local one starts at most ``n_tasks`` workers."""
+    if settings.executor == "ray":
+        from transfer_core.execute.ray_cluster import RayExecutor
+        return RayExecutor(job, settings.ray_address, settings.ray_cpus_per_run, settings.ray_gpus_per_run)
+    from transfer_core.execute.local import LocalExecutor
+    return LocalExecutor(job, min(settings.workers, n_tasks or settings.workers))
+
+
+def drive(executor, tasks: list[Task], n_total: int | None = None, n_done: int = 0, progress: bool = True,
+          desc: str = "train") -> list[Outcome]:
+    """Run every task to an end (trained, done elsewhere, or failed); returns those outcomes.
+
+    The progress bar counts ``n_done`` (already FINISHED) of ``n_total`` (default: all tasks).
+    """
+    todo, waiting = deque(tasks), []  # waiting: heap of (monotonic time to retry, tie-break, task)
+    waits: dict[Task, float] = {}
+    outcomes, in_flight, tie = [], 0, 0
+    bar = tqdm(total=n_total if n_total is not None else n_done + len(tasks), initial=n_done,
+               disable=not progress, desc=desc, unit="run", dynamic_ncols=True)
+    counts = {"trained": 0, "done": 0, "failed": 0}  # done: FINISHED by another process meanwhile
+    try:
+        while todo or waiting or in_flight:
+            now = time.monotonic()
+            while waiting and waiting[0][0] <= now:
+                todo.append(heapq.heappop(waiting)[2])
+            while todo and in_flight < executor.capacity:
+                executor.submit(todo.popleft())
+                in_flight += 1
+            if not in_flight:
+                time.sleep(max(0.0, waiting[0][0] - now))
+                continue
+            outcome = executor.poll(timeout=1.0)
+            if outcome is None:
+                continue
+            in_flight -= 1
+            if outcome.status == "busy":
+                wait = min(BUSY_RETRY_S[1], 2 * waits.get(outcome.task, BUSY_RETRY_S[0] / 2))
+                waits[outcome.task] = wait
+                tie += 1
+                heapq.heappush(waiting, (time.monotonic() + wait * random.uniform(0.7, 1.3), tie, outcome.task))
+                bar.set_postfix(counts, waiting=len(waiting), refresh=True)
+                continue
+            outcomes.append(outcome)
+            counts[outcome.status] += 1
+            bar.update(1)
+            bar.set_postfix(counts, waiting=len(waiting), refresh=True)
+    finally:
+        bar.close()
+    return outcomes
+
+
+def run_tasks(job: Job, tasks: list[Task], settings: ExecutorSettings = ExecutorSettings(), *,
+              n_total: int | None = None, n_done: int = 0, progress: bool = True,
+              desc: str = "train") -> list[Outcome]:
+    """Train ``tasks`` on a new executor (see :class:`ExecutorSettings`), then close it."""
+    if not tasks:
+        return []
+    runner = make_executor(job, settings, len(tasks))
+    try:
+        return drive(runner, tasks, n_total, n_done, progress, desc)
+    finally:
+        runner.close()

@@ -1,0 +1,70 @@
+"""The Ray executor: each task (a sweep's model, a grid point) is one Ray task with its CPU and GPU share.
+
+Ray is an optional extra (``pip install 'transfer-core[ray]'``); this module imports it only
+when an executor is made. Ray tasks run :func:`transfer_core.execute.tasks.attempt`, so they
+claim their work through the tracking store like local workers do.
+"""
+from __future__ import annotations
+
+from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt, make_runner, one_line
+
+RAY_MISSING = ("the ray executor needs Ray, which is not installed; run pip install 'transfer-core[ray]' "
+               "or use --executor local")
+_RAY_RUNNERS: dict = {}  # per Ray worker process: data loaded once, reused by later tasks of the same job
+
+
+def _ray_attempt(job: Job, task: Task, threads: int) -> Outcome:
+    if job not in _RAY_RUNNERS:
+        _RAY_RUNNERS.clear()
+        _RAY_RUNNERS[job] = make_runner(job, threads)
+    runner, heartbeat = _RAY_RUNNERS[job]
+    return attempt(runner, job, task, heartbeat)
+
+
+class RayExecutor:
+    """Each task is one Ray task with ``cpus`` CPUs and ``gpus`` (possibly fractional) GPUs."""
+
+    def __init__(self, job: Job, address: str | None, cpus: float = 1.0, gpus: float = 0.0):
+        try:
+            import ray
+        except ImportError:
+            raise ExecutionError(RAY_MISSING) from None
+        self.ray, self.job = ray, job
+        self._started = not ray.is_initialized()
+        if self._started:
+            try:
+                ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ExecutionError(f"cannot connect to Ray at {address or 'a new local instance'} "
+                                     f"({one_line(exc)}); start it with `ray start --head` or fix "
+                                     "--ray-address") from None
+        resources = ray.cluster_resources()
+        fit = resources.get("CPU", 1) // cpus
+        if gpus > 0:
+            fit = min(fit, resources.get("GPU", 0) // gpus)
+            if fit < 1:
+                raise ExecutionError(f"the Ray cluster has no GPU to give {gpus} GPU per run; "
+                                     "set --ray-gpus-per-run 0 or add GPU nodes")
+        self.capacity = max(2, int(2 * fit))  # keep every slot busy, plus a queue for autoscaling
+        self._remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=1)(_ray_attempt)
+        self._threads = max(1, int(cpus))
+        self._refs: dict = {}
+
+    def submit(self, task: Task) -> None:
+        self._refs[self._remote.remote(self.job, task, self._threads)] = task
+
+    def poll(self, timeout: float) -> Outcome | None:
+        ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
+        if not ready:
+            return None
+        task = self._refs.pop(ready[0])
+        try:
+            return self.ray.get(ready[0])
+        except Exception as exc:  # the task's worker crashed; its claim goes stale and is retried later
+            return Outcome(task, "failed", error=f"Ray task failed: {one_line(exc)}")
+
+    def close(self) -> None:
+        for ref in self._refs:
+            self.ray.cancel(ref, force=True)
+        if self._started:
+            self.ray.shutdown()

@@ -1,0 +1,181 @@
+"""The MLflow Model Registry: register the target model of the best (pruned) source.
+
+The champion is the fine-tuned target model of the pruned source that a counterfactual
+run chose on validation accuracy, if it beats the full source on validation; otherwise
+the full-source model is registered as champion, and the version says so.
+
+The model is logged in MLflow's ``pickle`` format, not the default ``pt2``: ``pt2``
+(torch.export) loads back as a GraphModule with the traced input shape baked in, while
+``pickle`` loads back the very :class:`~transfer_core.models.Normalized` module. The
+package's code travels with the model (``code_paths``), so loading needs only torch and
+mlflow::
+
+    model = mlflow.pytorch.load_model("models:/<name>@champion")
+    logits = model(uint8_images)  # (N, 3, R, R) uint8 -> (N, n_target_classes) float32
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+from transfer_core.config import ConfigError
+from transfer_core.counterfactual import SELECTION_ARTIFACT, Selection
+from transfer_core.data import load_split
+from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, existing_experiment, get_run_of_kind,
+                                 latest_run, load_checkpoint, quote, run_config, set_tags)
+from transfer_core.track.runs import COUNTERFACTUAL, REGISTER
+
+CHAMPION = "champion"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # transfer_core/, shipped with the model
+N_EXAMPLE_IMAGES = 4
+
+
+def model_name(experiment: str) -> str:
+    """Registered model name of an experiment: ``<experiment>-target`` in safe characters."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_") + "-target"
+
+
+@dataclass
+class Registration:
+    """What :func:`register_champion` did."""
+
+    name: str
+    version: str
+    pruned: bool  # True: the pruned source's model is champion; False: the full source's
+    message: str
+    run_id: str  # the register run that logged the model
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{CHAMPION}"
+
+
+def read_selection(client: MlflowClient, counterfactual_run_id: str):
+    """The counterfactual run and its :class:`Selection`, with clear errors."""
+    run = get_run_of_kind(client, counterfactual_run_id, COUNTERFACTUAL, "transfer-core counterfactual")
+    path = artifact_path(run, SELECTION_ARTIFACT)
+    if not path.is_file():
+        raise ConfigError(f"counterfactual run {counterfactual_run_id} has no {SELECTION_ARTIFACT}; it did not "
+                          "finish: rerun `transfer-core counterfactual`")
+    return run, Selection.from_json(path.read_text())
+
+
+def _version_tags(selection: Selection, model_run, counterfactual_run, pruned: bool) -> dict[str, str]:
+    metrics = model_run.data.metrics
+    removed = selection.removed if pruned else []
+    return {
+        "pruned": str(pruned).lower(), "order": selection.order if pruned else "full",
+        "k": str(len(removed)), "removed_classes": json.dumps(removed)[:4900],
+        "source_sweep_id": counterfactual_run.data.tags.get("source_sweep_id", ""),
+        "analysis_run_id": counterfactual_run.data.tags.get("analysis_run_id", ""),
+        "counterfactual_run_id": counterfactual_run.info.run_id, "source_run_id": model_run.info.run_id,
+        "val_acc": f"{metrics['target_val_acc']:.6f}", "test_acc": f"{metrics['target_test_acc']:.6f}",
+        "mean_val_acc": f"{selection.val_acc if pruned else selection.full_val_acc:.6f}",
+        "mean_test_acc": f"{selection.test_acc if pruned else selection.full_test_acc:.6f}",
+        "full_val_acc": f"{selection.full_val_acc:.6f}", "full_test_acc": f"{selection.full_test_acc:.6f}",
+        "test_diff_vs_full": f"{selection.test_diff if pruned else 0.0:+.6f}",
+        "test_diff_ci": f"[{selection.diff_ci_low:+.6f}, {selection.diff_ci_high:+.6f}]" if pruned else "",
+    }
+
+
+def _existing_version(client: MlflowClient, name: str, counterfactual_run_id: str):
+    try:
+        found = client.search_model_versions(f"name = {quote(name)} and "
+                                             f"tags.counterfactual_run_id = {quote(counterfactual_run_id)}")
+    except mlflow.exceptions.MlflowException:  # no such registered model yet
+        return None
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def register_champion(counterfactual_run_id: str, data_root=None, name: str | None = None,
+                      run_id: str | None = None) -> Registration:
+    """Log and register the champion model chosen by a counterfactual run; set alias ``champion``.
+
+    Idempotent: a version already registered from this counterfactual run is reused.
+    ``run_id`` is the run to log the model in (e.g. ``mlflow run``'s); default a new run.
+    """
+    client = MlflowClient()
+    cf_run, selection = read_selection(client, counterfactual_run_id)
+    experiment = client.get_experiment(cf_run.info.experiment_id).name
+    name = name or model_name(experiment)
+    pruned = selection.beats_full
+    if pruned:
+        message = (f"registered the pruned source's model as {CHAMPION}: it beats the full source on "
+                   f"validation. {selection.describe()}")
+    elif selection.k == 0:
+        message = (f"no pruned source (the most detrimental classes removed) beat the full source on validation "
+                   f"(full source val {selection.full_val_acc:.4f}), so the full-source model is registered as "
+                   f"{CHAMPION}")
+    else:
+        message = (f"the pruned source did not beat the full source on validation (best "
+                   f"{selection.order} k={selection.k}: val {selection.val_acc:.4f} vs full "
+                   f"{selection.full_val_acc:.4f}), so the full-source model is registered as {CHAMPION}")
+    existing = _existing_version(client, name, counterfactual_run_id)
+    if existing is not None:
+        client.set_registered_model_alias(name, CHAMPION, existing.version)
+        if run_id is not None:  # a fresh `mlflow run` of this step: point it at the reused version
+            set_tags(client, run_id, {KIND_TAG: REGISTER, "counterfactual_run_id": counterfactual_run_id,
+                                      "registered_model": name, "registered_version": str(existing.version),
+                                      "message": message[:4900]})
+        return Registration(name, str(existing.version), existing.tags.get("pruned") == "true",
+                            message + f" (version {existing.version} reused)", existing.run_id or "")
+
+    model_run = client.get_run(selection.model_run_id if pruned else selection.full_run_id)
+    checkpoint = artifact_path(model_run, CHECKPOINT_ARTIFACT)
+    if not checkpoint.is_file():
+        raise ConfigError(f"run {model_run.info.run_id} kept no {CHECKPOINT_ARTIFACT}; rerun the "
+                          "counterfactual (it logs checkpoints) before registering")
+    model = load_checkpoint(checkpoint)
+    config = run_config(model_run)
+    test = load_split(config.data.target, "test", config.data.resolution, data_root)
+    example = test.images[:N_EXAMPLE_IMAGES].numpy()
+    with torch.no_grad():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    tags = _version_tags(selection, model_run, cf_run, pruned)
+    if run_id is None:
+        run_id = client.create_run(cf_run.info.experiment_id, tags={
+            MLFLOW_RUN_NAME: f"register-{name}"}).info.run_id
+    set_tags(client, run_id, {KIND_TAG: REGISTER, "counterfactual_run_id": counterfactual_run_id})
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name="model", signature=signature, input_example=example,
+            serialization_format="pickle",  # loads back as the nn.Module itself; pt2 fixes shapes
+            code_paths=[str(PACKAGE_DIR)], registered_model_name=name,
+            metadata={"target_classes": list(test.class_names), "resolution": config.data.resolution,
+                      "input": "uint8 images (N, 3, R, R), RGB, values 0-255", "output": "logits (N, C)"},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                              f"numpy=={np.__version__}"])
+        version = str(info.registered_model_version)
+        mlflow.log_metrics({"val_acc": float(tags["val_acc"]), "test_acc": float(tags["test_acc"])})
+        mlflow.set_tags({"registered_model": name, "registered_version": version, "pruned": tags["pruned"],
+                         "message": message[:4900]})
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.update_model_version(name, version, description=message)
+    client.update_registered_model(name, description=(
+        f"Target model ({config.data.target}, {len(test.class_names)} classes: {', '.join(test.class_names)}) "
+        f"fine-tuned from a source model pretrained on {config.data.source}, with the source classes that "
+        f"the influence analysis found most detrimental removed when that beat the full source on "
+        f"validation. Alias `{CHAMPION}` is the current best. Input: uint8 images (N, 3, "
+        f"{config.data.resolution}, {config.data.resolution}); output: logits (N, {len(test.class_names)}). "
+        f"Experiment {experiment!r}."))
+    return Registration(name, version, pruned, message, run_id)
+
+
+def latest_counterfactual_run(experiment: str) -> str:
+    """Id of the experiment's latest FINISHED counterfactual run."""
+    run = latest_run(MlflowClient(), existing_experiment(experiment), COUNTERFACTUAL)
+    if run is None:
+        raise ConfigError(f"experiment {experiment!r} has no FINISHED counterfactual run; run "
+                          "`transfer-core counterfactual` first or pass --counterfactual RUN_ID")
+    return run.info.run_id

@@ -1,0 +1,193 @@
+"""Fast collection of a sweep: the stacked class masks and per-example outputs of its runs.
+
+One ``search_runs`` (paged) finds the FINISHED subset runs of the sweep; each run's mask and
+outputs are then read straight from its ``artifact_uri`` (in place when local). What was
+read is kept in one consolidated ``.npz`` per sweep under ``$TRANSFER_CORE_CACHE/sweeps``,
+so a later call reads only the runs that finished since. Artifacts of a FINISHED run never
+change, so the cache is keyed by run id and needs no invalidation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+from tqdm.auto import tqdm
+
+from transfer_core.config import ConfigError
+from transfer_core.data import cache_dir
+from transfer_core.track import CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT, artifact_path, run_filter, search_all
+from transfer_core.track.claims import is_superseded
+from transfer_core.track.runs import SUBSET_RUN, all_experiment_ids
+
+OUTPUT_KEYS = ("margin", "prob", "correct")
+READ_THREADS = 8  # artifact reads overlap well when they are downloads from a server
+
+
+@dataclass
+class CollectedRuns:
+    """All FINISHED runs of one sweep, one row per model index, sorted by index."""
+
+    run_ids: list[str]
+    indices: np.ndarray  # (n_models,) int
+    masks: np.ndarray  # (n_models, n_source_classes) bool: M[m, c] = model m was pretrained on class c
+    outputs: dict[str, np.ndarray]  # margin, prob (float16), correct (bool): each (n_models, n_test)
+    target_labels: np.ndarray  # (n_test,) int, test-set order
+    source_classes: list[str]
+    params: dict[str, str]  # params of the first run
+    run_params: list[dict[str, str]]  # per run, for compatibility checks
+
+    def __len__(self) -> int:
+        return len(self.run_ids)
+
+
+def check_sweep_id(sweep_id: str) -> str:
+    """Sweep ids go into filter strings, so only ``[A-Za-z0-9_.-]`` is allowed."""
+    if not sweep_id or not all(ch.isalnum() or ch in "_.-" for ch in sweep_id):
+        raise ConfigError(f"invalid sweep id {sweep_id!r}; use letters, digits, '_', '.' and '-' only")
+    return sweep_id
+
+
+def finished_filter(sweep_id: str) -> str:
+    return run_filter(SUBSET_RUN, "FINISHED", sweep_id=check_sweep_id(sweep_id))
+
+
+def finished_runs(sweep_id: str, experiment_id: str | None = None, client: MlflowClient | None = None) -> list:
+    """The FINISHED subset runs of a sweep, one per index (the earliest to finish), by index.
+
+    With ``experiment_id`` None every experiment is searched, and a sweep id found in more
+    than one is refused (pass the experiment).
+    """
+    client = client or MlflowClient()
+    experiment_ids = [experiment_id] if experiment_id is not None else all_experiment_ids(client)
+    runs = search_all(client, experiment_ids, finished_filter(sweep_id))
+    found_in = sorted({r.info.experiment_id for r in runs})
+    if len(found_in) > 1:
+        raise ConfigError(f"sweep {sweep_id} has runs in experiments {', '.join(found_in)}; "
+                          "pass the experiment id to choose one")
+    best: dict[int, object] = {}
+    for run in runs:
+        index = int(run.data.tags["index"])
+        key = (is_superseded(run), run.info.end_time or 0, run.info.run_id)
+        if index not in best or key < (is_superseded(best[index]), best[index].info.end_time or 0,
+                                       best[index].info.run_id):
+            best[index] = run
+    return [best[i] for i in sorted(best)]
+
+
+def cache_file(sweep_id: str, experiment_ids: set[str]) -> Path:
+    """One cache per (tracking store, experiment, sweep): sweep ids are unique only within a store."""
+    key = json.dumps([mlflow.get_tracking_uri(), sorted(experiment_ids)])
+    folder = cache_dir() / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{sweep_id}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.npz"
+
+
+def read_run(run) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The mask ``(n_source_classes,)`` and outputs (margin, prob, correct, labels) of one run."""
+    mask = np.load(artifact_path(run, MASK_ARTIFACT)).astype(bool)
+    with np.load(artifact_path(run, OUTPUTS_ARTIFACT)) as npz:
+        outputs = {k: npz[k] for k in (*OUTPUT_KEYS, "labels")}
+    return mask, outputs
+
+
+def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError):  # a torn or foreign file: rebuild it
+        return None
+
+
+def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new cache, never half
+
+
+def _read_runs(runs: list, sweep_id: str, progress: bool) -> dict[str, tuple]:
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        reads = list(tqdm(pool.map(read_run, runs), total=len(runs), disable=not progress or not runs,
+                          desc=f"collect {sweep_id}", unit="run"))
+    return dict(zip([r.info.run_id for r in runs], reads))
+
+
+def _compatible(cache: dict[str, np.ndarray], mask: np.ndarray, outputs: dict[str, np.ndarray]) -> bool:
+    return cache["masks"].shape[1] == len(mask) and np.array_equal(cache["target_labels"], outputs["labels"])
+
+
+def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=True, progress=True) -> CollectedRuns:
+    """Masks and per-example outputs of every FINISHED run of ``sweep_id``, stacked by index.
+
+    Reads only runs missing from the sweep's cache (all of them with ``use_cache=False``).
+    Raises ConfigError when the sweep has no FINISHED run or its runs disagree in shape.
+    """
+    client = MlflowClient()
+    runs = finished_runs(sweep_id, experiment_id, client)
+    if not runs:
+        where = f"experiment {experiment_id}" if experiment_id is not None else "any experiment"
+        raise ConfigError(f"sweep {sweep_id} has no FINISHED subset run in {where}; run `transfer-core sweep` "
+                          "first, or check the id with `transfer-core sweeps`")
+    run_ids = [r.info.run_id for r in runs]
+    path = cache_file(sweep_id, {r.info.experiment_id for r in runs})
+    cache = _load_cache(path) if use_cache else None
+    cached_rows = {}
+    if cache is not None:
+        cached_rows = {rid: row for row, rid in enumerate(cache["run_ids"].tolist())}
+
+    fresh = _read_runs([r for r in runs if r.info.run_id not in cached_rows], sweep_id, progress)
+    if cache is not None and fresh and not _compatible(cache, *next(iter(fresh.values()))):
+        cache, cached_rows = None, {}  # written by other code: read everything anew
+        fresh.update(_read_runs([r for r in runs if r.info.run_id not in fresh], sweep_id, progress))
+
+    if fresh:
+        first_mask, first_out = next(iter(fresh.values()))
+        n_classes, labels = len(first_mask), first_out["labels"]
+    else:
+        n_classes, labels = cache["masks"].shape[1], cache["target_labels"]
+    n, n_test = len(runs), len(labels)
+    from_cache = [(row, cached_rows[run_id]) for row, run_id in enumerate(run_ids) if run_id not in fresh]
+    if len(from_cache) == n and len(cache["run_ids"]) == n and all(r == s for r, s in from_cache):
+        masks, outputs = cache["masks"], {key: cache[key] for key in OUTPUT_KEYS}  # the cache is the answer
+    else:
+        masks = np.zeros((n, n_classes), dtype=bool)
+        outputs = {"margin": np.zeros((n, n_test), np.float16), "prob": np.zeros((n, n_test), np.float16),
+                   "correct": np.zeros((n, n_test), bool)}
+    if from_cache and masks is not cache["masks"]:
+        rows, src = (np.array(a) for a in zip(*from_cache))
+        if np.array_equal(rows, np.arange(len(rows))) and np.array_equal(src, np.arange(len(src))):
+            rows = src = slice(0, len(from_cache))  # the usual case, a grown sweep: copy one block
+        masks[rows] = cache["masks"][src]
+        for key in OUTPUT_KEYS:
+            outputs[key][rows] = cache[key][src]
+    for row, run_id in enumerate(run_ids):
+        if run_id not in fresh:
+            continue
+        mask, out = fresh[run_id]
+        if len(mask) != n_classes or not np.array_equal(out["labels"], labels):
+            raise ConfigError(f"run {run_id} of sweep {sweep_id} has {len(mask)} source classes and "
+                              f"{len(out['labels'])} test labels, unlike the sweep's other runs; "
+                              "delete it in the MLflow UI or start a new sweep")
+        masks[row] = mask
+        for key in OUTPUT_KEYS:
+            outputs[key][row] = out[key]
+
+    if cache is not None and not fresh and "source_classes" in cache:
+        source_classes = cache["source_classes"].tolist()
+    else:
+        source_classes = json.loads(Path(artifact_path(runs[0], CLASSES_ARTIFACT)).read_text())
+    indices = np.array([int(r.data.tags["index"]) for r in runs], dtype=np.int64)
+    if use_cache and (fresh or len(cached_rows) != n):
+        _save_cache(path, {"run_ids": np.array(run_ids), "indices": indices, "masks": masks,
+                           "target_labels": labels, "source_classes": np.array(source_classes), **outputs})
+    run_params = [dict(r.data.params) for r in runs]
+    return CollectedRuns(run_ids, indices, masks, outputs, np.asarray(labels).astype(np.int64),
+                         source_classes, run_params[0], run_params)

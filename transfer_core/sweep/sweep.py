@@ -1,0 +1,199 @@
+"""Sweeps: many subset runs of one config, resumable, parallel and distributed.
+
+A sweep is one parent MLflow run (tags ``transfer_core.kind=sweep``, ``sweep_id``) and one
+child run per model index (``transfer_core.kind=subset_run``, ``sweep_id``, ``index``). The
+sweep id is a hash of the config (``alpha`` and ``sweep_seed`` included, the number of
+models not), so the same command always means the same sweep and ``--n-models`` can grow
+it. Starting a sweep again trains only the indices that have no FINISHED run.
+
+Example::
+
+    sweep_id = run_sweep(build_config("synthetic"), n_models=8, workers=2)
+    runs = collect_sweep(sweep_id)     # transfer_core.sweep.collect
+
+Models train through :mod:`transfer_core.execute`, which claims each index through the
+tracking store, so several sweep commands (on one machine or many) never train an index twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from transfer_core.config import ConfigError, RunConfig
+from transfer_core.execute import ExecutorSettings, Job, Task, run_tasks
+from transfer_core.sweep.collect import check_sweep_id, finished_runs
+from transfer_core.track import (DEFAULT_EXPERIMENT, get_experiment_id, log_metrics, run_filter, search_all,
+                                 setup_tracking)
+from transfer_core.track.claims import is_superseded, settle_parent
+from transfer_core.track.runs import SUBSET_RUN, SWEEP
+
+log = logging.getLogger(__name__)
+
+CONFIG_TAG = "sweep_config"  # JSON of the params that define the sweep, written with the parent
+TUNE_RUN_TAG = "tune_run_id"  # the tune run whose recipe the sweep trains with (provenance)
+
+
+class SweepConflictError(ConfigError):
+    """A stored sweep with the same id was made with a different config."""
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep command did; also logged on the parent run (metrics, ``sweep_summary.json``)."""
+
+    sweep_id: str
+    parent_run_id: str
+    experiment_id: str
+    n_models: int
+    n_finished: int  # indices < n_models with a FINISHED run, after this command
+    n_reused: int  # of those, FINISHED before this command started
+    n_trained: int  # trained by this command
+    n_failed: int  # failed in this command (retried by the next one)
+    run_wall_median_s: float  # over every FINISHED run of the sweep (end - start)
+    run_wall_p90_s: float
+    total_wall_s: float  # this command, start to end
+    failures: list[dict] = field(default_factory=list)  # {"index", "run_id", "error"}
+
+    @property
+    def complete(self) -> bool:
+        return self.n_finished == self.n_models
+
+
+def sweep_params(config: RunConfig, extra_params: dict | None = None) -> dict[str, str]:
+    """The params that define a sweep: every config field plus ``extra_params``."""
+    params = config.to_params()
+    for key, value in (extra_params or {}).items():
+        if key in params:
+            raise ConfigError(f"extra sweep param {key!r} clashes with a config field; rename it")
+        params[key] = str(value)
+    return params
+
+
+def sweep_id_for(config: RunConfig, extra_params: dict | None = None) -> str:
+    """``sweep-<12 hex>`` from the config (alpha and sweep_seed included; n_models is not)."""
+    if not extra_params:
+        return f"sweep-{config.config_hash()}"
+    blob = json.dumps(sweep_params(config, extra_params), sort_keys=True).encode()
+    return f"sweep-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def find_sweeps(experiment_id: str) -> list[str]:
+    """Sweep ids of an experiment, newest first."""
+    runs = search_all(MlflowClient(), [experiment_id], run_filter(SWEEP),
+                      order_by=["attributes.start_time DESC"])
+    ids = [r.data.tags["sweep_id"] for r in runs if not is_superseded(r) and "sweep_id" in r.data.tags]
+    return list(dict.fromkeys(ids))
+
+
+def check_conflict(parent, sweep_id: str, params: dict[str, str]) -> None:
+    """Refuse to add runs of ``params`` to a stored sweep made with other params, naming the fields."""
+    stored = json.loads(parent.data.tags.get(CONFIG_TAG) or "null") or dict(parent.data.params)
+    differ = [k for k in sorted(set(stored) | set(params)) if stored.get(k) != params.get(k)]
+    if differ:
+        shown = "; ".join(f"{k} is {stored.get(k, '(unset)')} there but {params.get(k, '(unset)')} here"
+                          for k in differ[:6])
+        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise SweepConflictError(f"sweep {sweep_id} (parent run {parent.info.run_id}) was started with a "
+                                 f"different config: {shown}{more}; rerun with its settings or choose "
+                                 "another --sweep-id")
+
+
+def resolve_parent(client: MlflowClient, experiment_id: str, sweep_id: str, params: dict[str, str],
+                   invocation_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """The parent run of the sweep: the stored one (checked against ``params``), else a new one.
+
+    Commands started together agree on one parent (see :func:`transfer_core.track.claims.settle_parent`).
+    """
+    return settle_parent(client, experiment_id, SWEEP, {"sweep_id": sweep_id}, params=params,
+                         run_name=sweep_id, invocation_run_id=invocation_run_id,
+                         extra_tags={CONFIG_TAG: json.dumps(params, sort_keys=True), **(tags or {})},
+                         check=lambda parent: check_conflict(parent, sweep_id, params))
+
+
+def sweep_tasks(sweep_id: str, parent_run_id: str, indices: list[int]) -> list[Task]:
+    """One task per model index: the kept classes and the seed follow from (sweep seed, index)."""
+    return [Task(SUBSET_RUN, (("sweep_id", sweep_id), ("index", str(i))), i, f"{sweep_id}-{i:05d}", parent_run_id)
+            for i in indices]
+
+
+def summarise(client, experiment_id, sweep_id, parent_run_id, n_models, n_reused, outcomes,
+              started: float) -> SweepSummary:
+    runs = [r for r in finished_runs(sweep_id, experiment_id, client) if int(r.data.tags["index"]) < n_models]
+    walls = np.array([(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time] or [0.0])
+    failures = [{"index": o.task.index, "run_id": o.run_id, "error": o.error} for o in outcomes
+                if o.status == "failed"]
+    return SweepSummary(sweep_id, parent_run_id, experiment_id, n_models, len(runs), n_reused,
+                        sum(o.status == "trained" for o in outcomes), len(failures),
+                        float(np.median(walls)), float(np.percentile(walls, 90)),
+                        time.monotonic() - started, failures)
+
+
+def log_summary(client: MlflowClient, summary: SweepSummary) -> None:
+    values = {k: v for k, v in asdict(summary).items() if isinstance(v, (int, float)) and k != "n_models"}
+    previous = client.get_run(summary.parent_run_id).data.tags.get("n_models", "0")
+    log_metrics(client, summary.parent_run_id, values)
+    client.set_tag(summary.parent_run_id, "n_models", str(max(int(previous), summary.n_models)))
+    client.log_dict(summary.parent_run_id, asdict(summary), "sweep_summary.json")
+    client.set_terminated(summary.parent_run_id, status="FINISHED" if summary.complete else "FAILED")
+
+
+def sweep_with_summary(config: RunConfig, n_models: int, *, experiment: str = DEFAULT_EXPERIMENT,
+                       execution: ExecutorSettings = ExecutorSettings(), data_root=None,
+                       tracking_uri: str | None = None, sweep_id: str | None = None,
+                       extra_params: dict | None = None, log_checkpoint: bool = False,
+                       tune_run_id: str | None = None, invocation_run_id: str | None = None,
+                       progress: bool = True) -> SweepSummary:
+    """Run (or resume, or grow) the sweep of ``config`` to ``n_models`` FINISHED runs.
+
+    ``execution`` says where models train; ``tune_run_id`` (the tune run whose recipe
+    ``config`` carries) is recorded on the parent run.
+    """
+    started = time.monotonic()
+    if n_models < 1:
+        raise ConfigError(f"--n-models must be a positive integer, got {n_models}")
+    params = sweep_params(config, extra_params)
+    sweep_id = check_sweep_id(sweep_id) if sweep_id else sweep_id_for(config, extra_params)
+    uri = setup_tracking(tracking_uri)
+    client = MlflowClient()
+    experiment_id = get_experiment_id(experiment)
+    parent = resolve_parent(client, experiment_id, sweep_id, params, invocation_run_id,
+                            {TUNE_RUN_TAG: tune_run_id} if tune_run_id else None)
+    client.update_run(parent, status="RUNNING")
+    done = {int(r.data.tags["index"]) for r in finished_runs(sweep_id, experiment_id, client)}
+    todo = [i for i in range(n_models) if i not in done]
+    n_reused = n_models - len(todo)
+    log.info("sweep %s: parent run %s, %d of %d models already FINISHED", sweep_id, parent, n_reused, n_models)
+    job = Job(config, experiment, uri, None if data_root is None else str(data_root), log_checkpoint)
+    outcomes = run_tasks(job, sweep_tasks(sweep_id, parent, todo), execution, n_total=n_models, n_done=n_reused,
+                         progress=progress, desc=sweep_id)
+    summary = summarise(client, experiment_id, sweep_id, parent, n_models, n_reused, outcomes, started)
+    log_summary(client, summary)
+    return summary
+
+
+def run_sweep(config: RunConfig, n_models: int, *, extra_params: dict | None = None, **options) -> str:
+    """Run, resume or grow a sweep (see :func:`sweep_with_summary` for options); returns its id.
+
+    Raises SweepIncomplete if some runs failed (they are retried by the next call).
+    """
+    summary = sweep_with_summary(config, n_models, extra_params=extra_params, **options)
+    if not summary.complete:
+        raise SweepIncomplete(summary)
+    return summary.sweep_id
+
+
+class SweepIncomplete(ConfigError):
+    """Some runs of the sweep failed; rerunning the same sweep retries only those."""
+
+    def __init__(self, summary: SweepSummary):
+        first = summary.failures[0] if summary.failures else None
+        detail = f" (first: index {first['index']}: {first['error']})" if first else ""
+        super().__init__(f"sweep {summary.sweep_id}: {summary.n_finished} of {summary.n_models} runs FINISHED, "
+                         f"{summary.n_failed} failed{detail}; run the same command again to retry the missing ones")
+        self.summary = summary

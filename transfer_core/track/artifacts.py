@@ -1,0 +1,69 @@
+"""What one subset run logs, and the model checkpoints runs keep.
+
+Run layout (what the analysis reads back):
+  params     every config field (``data.source``, ``pretrain.epochs``, ``subset.alpha``, ...),
+             ``subset.index``, ``subset.seed``, ``subset.n_source_classes``, ``subset.n_kept``
+  tags       ``transfer_core.kind`` = subset_run (or counterfactual_run), ``index``, ``config_hash``,
+             and the keys of the sweep or grid it belongs to
+  metrics    ``source_acc``, ``target_val_acc``, ``target_test_acc``, ``*_s`` phase times
+  artifacts  ``class_mask.npy`` (n_source_classes,) bool, ``source_classes.json``,
+             ``target_outputs.npz`` (margin, prob, correct, pred, labels; test-set order),
+             ``model.pt`` (optional checkpoint of the transferred model)
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from transfer_core.config import RunConfig
+from transfer_core.track.runs import now_ms
+from transfer_core.train import Normalized, build_model, save_outputs
+
+MASK_ARTIFACT = "class_mask.npy"
+CLASSES_ARTIFACT = "source_classes.json"
+OUTPUTS_ARTIFACT = "target_outputs.npz"
+CHECKPOINT_ARTIFACT = "model.pt"
+
+
+def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, result, index: int, seed: int,
+                      source_class_names: list[str], target_labels: torch.Tensor,
+                      log_checkpoint: bool) -> None:
+    """Write everything about a finished run in two calls: one batch, one artifact upload."""
+    params = {**config.to_params(), "subset.index": str(index), "subset.seed": str(seed),
+              "subset.n_source_classes": str(len(source_class_names)),
+              "subset.n_kept": str(int(result.class_mask.sum()))}
+    metrics = {**result.metrics, **result.timings}
+    now = now_ms()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                     params=[Param(k, v) for k, v in params.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / MASK_ARTIFACT, result.class_mask.astype(bool))
+        (tmp / CLASSES_ARTIFACT).write_text(json.dumps(source_class_names))
+        save_outputs(tmp / OUTPUTS_ARTIFACT, result.target_outputs, target_labels)
+        if log_checkpoint:
+            save_checkpoint(tmp / CHECKPOINT_ARTIFACT, result.model, config)
+        client.log_artifacts(run_id, str(tmp))
+
+
+def save_checkpoint(path, model: Normalized, config: RunConfig) -> None:
+    """The transferred model with what rebuilds it: arch, width, classes, config params."""
+    net = model.net
+    torch.save({"arch": config.pretrain.arch, "width": config.pretrain.width,
+                "n_classes": net.head.out_features, "state_dict": model.state_dict(),
+                "params": config.to_params()}, path)
+
+
+def load_checkpoint(path) -> Normalized:
+    """Rebuild a :class:`Normalized` model from :func:`save_checkpoint`'s file (eval mode)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = Normalized(build_model(ckpt["arch"], ckpt["n_classes"], ckpt["width"]),
+                       torch.zeros(3), torch.ones(3))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

@@ -1,0 +1,140 @@
+"""The tracking store: where it is, making it safely, and the experiments in it.
+
+The default store is embedded: ``sqlite:///mlruns/mlflow.db`` with artifacts under
+``mlruns/``. ``$MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) points elsewhere, e.g. at an
+``mlflow server`` that many workers share.
+
+A brand-new sqlite store is created and migrated by MLflow the first time a process opens
+it; two processes doing that at once crash inside alembic. :func:`setup_tracking` therefore
+opens a sqlite store under an exclusive file lock (``<db>.lock``), so exactly one process
+creates or migrates it and the others wait, then find it ready. Afterwards MLflow's own
+``busy_timeout`` (20 s) lets concurrent writers queue instead of failing.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from transfer_core.config import ConfigError
+
+DEFAULT_STORE_DIR = Path("mlruns")
+DEFAULT_EXPERIMENT = "transfer_core"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment by this tag
+EXPERIMENT_KIND = "custom_model_development"  # "Training runs", not the GenAI views
+INIT_TRIES = 5  # attempts at opening a store that another process is still creating
+
+
+class TrackingError(ConfigError):
+    """The tracking store cannot be reached or holds something unexpected."""
+
+
+def default_tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    DEFAULT_STORE_DIR.mkdir(exist_ok=True)
+    return f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path not in ("", ":memory:") else None
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on ``path`` (created if missing), held for the ``with`` block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_sqlite_store(uri: str) -> None:
+    """Create or migrate the sqlite store at ``uri`` once, under a file lock next to it.
+
+    MLflow caches the opened store per process, so later clients reuse it. A store another
+    process holds busy is retried a few times; what still fails is one sentence.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        return
+    last = None
+    for attempt in range(INIT_TRIES):
+        try:
+            with file_lock(path.with_name(path.name + ".lock")):
+                MlflowClient(uri).search_experiments(max_results=1)
+            return
+        except Exception as exc:  # sqlalchemy OperationalError, alembic errors: retried, then explained
+            last = exc
+            time.sleep(0.5 * (attempt + 1))
+    reason = str(last).strip().splitlines()[0][:300] if str(last).strip() else type(last).__name__
+    raise TrackingError(f"cannot open the MLflow store {path} ({reason}); check that the folder is writable "
+                        "and the file is an MLflow sqlite database, or point --tracking-uri elsewhere")
+
+
+def setup_tracking(tracking_uri: str | None = None) -> str:
+    """Point MLflow at ``tracking_uri`` (default: the embedded store) and check it answers."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({exc}); start it "
+                                "with `mlflow server` or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+    open_sqlite_store(uri)
+    mlflow.set_tracking_uri(uri)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (workers, nested mlflow.run) inherit it
+    return uri
+
+
+def mark_training_experiment(client: MlflowClient, experiment) -> None:
+    """Tag ``experiment`` as a model-training experiment, so MLflow's UI opens it on "Training runs"."""
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def get_experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created if missing (safe when two processes race).
+
+    Every experiment the tool writes to is tagged as a training experiment.
+    """
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:  # another process created it first
+            pass
+        experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment {name!r} is deleted; restore it in the MLflow UI "
+                            "or choose another --experiment")
+    mark_training_experiment(client, experiment)
+    return experiment.experiment_id
+
+
+def existing_experiment(name: str) -> str:
+    """The id of experiment ``name``, which must exist (for steps that only read)."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is None or found.lifecycle_stage == "deleted":
+        raise TrackingError(f"experiment {name!r} does not exist in this tracking store; check --experiment "
+                            "and --tracking-uri")
+    mark_training_experiment(client, found)
+    return found.experiment_id

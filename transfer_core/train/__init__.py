@@ -1,0 +1,18 @@
+"""Training: networks, the tensor training loop, and one subset run as pure computation.
+
+    from transfer_core.train import run_subset
+    result = run_subset(config, data, class_mask, seed)   # pretrain on kept classes, transfer, score
+
+No tracking here: :mod:`transfer_core.execute` wraps :func:`run_subset` in an MLflow run.
+"""
+from transfer_core.train.loop import (DivergenceError, Recipe, infer, normalize, pick_device, seed_everything,
+                                      train, train_linear_head)
+from transfer_core.train.models import Normalized, build_model
+from transfer_core.train.outputs import OUTPUT_NAMES, accuracy, load_outputs, per_example_outputs, save_outputs
+from transfer_core.train.subset import (SubsetRunResult, evaluate_split, frozen_features, pretrain, run_subset,
+                                        source_subset, transfer)
+
+__all__ = ["DivergenceError", "Recipe", "infer", "normalize", "pick_device", "seed_everything", "train",
+           "train_linear_head", "Normalized", "build_model", "OUTPUT_NAMES", "accuracy", "load_outputs",
+           "per_example_outputs", "save_outputs", "SubsetRunResult", "evaluate_split", "frozen_features",
+           "pretrain", "run_subset", "source_subset", "transfer"]

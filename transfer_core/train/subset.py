@@ -1,0 +1,135 @@
+"""One subset run, as pure computation: pretrain on kept source classes, transfer, score.
+
+No tracking here; :class:`transfer_core.execute.SubsetRunner` wraps :func:`run_subset` in an MLflow run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from transfer_core.config import ConfigError, RunConfig
+from transfer_core.data import ImageSet, TransferData
+from transfer_core.data import check_mask
+from transfer_core.train.loop import Recipe, infer, normalization, normalize, pick_device, seed_everything, train, \
+    train_linear_head
+from transfer_core.train.models import Normalized, build_model
+from transfer_core.train.outputs import accuracy, per_example_outputs
+
+
+@dataclass
+class SubsetRunResult:
+    """What one run produces. ``target_outputs`` are per test example, in test-set order."""
+
+    class_mask: np.ndarray  # (n_source_classes,) bool
+    model: Normalized  # the transferred target model; takes uint8 images (N, 3, R, R)
+    target_outputs: dict[str, np.ndarray]  # margin, prob, correct, pred: each (n_test,)
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+
+def source_subset(source: ImageSet, class_mask: np.ndarray) -> tuple[ImageSet, torch.Tensor]:
+    """Images of the kept classes, relabelled 0..k-1; also returns kept class ids ``(k,)``."""
+    kept = torch.from_numpy(np.flatnonzero(class_mask))
+    index = torch.isin(source.labels, kept).nonzero().squeeze(1)
+    if len(index) == 0:
+        raise ConfigError("the class subset has no source images; check data.source and the mask")
+    subset = source.select(index)
+    relabel = torch.full((source.n_classes,), -1, dtype=torch.long)
+    relabel[kept] = torch.arange(len(kept))
+    subset.labels = relabel[subset.labels]
+    return subset, kept
+
+
+def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: torch.Generator,
+             device) -> tuple[nn.Module, tuple]:
+    """Train a fresh network from scratch on ``source`` (labels 0..n_classes-1).
+
+    Returns the network and the (mean, std) ``(3,)`` it normalises inputs with.
+    """
+    p = config.pretrain
+    mean, std = normalization(source.images)
+    model = build_model(p.arch, n_classes, p.width)
+    model = model.to(device, memory_format=torch.channels_last)
+    x = normalize(source.images, mean, std, device)
+    train(model, x, source.labels.to(device), Recipe.from_section(p), generator)
+    return model, (mean, std)
+
+
+def frozen_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Features ``(N, D)`` of normalised images ``x (N, 3, R, R)`` under the frozen backbone.
+
+    Freezes ``backbone`` in place: eval mode (BatchNorm statistics do not move) and no
+    gradients. Fixed-feature transfer computes these once and trains only a head on them.
+    """
+    backbone.eval()
+    for param in backbone.parameters():
+        param.requires_grad_(False)
+    return infer(backbone.features, x)
+
+
+def transfer(config: RunConfig, backbone: nn.Module, norm: tuple, data: TransferData,
+             generator: torch.Generator, device, on_epoch=None) -> nn.Module:
+    """Fit ``backbone`` to the target train split; returns the full target network.
+
+    fixed: the backbone is frozen in eval mode (BatchNorm statistics do not move); its
+           features are computed once and a linear head is trained on them.
+    full:  a new head is attached and every weight trains, with augmentation.
+    """
+    t = config.transfer
+    n_target = data.target_train.n_classes
+    recipe = Recipe.from_section(t)
+    x = normalize(data.target_train.images, *norm, device)
+    y = data.target_train.labels.to(device)
+    if t.mode == "fixed":
+        features = frozen_features(backbone, x)
+        backbone.head = train_linear_head(features, y, n_target, recipe, generator, on_epoch=on_epoch)
+    else:
+        backbone.head = nn.Linear(backbone.feature_dim, n_target).to(device)
+        train(backbone, x, y, recipe, generator, on_epoch=on_epoch)
+    backbone.eval()
+    return backbone
+
+
+def evaluate_split(model: Normalized, images: ImageSet, device) -> torch.Tensor:
+    """Logits ``(N, C)`` of ``model`` (which normalises internally) on uint8 images."""
+    model.eval()
+    return infer(model, images.images.to(device))
+
+
+def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, seed: int,
+               source_test: ImageSet | None = None, device=None, on_epoch=None) -> SubsetRunResult:
+    """Pretrain on the kept classes of ``data.source``, transfer to the target, score.
+
+    Metrics: ``source_acc`` (held-out source images of the kept classes, if ``source_test``
+    is given), ``target_val_acc``, ``target_test_acc``. Timings: seconds per phase.
+    """
+    device = device or pick_device()
+    class_mask = check_mask(class_mask, data.source.n_classes)
+    generator = seed_everything(seed)
+    timings, metrics = {}, {}
+
+    start = time.perf_counter()
+    source, kept = source_subset(data.source, class_mask)
+    net, norm = pretrain(config, source, len(kept), generator, device)
+    timings["pretrain_s"] = time.perf_counter() - start
+    if source_test is not None:
+        held_out, _ = source_subset(source_test, class_mask)
+        source_model = Normalized(net, *norm).to(device)
+        metrics["source_acc"] = accuracy(evaluate_split(source_model, held_out, device), held_out.labels)
+
+    start = time.perf_counter()
+    net = transfer(config, net, norm, data, generator, device, on_epoch=on_epoch)
+    model = Normalized(net, *norm).to(device).eval()
+    timings["transfer_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    metrics["target_val_acc"] = accuracy(evaluate_split(model, data.target_val, device), data.target_val.labels)
+    test_logits = evaluate_split(model, data.target_test, device)
+    outputs = per_example_outputs(test_logits, data.target_test.labels)
+    metrics["target_test_acc"] = float(outputs["correct"].mean())
+    timings["evaluate_s"] = time.perf_counter() - start
+    return SubsetRunResult(class_mask, model.cpu(), outputs, metrics, timings)

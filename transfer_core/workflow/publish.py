@@ -1,0 +1,276 @@
+"""Publish an experiment's results as a folder of figures, tables and one ``RESULTS.md``.
+
+``publish(experiment, out_dir)`` reads the latest FINISHED analysis run of the experiment
+(or the one given), the latest FINISHED counterfactual run made from it, and the tune run
+whose recipe the sweep used, and writes into ``out_dir``:
+
+- copies of their figures and CSVs (heatmap, ranking, rank stability, counterfactual curve,
+  sub-populations, near duplicates, per-target-class image grids);
+- ``subpopulation_example.png``: one sub-population (target examples grouped under the
+  source class that most influences them) next to images of that source class;
+- ``RESULTS.md``: every table the README's results section quotes, each naming the run and
+  artifact it comes from, so every number can be traced to a logged MLflow run.
+
+Sign convention: positive influence = including the source class helps the target.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from transfer_core.analysis import find_analysis_run
+from transfer_core.analysis.findings import ALL
+from transfer_core.analysis.influence import runs_for_reliability
+from transfer_core.config import ConfigError
+from transfer_core.counterfactual import FULL, SELECTION_ARTIFACT, SUMMARY_ARTIFACT, Selection
+from transfer_core.registry import read_selection
+from transfer_core.sweep import TUNE_RUN_TAG
+from transfer_core.track import artifact_path, existing_experiment, latest_run, run_config
+from transfer_core.track.runs import COUNTERFACTUAL
+from transfer_core.tune import find_tune_run
+
+RESULTS_FILE = "RESULTS.md"
+ANALYSIS_COPIES = ["class_influence.csv", "class_aggregates.csv", "heatmap.png", "ranking.png", "rank_stability.csv",
+                   "rank_stability.png", "subpopulations.csv", "subpopulations.png", "near_duplicates.csv",
+                   "near_duplicates.png", "leakage_candidates.csv", "datamodel.png", "summary.json"]
+COUNTERFACTUAL_COPIES = ["counterfactual_accuracy.png", "counterfactual_summary.csv", "counterfactual_runs.csv",
+                         SELECTION_ARTIFACT]
+RELIABILITY = 0.9  # split-half correlation at which a class ranking counts as stable
+
+
+@dataclass
+class PublishedRuns:
+    analysis: object
+    counterfactual: object | None
+    tune: object | None
+
+
+def find_runs(experiment: str, analysis_run_id: str | None = None,
+              counterfactual_run_id: str | None = None) -> PublishedRuns:
+    """The analysis run (given or latest FINISHED), its latest FINISHED counterfactual run, and the tune
+    run whose recipe the analysed sweep was trained with (the sweep's ``tune_run_id`` tag; None when unset)."""
+    client = MlflowClient()
+    experiment_id = existing_experiment(experiment)
+    analysis = find_analysis_run(client, experiment_id, analysis_run_id)
+    if counterfactual_run_id:
+        counterfactual = read_selection(client, counterfactual_run_id)[0]
+    else:
+        counterfactual = latest_run(client, experiment_id, COUNTERFACTUAL, analysis_run_id=analysis.info.run_id)
+    parent_id = analysis.data.tags.get("sweep_parent_run_id")
+    tune_run_id = client.get_run(parent_id).data.tags.get(TUNE_RUN_TAG) if parent_id else None
+    tune = find_tune_run(experiment_id, tune_run_id) if tune_run_id else None
+    return PublishedRuns(analysis, counterfactual, tune)
+
+
+def ci(value: float, low: float, high: float, scale: float = 100.0, sign: bool = True) -> str:
+    """``+0.47 [+0.16, +0.76]`` (scaled; the interval is left out when it is not finite)."""
+    fmt = "{:+.2f}" if sign else "{:.2f}"
+    text = fmt.format(value * scale)
+    if np.isfinite(low) and np.isfinite(high):
+        text += f" [{fmt.format(low * scale)}, {fmt.format(high * scale)}]"
+    return text
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pandas table as a GitHub markdown table (no tabulate dependency)."""
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def top_classes(rows: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k most helpful and k most detrimental classes of one scope side by side, with intervals
+    in points (x100); ``*`` marks an interval that excludes zero."""
+    rows = rows.sort_values("influence", ascending=False, kind="stable")
+    k = min(k, len(rows))
+    helpful, harmful = rows.head(k), rows.tail(k).iloc[::-1]
+    name = lambda r: f"{r.class_name}{'*' if r.significant else ''}"  # noqa: E731
+    return pd.DataFrame({
+        "rank": range(1, k + 1),
+        "most helpful": [name(r) for r in helpful.itertuples()],
+        "helpful: influence [95% CI]": [ci(r.influence, r.ci_low, r.ci_high) for r in helpful.itertuples()],
+        "most detrimental": [name(r) for r in harmful.itertuples()],
+        "detrimental: influence [95% CI]": [ci(r.influence, r.ci_low, r.ci_high) for r in harmful.itertuples()]})
+
+
+def accuracy_rows(summary: pd.DataFrame, selection: Selection) -> pd.DataFrame:
+    """Full source, the pruned source chosen on validation, and the best bottom-k on test (for
+    information), each with the mean and 95% t-interval over seeds, in percent."""
+    full = summary[summary.order == FULL].iloc[0]
+    bottom = summary[summary.order == "bottom"]
+    rows = [("full source (k = 0)", full)]
+    chosen = summary[(summary.order == selection.order) & (summary.k == selection.k)].iloc[0]
+    if selection.k > 0:
+        rows.append((f"pruned source chosen on validation: remove bottom {selection.k}", chosen))
+    if len(bottom):
+        best = bottom.loc[bottom.test_mean.idxmax()]
+        rows.append((f"best bottom-k on test (k = {int(best.k)}; picked on test, for information)", best))
+    return pd.DataFrame({
+        "source": [name for name, _ in rows],
+        "seeds": [int(r.n_seeds) for _, r in rows],
+        "val acc % [95% CI]": [ci(r.val_mean, r.val_ci_low, r.val_ci_high, sign=False) for _, r in rows],
+        "test acc % [95% CI]": [ci(r.test_mean, r.test_ci_low, r.test_ci_high, sign=False) for _, r in rows],
+        "test − full (paired) [95% CI]": ["—" if r.order == FULL else ci(r.test_diff, r.diff_ci_low, r.diff_ci_high)
+                                          for _, r in rows]})
+
+
+def curve_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy per (order, k) with its interval and the paired difference from the full source."""
+    order = {FULL: 0, "bottom": 1, "top": 2, "random": 3}
+    summary = summary.assign(rank=summary.order.map(order)).sort_values(["rank", "k"])
+    return pd.DataFrame({
+        "removal": summary.order, "k": summary.k, "seeds": summary.n_seeds,
+        "test acc % [95% CI]": [ci(r.test_mean, r.test_ci_low, r.test_ci_high, sign=False)
+                                for r in summary.itertuples()],
+        "test − full (paired) [95% CI]": ["—" if r.order == FULL else ci(r.test_diff, r.diff_ci_low, r.diff_ci_high)
+                                          for r in summary.itertuples()]})
+
+
+def pick_subpopulation(subs: pd.DataFrame, choice: str | None = None, min_examples: int = 8) -> pd.Series:
+    """The sub-population ``"target:source"``, else the group with the largest share of its target
+    class among those with at least ``min_examples`` examples."""
+    if choice:
+        target, _, source = choice.partition(":")
+        hit = subs[(subs.target_class == target) & (subs.source_class == source)]
+        if hit.empty:
+            raise ConfigError(f"no sub-population {choice!r} in subpopulations.csv; give TARGET:SOURCE as listed there")
+        return hit.iloc[0]
+    big = subs[subs.n_examples >= min_examples]
+    return (big if len(big) else subs).sort_values("share", ascending=False, kind="stable").iloc[0]
+
+
+def subpopulation_figure(group: pd.Series, analysis, data_root, path: Path, n_images: int = 8) -> Path:
+    """The group's target test images (most influenced first) above images of its source class, at 32 px."""
+    from transfer_core.analysis import figures
+    from transfer_core.data import load_split
+
+    config = run_config(analysis)
+    test = load_split(config.data.target, "test", 32, data_root)
+    source = load_split(config.data.source, "train", 32, data_root)
+    members = [int(i) for i in str(group.examples).split(";") if i][:n_images]
+    source_members = np.flatnonzero(source.labels.numpy() == int(group.class_index))[:n_images]
+    rows = [(f"source\n{group.source_class}", float(group.mean_influence), [source.images[i] for i in source_members])]
+    title = (f"Sub-population: {group.target_class} test images whose most influential source class is "
+             f"{group.source_class}, above {group.source_class} training images")
+    figures.image_grid(f"{group.target_class} <- {group.source_class}", [test.images[i] for i in members], rows, path,
+                       title)
+    return path
+
+
+def per_target_sections(aggregates: pd.DataFrame, output: str, k: int) -> list[str]:
+    """One markdown table of the k most helpful and k most detrimental classes per target class."""
+    rows = aggregates[(aggregates.output == output) & (aggregates.scope != ALL)]
+    parts = []
+    for scope in rows.scope.drop_duplicates():
+        parts += [f"#### {scope}", "", markdown(top_classes(rows[rows.scope == scope], k)), ""]
+    return parts
+
+
+def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, counterfactual_run_id: str | None = None,
+            top_k: int = 10, subpopulation: str | None = None, data_root=None) -> Path:
+    """Write the results folder described in the module docstring; returns the path of RESULTS.md."""
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    runs = find_runs(experiment, analysis_run_id, counterfactual_run_id)
+    analysis = runs.analysis
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ANALYSIS_COPIES:
+        shutil.copyfile(artifact_path(analysis, name), out / name)
+    grids = json.loads(artifact_path(analysis, "image_grids.json").read_text())
+    for grid in grids:
+        shutil.copyfile(artifact_path(analysis, grid["picture"]), out / f"grid_{grid['target_class']}.png")
+    summary = json.loads((out / "summary.json").read_text())
+    output = summary["output"]
+    aggregates = pd.read_csv(out / "class_aggregates.csv")
+    whole = aggregates[(aggregates.output == output) & (aggregates.scope == ALL)]
+    stability = pd.read_csv(out / "rank_stability.csv")
+    dups = pd.read_csv(out / "near_duplicates.csv")
+    subs = pd.read_csv(out / "subpopulations.csv")
+    unit = "points of target accuracy" if output == "correct" else f"mean {output}, x100"
+    a_id = analysis.info.run_id
+
+    lines = [f"# Results of experiment `{experiment}`", "",
+             "Written by `transfer-core publish`; every table names the MLflow run and artifact it comes from.",
+             "Positive influence = including the source class helps the target.", "",
+             "| step | MLflow run |", "|---|---|"]
+    if runs.tune is not None:
+        lines.append(f"| tune (recipe used by the sweep) | `{runs.tune.info.run_id}` |")
+    lines += [f"| sweep | `{summary['sweep_id']}` ({summary['n_runs']} FINISHED subset runs) |",
+              f"| analysis | `{a_id}` (output `{output}`) |"]
+    if runs.counterfactual is not None:
+        lines.append(f"| counterfactual | `{runs.counterfactual.info.run_id}` |")
+    config = run_config(analysis)
+    lines += ["", f"Source `{config.data.source}` -> target `{config.data.target}`, {config.data.resolution} px, "
+              f"{config.data.source_images_per_class} images per source class, alpha {config.alpha}, "
+              f"transfer mode `{config.transfer.mode}`.", ""]
+
+    if runs.counterfactual is not None:
+        cf = runs.counterfactual
+        for name in COUNTERFACTUAL_COPIES:
+            shutil.copyfile(artifact_path(cf, name), out / name)
+        cf_summary = pd.read_csv(out / SUMMARY_ARTIFACT)
+        selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
+        lines += ["## Accuracy", "", f"Target accuracy in percent, mean and 95% t-interval over seeds; differences "
+                  f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`).", "",
+                  markdown(accuracy_rows(cf_summary, selection)), "", f"Selection: {selection.describe()}", "",
+                  "## Counterfactual curves", "", "![counterfactual curves](counterfactual_accuracy.png)", "",
+                  markdown(curve_rows(cf_summary)), ""]
+    else:
+        lines += ["## Accuracy", "", "No FINISHED counterfactual run of this analysis yet: run "
+                  "`transfer-core counterfactual`.", ""]
+
+    lines += ["## Top classes", "", f"Influence on the whole target in {unit}, 95% bootstrap intervals (run "
+              f"`{a_id}`, `class_aggregates.csv`); `*` = the interval excludes zero, not corrected for "
+              f"{len(whole)} comparisons.", "", markdown(top_classes(whole, top_k)), "",
+              "![ranking](ranking.png)", "", "### Per target class", "",
+              f"Influence on each target class's accuracy in {unit}; `*` as above (uncorrected).", "",
+              *per_target_sections(aggregates, output, top_k), "![heatmap](heatmap.png)", ""]
+
+    last = stability.iloc[-1] if len(stability) else None
+    lines += ["## Stability", "", f"Split-half Spearman correlation of the class rankings from two disjoint halves "
+              f"of the runs (run `{a_id}`, `rank_stability.csv`).", "",
+              markdown(pd.DataFrame({"runs per half": stability.n_runs_per_half,
+                                     "Spearman mean": stability.spearman_mean.round(3),
+                                     "std over splits": stability.spearman_std.round(3)})), "",
+              "![rank stability](rank_stability.png)", ""]
+    if last is not None:
+        n_half, r = int(last.n_runs_per_half), float(last.spearman_mean)
+        needed = runs_for_reliability(n_half, r, RELIABILITY)
+        if np.isfinite(needed):
+            lines += [f"Spearman-Brown extrapolation from {n_half} runs per half (Spearman {r:.3f}): a ranking "
+                      f"that an independent sweep of the same size would reproduce at Spearman {RELIABILITY} "
+                      f"needs about **{needed:,.0f} runs**.", ""]
+        else:
+            lines += [f"At {n_half} runs per half the two halves do not agree (Spearman {r:.3f}), so the "
+                      "number of runs a stable ranking needs cannot be extrapolated yet.", ""]
+
+    exact, near = dups[dups.exact], dups[~dups.exact]
+    lines += ["## Leakage", "", f"Every target test image with an exact copy in the source train set, and every "
+              f"nearest pair with 8x8-thumbnail cosine >= the run's threshold (run `{a_id}`, `near_duplicates.csv`): "
+              f"{len(exact)} exact, {len(near)} near.", ""]
+    if len(dups):
+        lines += [markdown(pd.DataFrame({
+            "target test file": dups.test_file, "test index": dups.test_index, "source train file": dups.source_file,
+            "similarity": [("1.0 (exact)" if e else f"{s:.4f}") for e, s in zip(dups.exact, dups.similarity)]})), "",
+            "![near duplicates](near_duplicates.png)", ""]
+
+    if len(subs):
+        group = pick_subpopulation(subs, subpopulation)
+        subpopulation_figure(group, analysis, data_root, out / "subpopulation_example.png")
+        lines += ["## Sub-populations", "", f"`{group.target_class}` test images whose most influential source class "
+                  f"is `{group.source_class}`: {int(group.n_examples)} images, {group.share:.1%} of the class, mean "
+                  f"per-example influence {group.mean_influence * 100:+.2f} (x100; run `{a_id}`, "
+                  f"`subpopulations.csv`). Top row: the "
+                  f"most influenced of them; below: `{group.source_class}` training images.", "",
+                  "![sub-population example](subpopulation_example.png)", "",
+                  "All classes' largest groups: ![sub-populations](subpopulations.png)", ""]
+    path = out / RESULTS_FILE
+    path.write_text("\n".join(lines))
+    return path
