@@ -27,10 +27,10 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from transfer_core.collect import collect_sweep, finished_runs
+from transfer_core.sweep import collect_sweep, finished_runs
 from transfer_core.config import build_config
-from transfer_core.evaluation import save_outputs
-from transfer_core.tracking import CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT
+from transfer_core.train import save_outputs
+from transfer_core.track import CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT
 
 SWEEP = "sweep-bench"
 

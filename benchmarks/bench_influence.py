@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from transfer_core import findings, influence
+from transfer_core.analysis import findings, influence
 from transfer_core.analysis import AnalysisOptions, estimate
 
 

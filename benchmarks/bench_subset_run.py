@@ -25,10 +25,10 @@ from torchvision import transforms
 
 from transfer_core.config import build_config
 from transfer_core.data import load_split, load_transfer_data
-from transfer_core.models import build_model
-from transfer_core.subsets import class_mask
-from transfer_core.training import triangular_lr
-from transfer_core.transfer import run_subset, source_subset
+from transfer_core.train.models import build_model
+from transfer_core.data import class_mask
+from transfer_core.train.loop import triangular_lr
+from transfer_core.train import run_subset, source_subset
 
 
 class PILDataset(Dataset):

@@ -23,13 +23,13 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from transfer_core.claims import Heartbeat, claim_tags, contest, is_live, key_filter
+from transfer_core.track.claims import Heartbeat, claim_tags, contest, is_live
 from transfer_core.config import build_config, parse_overrides
-from transfer_core.runner import SubsetRunner
-from transfer_core.subsets import run_seed
+from transfer_core.execute import SubsetRunner
+from transfer_core.data import run_seed
 from transfer_core.sweep import sweep_with_summary
-from transfer_core.tracking import log_subset_result
-from transfer_core.transfer import run_subset
+from transfer_core.track import log_subset_result
+from transfer_core.train import run_subset
 
 
 def use_store(folder: Path) -> None:

@@ -26,13 +26,13 @@ from pathlib import Path
 import mlflow
 
 from transfer_core.config import build_config, with_overrides
-from transfer_core.evaluation import accuracy
-from transfer_core.models import Normalized
-from transfer_core.runner import SubsetRunner
-from transfer_core.training import seed_everything
-from transfer_core.transfer import evaluate_split, transfer
-from transfer_core.tune_backbone import TrialFitter, pretrain_backbone
-from transfer_core.tuning import TuneSettings, tune
+from transfer_core.train import accuracy
+from transfer_core.train.models import Normalized
+from transfer_core.execute import SubsetRunner
+from transfer_core.train.loop import seed_everything
+from transfer_core.train import evaluate_split, transfer
+from transfer_core.tune.backbone import TrialFitter, pretrain_backbone
+from transfer_core.tune import TuneSettings, tune
 
 
 def held_out_scores(runner: SubsetRunner, recipes: dict, indices: range) -> dict[str, dict[str, list[float]]]:
