@@ -72,6 +72,8 @@ def assert_complete_sweep(n_models):
                 assert other.info.status in ("KILLED", "FAILED"), index
     collected = collect_sweep(SWEEP_ID, experiment_id(), progress=False)
     assert collected.indices.tolist() == list(range(n_models))
+    n_val = len(collected.val_labels)  # every run recorded its validation outputs too
+    assert n_val > 0 and all(v.shape == (n_models, n_val) for v in collected.val_outputs.values())
     assert len(np.unique(collected.masks, axis=0)) == n_models
     for index, mask in zip(collected.indices, collected.masks):
         np.testing.assert_array_equal(mask, class_mask(CONFIG.sweep_seed, int(index), mask.size, CONFIG.alpha))

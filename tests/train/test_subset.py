@@ -27,7 +27,8 @@ def test_fixed_feature_transfer_freezes_backbone_and_batchnorm():
     config, data = _setup("fixed")
     gen = torch.Generator().manual_seed(0)
     source, kept = source_subset(data.source, class_mask(0, 0, data.source.n_classes))
-    net, norm = pretrain(config, source, len(kept), gen, torch.device("cpu"))
+    norm = data.source_norm
+    net = pretrain(config, source, len(kept), gen, torch.device("cpu"), norm)
     before = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("head")}
     net = transfer(config, net, norm, data, gen, torch.device("cpu"))
     after = net.state_dict()
@@ -39,11 +40,25 @@ def test_full_fine_tuning_moves_backbone():
     config, data = _setup("full")
     gen = torch.Generator().manual_seed(0)
     source, kept = source_subset(data.source, class_mask(0, 0, data.source.n_classes))
-    net, norm = pretrain(config, source, len(kept), gen, torch.device("cpu"))
+    norm = data.source_norm
+    net = pretrain(config, source, len(kept), gen, torch.device("cpu"), norm)
     before = copy.deepcopy(net.state_dict())
     net = transfer(config, net, norm, data, gen, torch.device("cpu"))
     moved = [k for k in before if not k.startswith("head") and not torch.equal(before[k], net.state_dict()[k])]
     assert any("running_mean" in k for k in moved) and any("conv" in k for k in moved)
+
+
+def test_normalisation_is_the_whole_sources_whatever_the_mask():
+    config = build_config("synthetic")
+    data = load_transfer_data(config.data)
+    mean, std = data.source_norm
+    pixels = data.source.images.permute(1, 0, 2, 3).reshape(3, -1).double()  # naive: every pixel per channel
+    torch.testing.assert_close(mean.double(), pixels.mean(1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(std.double(), pixels.std(1), rtol=1e-5, atol=1e-4)
+    models = [run_subset(config, data, class_mask(0, i, data.source.n_classes), seed=i).model for i in (0, 1)]
+    for model in models:  # two masks, one normalisation, stored in the model
+        torch.testing.assert_close(model.mean.flatten(), mean)
+        torch.testing.assert_close(model.std.flatten(), std)
 
 
 def test_run_subset_learns_and_scores_every_test_example():
@@ -60,5 +75,9 @@ def test_run_subset_learns_and_scores_every_test_example():
     assert result.metrics["target_val_acc"] > 0.8  # 4 classes: chance is 0.25
     assert result.metrics["target_test_acc"] > 0.35
     assert set(result.timings) == {"pretrain_s", "transfer_s", "evaluate_s"}
+    n_val = len(data.target_val)
+    assert {k: v.shape for k, v in result.val_outputs.items()} == {k: (n_val,) for k in
+                                                                   ("margin", "prob", "correct", "pred")}
+    assert result.metrics["target_val_acc"] == result.val_outputs["correct"].mean()
     again = run_subset(config, data, class_mask(0, 2, data.source.n_classes), seed=3)
     np.testing.assert_array_equal(again.target_outputs["margin"], result.target_outputs["margin"])

@@ -26,7 +26,7 @@ from transfer_core.analysis import figures, findings, report
 from transfer_core.analysis.estimate import AnalysisOptions, Estimates, estimate
 from transfer_core.analysis.influence import spearman
 from transfer_core.config import ConfigError, RunConfig
-from transfer_core.data import ImageSet, load_split, sample_per_class
+from transfer_core.data import ImageSet, channel_stats, load_split, sample_per_class
 from transfer_core.track import CHECKPOINT_ARTIFACT, artifact_path, load_checkpoint
 
 RANKING_ARTIFACT = "class_influence.csv"
@@ -101,9 +101,10 @@ def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, 
     source = load_split(config.data.source, "train", config.data.resolution, data_root)
     source = source.select(sample_per_class(source.labels, config.data.source_images_per_class,
                                             config.data.split_seed))
-    net, (mean, std) = pretrain(config, source, source.n_classes, torch.Generator().manual_seed(seed), device)
+    norm = channel_stats(source.images)
+    net = pretrain(config, source, source.n_classes, torch.Generator().manual_seed(seed), device, norm)
     net.eval()
-    return lambda x: infer(net.features, normalize(x, mean, std, device)).cpu()
+    return lambda x: infer(net.features, normalize(x, *norm, device)).cpu()
 
 
 def write_class_influence(ctx: Context) -> None:

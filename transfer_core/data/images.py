@@ -35,6 +35,12 @@ class ImageSet:
 
 
 
+def channel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``(3,)`` of a uint8 batch ``(N, 3, R, R)``, in [0, 255] units (std >= 1)."""
+    x = images.float()
+    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1.0)
+
+
 def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
     """Antialiased resize of a uint8 batch to ``resolution`` pixels (no-op if equal)."""
     if images.shape[-1] == resolution and images.shape[-2] == resolution:

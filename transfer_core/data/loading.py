@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from transfer_core.config import ConfigError, DataConfig
-from transfer_core.data.images import ImageSet, resize
+from transfer_core.data.images import ImageSet, channel_stats, resize
 from transfer_core.data.synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,13 @@ class TransferData:
     target_train: ImageSet
     target_val: ImageSet
     target_test: ImageSet  # the full test split, in its original order
+    # (mean, std), each (3,), of every sampled source image: one input normalisation for every
+    # class mask, so that it is not a mask-dependent effect mixed into the influences
+    source_norm: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __post_init__(self):
+        if self.source_norm is None:
+            self.source_norm = channel_stats(self.source.images)
 
 
 def cache_dir() -> Path:

@@ -72,6 +72,5 @@ class SubsetRunner:
         seed = run_seed(self.config.sweep_seed, index)
         with run_scope(self.client, run_id):
             result = run_subset(self.config, self.data, mask, seed, self.source_test, self.device, on_epoch)
-            log_subset_result(self.client, run_id, self.config, result, index, seed, self.source_class_names,
-                              self.data.target_test.labels, log_checkpoint)
+            log_subset_result(self.client, run_id, self.config, result, index, seed, self.data, log_checkpoint)
         return run_id, result

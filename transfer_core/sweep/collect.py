@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from transfer_core.config import ConfigError
 from transfer_core.data import cache_dir
-from transfer_core.track import CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT, artifact_path, run_filter, search_all
+from transfer_core.track import (CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT, VAL_OUTPUTS_ARTIFACT, artifact_path,
+                                 run_filter, search_all)
 from transfer_core.track.claims import is_superseded
 from transfer_core.track.runs import SUBSET_RUN, all_experiment_ids
 
@@ -42,6 +43,8 @@ class CollectedRuns:
     source_classes: list[str]
     params: dict[str, str]  # params of the first run
     run_params: list[dict[str, str]]  # per run, for compatibility checks
+    val_outputs: dict[str, np.ndarray] | None = None  # the same on the validation split (n_models, n_val)
+    val_labels: np.ndarray | None = None  # (n_val,); None when the runs recorded no validation outputs
 
     def __len__(self) -> int:
         return len(self.run_ids)
@@ -90,10 +93,15 @@ def cache_file(sweep_id: str, experiment_ids: set[str]) -> Path:
 
 
 def read_run(run) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The mask ``(n_source_classes,)`` and outputs (margin, prob, correct, labels) of one run."""
+    """The mask ``(n_source_classes,)`` and outputs of one run: test ``margin``, ``prob``, ``correct``,
+    ``labels``, and, when the run recorded them, validation ``val_margin``, ... ``val_labels``."""
     mask = np.load(artifact_path(run, MASK_ARTIFACT)).astype(bool)
     with np.load(artifact_path(run, OUTPUTS_ARTIFACT)) as npz:
         outputs = {k: npz[k] for k in (*OUTPUT_KEYS, "labels")}
+    val_path = artifact_path(run, VAL_OUTPUTS_ARTIFACT)
+    if val_path.is_file():
+        with np.load(val_path) as npz:
+            outputs.update({f"val_{k}": npz[k] for k in (*OUTPUT_KEYS, "labels")})
     return mask, outputs
 
 
@@ -120,8 +128,15 @@ def _read_runs(runs: list, sweep_id: str, progress: bool) -> dict[str, tuple]:
     return dict(zip([r.info.run_id for r in runs], reads))
 
 
-def _compatible(cache: dict[str, np.ndarray], mask: np.ndarray, outputs: dict[str, np.ndarray]) -> bool:
-    return cache["masks"].shape[1] == len(mask) and np.array_equal(cache["target_labels"], outputs["labels"])
+def _layout(mask: np.ndarray, outputs: dict[str, np.ndarray]) -> tuple:
+    """What every run of a sweep must share: class count, test labels, validation labels (or None)."""
+    val = outputs.get("val_labels")
+    return len(mask), outputs["labels"].tolist(), None if val is None else val.tolist()
+
+
+def _cache_layout(cache: dict[str, np.ndarray]) -> tuple:
+    val = cache.get("val_labels")
+    return cache["masks"].shape[1], cache["target_labels"].tolist(), None if val is None else val.tolist()
 
 
 def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=True, progress=True) -> CollectedRuns:
@@ -139,46 +154,38 @@ def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=Tru
     run_ids = [r.info.run_id for r in runs]
     path = cache_file(sweep_id, {r.info.experiment_id for r in runs})
     cache = _load_cache(path) if use_cache else None
-    cached_rows = {}
-    if cache is not None:
-        cached_rows = {rid: row for row, rid in enumerate(cache["run_ids"].tolist())}
-
+    if cache is not None and "masks" not in cache:
+        cache = None
+    cached_rows = {} if cache is None else {rid: row for row, rid in enumerate(cache["run_ids"].tolist())}
     fresh = _read_runs([r for r in runs if r.info.run_id not in cached_rows], sweep_id, progress)
-    if cache is not None and fresh and not _compatible(cache, *next(iter(fresh.values()))):
-        cache, cached_rows = None, {}  # written by other code: read everything anew
+    layout = _layout(*next(iter(fresh.values()))) if fresh else _cache_layout(cache)
+    if cache is not None and fresh and _cache_layout(cache) != layout:
+        cache, cached_rows = None, {}  # written by other code, or before runs recorded validation: read anew
         fresh.update(_read_runs([r for r in runs if r.info.run_id not in fresh], sweep_id, progress))
-
-    if fresh:
-        first_mask, first_out = next(iter(fresh.values()))
-        n_classes, labels = len(first_mask), first_out["labels"]
-    else:
-        n_classes, labels = cache["masks"].shape[1], cache["target_labels"]
-    n, n_test = len(runs), len(labels)
+    n_classes, labels, val_labels = layout
+    keys = [*OUTPUT_KEYS, *([f"val_{k}" for k in OUTPUT_KEYS] if val_labels is not None else [])]
+    n = len(runs)
+    arrays = {"masks": np.zeros((n, n_classes), dtype=bool)}
+    for key in keys:
+        width = len(val_labels) if key.startswith("val_") else len(labels)
+        arrays[key] = np.zeros((n, width), bool if key.endswith("correct") else np.float16)
     from_cache = [(row, cached_rows[run_id]) for row, run_id in enumerate(run_ids) if run_id not in fresh]
-    if len(from_cache) == n and len(cache["run_ids"]) == n and all(r == s for r, s in from_cache):
-        masks, outputs = cache["masks"], {key: cache[key] for key in OUTPUT_KEYS}  # the cache is the answer
-    else:
-        masks = np.zeros((n, n_classes), dtype=bool)
-        outputs = {"margin": np.zeros((n, n_test), np.float16), "prob": np.zeros((n, n_test), np.float16),
-                   "correct": np.zeros((n, n_test), bool)}
-    if from_cache and masks is not cache["masks"]:
+    if from_cache:
         rows, src = (np.array(a) for a in zip(*from_cache))
-        if np.array_equal(rows, np.arange(len(rows))) and np.array_equal(src, np.arange(len(src))):
-            rows = src = slice(0, len(from_cache))  # the usual case, a grown sweep: copy one block
-        masks[rows] = cache["masks"][src]
-        for key in OUTPUT_KEYS:
-            outputs[key][rows] = cache[key][src]
+        for key in arrays:
+            arrays[key][rows] = cache[key][src]
     for row, run_id in enumerate(run_ids):
         if run_id not in fresh:
             continue
         mask, out = fresh[run_id]
-        if len(mask) != n_classes or not np.array_equal(out["labels"], labels):
-            raise ConfigError(f"run {run_id} of sweep {sweep_id} has {len(mask)} source classes and "
-                              f"{len(out['labels'])} test labels, unlike the sweep's other runs; "
-                              "delete it in the MLflow UI or start a new sweep")
-        masks[row] = mask
-        for key in OUTPUT_KEYS:
-            outputs[key][row] = out[key]
+        if _layout(mask, out) != layout:
+            raise ConfigError(f"run {run_id} of sweep {sweep_id} has {len(mask)} source classes, "
+                              f"{len(out['labels'])} test labels and "
+                              f"{'no' if 'val_labels' not in out else len(out['val_labels'])} validation labels, "
+                              "unlike the sweep's other runs; delete it in the MLflow UI or start a new sweep")
+        arrays["masks"][row] = mask
+        for key in keys:
+            arrays[key][row] = out[key]
 
     if cache is not None and not fresh and "source_classes" in cache:
         source_classes = cache["source_classes"].tolist()
@@ -186,8 +193,11 @@ def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=Tru
         source_classes = json.loads(Path(artifact_path(runs[0], CLASSES_ARTIFACT)).read_text())
     indices = np.array([int(r.data.tags["index"]) for r in runs], dtype=np.int64)
     if use_cache and (fresh or len(cached_rows) != n):
-        _save_cache(path, {"run_ids": np.array(run_ids), "indices": indices, "masks": masks,
-                           "target_labels": labels, "source_classes": np.array(source_classes), **outputs})
+        extra = {} if val_labels is None else {"val_labels": np.asarray(val_labels)}
+        _save_cache(path, {"run_ids": np.array(run_ids), "indices": indices, "target_labels": np.asarray(labels),
+                           "source_classes": np.array(source_classes), **extra, **arrays})
     run_params = [dict(r.data.params) for r in runs]
-    return CollectedRuns(run_ids, indices, masks, outputs, np.asarray(labels).astype(np.int64),
-                         source_classes, run_params[0], run_params)
+    val = None if val_labels is None else {k: arrays[f"val_{k}"] for k in OUTPUT_KEYS}
+    return CollectedRuns(run_ids, indices, arrays["masks"], {k: arrays[k] for k in OUTPUT_KEYS},
+                         np.asarray(labels).astype(np.int64), source_classes, run_params[0], run_params,
+                         val, None if val_labels is None else np.asarray(val_labels).astype(np.int64))

@@ -2,12 +2,14 @@
 
 Run layout (what the analysis reads back):
   params     every config field (``data.source``, ``pretrain.epochs``, ``subset.alpha``, ...),
-             ``subset.index``, ``subset.seed``, ``subset.n_source_classes``, ``subset.n_kept``
+             ``subset.index``, ``subset.seed``, ``subset.n_source_classes``, ``subset.n_kept``,
+             ``normalization.mean`` / ``.std`` (the whole source's, the same for every mask)
   tags       ``transfer_core.kind`` = subset_run (or counterfactual_run), ``index``, ``config_hash``,
              and the keys of the sweep or grid it belongs to
   metrics    ``source_acc``, ``target_val_acc``, ``target_test_acc``, ``*_s`` phase times
   artifacts  ``class_mask.npy`` (n_source_classes,) bool, ``source_classes.json``,
              ``target_outputs.npz`` (margin, prob, correct, pred, labels; test-set order),
+             ``target_val_outputs.npz`` (the same for the validation split, in its order),
              ``model.pt`` (optional checkpoint of the transferred model)
 """
 from __future__ import annotations
@@ -27,17 +29,24 @@ from transfer_core.train import Normalized, build_model, save_outputs
 
 MASK_ARTIFACT = "class_mask.npy"
 CLASSES_ARTIFACT = "source_classes.json"
-OUTPUTS_ARTIFACT = "target_outputs.npz"
+OUTPUTS_ARTIFACT = "target_outputs.npz"  # the target test split
+VAL_OUTPUTS_ARTIFACT = "target_val_outputs.npz"  # the target validation split
 CHECKPOINT_ARTIFACT = "model.pt"
 
 
 def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, result, index: int, seed: int,
-                      source_class_names: list[str], target_labels: torch.Tensor,
-                      log_checkpoint: bool) -> None:
-    """Write everything about a finished run in two calls: one batch, one artifact upload."""
+                      data, log_checkpoint: bool) -> None:
+    """Write everything about a finished run in two calls: one batch, one artifact upload.
+
+    ``data`` is the run's :class:`~transfer_core.data.TransferData` (class names, labels, normalisation).
+    """
+    source_class_names = data.source.class_names
+    mean, std = data.source_norm
     params = {**config.to_params(), "subset.index": str(index), "subset.seed": str(seed),
               "subset.n_source_classes": str(len(source_class_names)),
-              "subset.n_kept": str(int(result.class_mask.sum()))}
+              "subset.n_kept": str(int(result.class_mask.sum())),
+              "normalization.mean": json.dumps([round(float(v), 3) for v in mean]),
+              "normalization.std": json.dumps([round(float(v), 3) for v in std])}
     metrics = {**result.metrics, **result.timings}
     now = now_ms()
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
@@ -46,7 +55,8 @@ def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, resu
         tmp = Path(tmp)
         np.save(tmp / MASK_ARTIFACT, result.class_mask.astype(bool))
         (tmp / CLASSES_ARTIFACT).write_text(json.dumps(source_class_names))
-        save_outputs(tmp / OUTPUTS_ARTIFACT, result.target_outputs, target_labels)
+        save_outputs(tmp / OUTPUTS_ARTIFACT, result.target_outputs, data.target_test.labels)
+        save_outputs(tmp / VAL_OUTPUTS_ARTIFACT, result.val_outputs, data.target_val.labels)
         if log_checkpoint:
             save_checkpoint(tmp / CHECKPOINT_ARTIFACT, result.model, config)
         client.log_artifacts(run_id, str(tmp))

@@ -55,12 +55,6 @@ class Recipe:
                    getattr(section, "peak_epoch", 0.0))
 
 
-def normalization(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std ``(3,)`` of a uint8 image batch, in [0, 255] units."""
-    x = images.float()
-    return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)).clamp_min(1.0)
-
-
 def normalize(images: torch.Tensor, mean, std, device) -> torch.Tensor:
     x = images.to(device, non_blocking=True).float()
     return ((x - mean.to(device).view(1, 3, 1, 1)) / std.to(device).view(1, 3, 1, 1)).contiguous(

@@ -14,7 +14,7 @@ from torch import nn
 from transfer_core.config import ConfigError, RunConfig
 from transfer_core.data import ImageSet, TransferData
 from transfer_core.data import check_mask
-from transfer_core.train.loop import Recipe, infer, normalization, normalize, pick_device, seed_everything, train, \
+from transfer_core.train.loop import Recipe, infer, normalize, pick_device, seed_everything, train, \
     train_linear_head
 from transfer_core.train.models import Normalized, build_model
 from transfer_core.train.outputs import accuracy, per_example_outputs
@@ -22,11 +22,12 @@ from transfer_core.train.outputs import accuracy, per_example_outputs
 
 @dataclass
 class SubsetRunResult:
-    """What one run produces. ``target_outputs`` are per test example, in test-set order."""
+    """What one run produces. Outputs are per example, in the split's order."""
 
     class_mask: np.ndarray  # (n_source_classes,) bool
     model: Normalized  # the transferred target model; takes uint8 images (N, 3, R, R)
-    target_outputs: dict[str, np.ndarray]  # margin, prob, correct, pred: each (n_test,)
+    target_outputs: dict[str, np.ndarray]  # test split: margin, prob, correct, pred, each (n_test,)
+    val_outputs: dict[str, np.ndarray]  # validation split: the same, each (n_val,)
     metrics: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
 
@@ -44,19 +45,19 @@ def source_subset(source: ImageSet, class_mask: np.ndarray) -> tuple[ImageSet, t
     return subset, kept
 
 
-def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: torch.Generator,
-             device) -> tuple[nn.Module, tuple]:
+def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: torch.Generator, device,
+             norm: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
     """Train a fresh network from scratch on ``source`` (labels 0..n_classes-1).
 
-    Returns the network and the (mean, std) ``(3,)`` it normalises inputs with.
+    ``norm`` is the (mean, std) ``(3,)`` inputs are normalised with: the whole source's
+    (:attr:`TransferData.source_norm`), the same whatever classes are kept.
     """
     p = config.pretrain
-    mean, std = normalization(source.images)
     model = build_model(p.arch, n_classes, p.width)
     model = model.to(device, memory_format=torch.channels_last)
-    x = normalize(source.images, mean, std, device)
+    x = normalize(source.images, *norm, device)
     train(model, x, source.labels.to(device), Recipe.from_section(p), generator)
-    return model, (mean, std)
+    return model
 
 
 def frozen_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +106,8 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
     """Pretrain on the kept classes of ``data.source``, transfer to the target, score.
 
     Metrics: ``source_acc`` (held-out source images of the kept classes, if ``source_test``
-    is given), ``target_val_acc``, ``target_test_acc``. Timings: seconds per phase.
+    is given), ``target_val_acc``, ``target_test_acc``; per-example outputs on the target
+    validation and test splits. Timings: seconds per phase.
     """
     device = device or pick_device()
     class_mask = check_mask(class_mask, data.source.n_classes)
@@ -114,7 +116,8 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
 
     start = time.perf_counter()
     source, kept = source_subset(data.source, class_mask)
-    net, norm = pretrain(config, source, len(kept), generator, device)
+    norm = data.source_norm
+    net = pretrain(config, source, len(kept), generator, device, norm)
     timings["pretrain_s"] = time.perf_counter() - start
     if source_test is not None:
         held_out, _ = source_subset(source_test, class_mask)
@@ -127,9 +130,9 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
     timings["transfer_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    metrics["target_val_acc"] = accuracy(evaluate_split(model, data.target_val, device), data.target_val.labels)
-    test_logits = evaluate_split(model, data.target_test, device)
-    outputs = per_example_outputs(test_logits, data.target_test.labels)
+    val_outputs = per_example_outputs(evaluate_split(model, data.target_val, device), data.target_val.labels)
+    outputs = per_example_outputs(evaluate_split(model, data.target_test, device), data.target_test.labels)
+    metrics["target_val_acc"] = float(val_outputs["correct"].mean())
     metrics["target_test_acc"] = float(outputs["correct"].mean())
     timings["evaluate_s"] = time.perf_counter() - start
-    return SubsetRunResult(class_mask, model.cpu(), outputs, metrics, timings)
+    return SubsetRunResult(class_mask, model.cpu(), outputs, val_outputs, metrics, timings)

@@ -43,7 +43,8 @@ def pretrain_backbone(runner: SubsetRunner, index: int | None) -> Backbone:
     mask = np.ones(data.source.n_classes, dtype=bool) if index is None else runner.mask_for(index)
     seed = run_seed(config.sweep_seed, 0 if index is None else index)
     source, kept = source_subset(data.source, mask)
-    net, norm = pretrain(config, source, len(kept), seed_everything(seed), runner.device)
+    norm = data.source_norm
+    net = pretrain(config, source, len(kept), seed_everything(seed), runner.device, norm)
     source_acc = None
     if runner.source_test is not None:
         held_out, _ = source_subset(runner.source_test, mask)

@@ -115,7 +115,7 @@ def _hide_password(url: str) -> str:
 
 def open_storage(storage: str | None, study_name: str):
     """An Optuna storage and its printable name; raises StorageError if it cannot be opened."""
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
 
     target = storage or str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
@@ -129,7 +129,7 @@ def open_storage(storage: str | None, study_name: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             rdb = RDBStorage(target, heartbeat_interval=60, grace_period=180,
-                             heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=1))
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
         return rdb, _hide_password(target)
     except Exception as exc:  # driver missing, server down, bad path: all mean "cannot open"
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
