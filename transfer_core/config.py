@@ -34,7 +34,7 @@ class DataConfig:
     resolution: int = 16  # images are resized once, at decode time, to this many pixels
     source_images_per_class: int = 100  # 0 keeps every source image
     target_train_images: int = 10000  # taken from the target train split (train + val); 0 = all
-    val_fraction: float = 0.1  # share of those held out as the validation split
+    val_fraction: float = 0.1  # share of those held out as the validation split (targets without their own)
     split_seed: int = 0  # fixes the target train/val split and the source image sample
 
 

@@ -10,7 +10,7 @@
 #
 # Every setting below can be given in the environment. SET adds config overrides
 # (space-separated FIELD=VALUE) to tuning and sweep, and WORKDIR moves mlruns/ elsewhere; the test
-# suite (tests/test_experiment.py) uses both to run a CI-sized copy.
+# suite (tests/workflow/test_experiment.py) uses both to run a CI-sized copy.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "${WORKDIR:-$ROOT}"  # mlruns/ (store, artifacts, Optuna journals) lives here
@@ -33,16 +33,18 @@ overrides=()
 for item in $SET; do overrides+=(--set "$item"); done
 
 step() { echo; echo "== $* =="; }
-step "1/5 tune the transfer recipe on the validation split ($TUNE_TRIALS trials)"
+step "1/6 tune the transfer recipe on the validation split ($TUNE_TRIALS trials)"
 transfer-core tune --profile "$PROFILE" ${overrides[@]+"${overrides[@]}"} --total-trials "$TUNE_TRIALS" \
   --experiment "$EXPERIMENT" --study-name "$EXPERIMENT-$PROFILE" --no-progress
-step "2/5 sweep: $N_MODELS models on random halves of the source classes"
+step "2/6 sweep: $N_MODELS models on random halves of the source classes"
 transfer-core sweep --profile "$PROFILE" ${overrides[@]+"${overrides[@]}"} --n-models "$N_MODELS" \
   --workers "$WORKERS" --executor "$EXECUTOR" --transfer-params-from latest --experiment "$EXPERIMENT"
-step "3/5 analyze: influences, findings, report"
+step "3/6 analyze: influences, findings, report"
 transfer-core analyze --experiment "$EXPERIMENT" --output correct --bootstrap "$BOOTSTRAP" --min-runs "$MIN_RUNS"
-step "4/5 counterfactuals: retrain without the top / bottom / random k classes"
-# (retrains with the analysed sweep's own config, tuned transfer recipe included)
+step "4/6 counterfactuals: retrain without the top / bottom / random k classes"
+# (removes classes by the validation ranking; retrains with the analysed sweep's own config, tuned recipe included)
 transfer-core counterfactual --experiment "$EXPERIMENT" --ks "$KS" --seeds "$SEEDS" --workers "$WORKERS"
-step "5/5 publish: RESULTS.md, tables and figures into $OUT"
+step "5/6 register the champion: the pruned source only on held-out evidence"
+transfer-core register --experiment "$EXPERIMENT"
+step "6/6 publish: RESULTS.md, tables and figures into $OUT"
 transfer-core publish --experiment "$EXPERIMENT" --out "$OUT" ${SUBPOPULATION:+--subpopulation "$SUBPOPULATION"}

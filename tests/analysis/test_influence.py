@@ -100,11 +100,12 @@ def test_ridge_matches_sklearn_and_picks_the_best_held_out_penalty():
     train, held = influence.holdout_split(80, 0.25, seed=2)
     y = outputs.astype(np.float64)
     mse = []
-    for lam in lambdas:  # sklearn's penalty is on the sum of squares: alpha = lam * n_fit
+    assert set(lambdas) <= set(fit.lambdas)  # the grid may have widened past an edge
+    for lam in fit.lambdas:  # sklearn's penalty is on the sum of squares: alpha = lam * n_fit
         model = Ridge(alpha=lam * len(train)).fit(masks[train], y[train])
         mse.append(((model.predict(masks[held]) - y[held]) ** 2).mean())
     np.testing.assert_allclose(fit.holdout_mse, mse, rtol=1e-6)
-    assert fit.lam == lambdas[int(np.argmin(mse))]
+    assert fit.lam == fit.lambdas[int(np.argmin(mse))]
     full = Ridge(alpha=fit.lam * 80).fit(masks, y)
     np.testing.assert_allclose(fit.coef, full.coef_, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(fit.intercept, full.intercept_, rtol=1e-4, atol=1e-4)
@@ -184,3 +185,19 @@ def test_runs_for_reliability_predicts_the_agreement_of_bigger_sweeps():
     assert runs_for_reliability(10, 0.95, 0.9) == 10 and runs_for_reliability(10, -0.1) == float("inf")
     with pytest.raises(ConfigError, match="target reliability"):
         runs_for_reliability(10, 0.5, 1.0)
+
+
+def test_ridge_grid_widens_until_the_penalty_is_interior_or_says_it_is_at_an_edge():
+    rng = np.random.default_rng(1)
+    masks = rng.random((120, 8)) < 0.5
+    weak = 0.3 * rng.normal(size=(8, 40))  # small effects in unit noise: the best penalty is moderate
+    outputs = masks @ weak + rng.normal(size=(120, 40))
+    narrow = [1e-5, 1e-4]  # far below the optimum: the grid must grow upwards to find it
+    fit = influence.ridge_datamodel(masks, outputs, lambdas=narrow, seed=0)
+    assert not fit.at_edge and fit.lam > 1e-4 and fit.lambdas.max() > fit.lam
+    assert "inside the grid" in fit.edge_note
+    forced = influence.ridge_datamodel(masks, outputs, lambdas=narrow, seed=0, widen=False)
+    assert forced.at_edge and forced.lam == 1e-4 and "largest value tried" in forced.edge_note
+    noise = rng.normal(size=(120, 40))  # no effect at all: held-out error keeps falling as the penalty grows
+    null = influence.ridge_datamodel(masks, noise, seed=0)
+    assert null.at_edge and null.lam == influence.RIDGE_LIMITS[1] and "by construction" in null.edge_note

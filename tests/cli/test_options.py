@@ -11,6 +11,8 @@ from transfer_core.analysis import AnalysisOptions
 from transfer_core.cli import main
 from transfer_core.cli.options import Choice, FloatRange, IntRange, Text
 from transfer_core.counterfactual import CounterfactualPlan
+from transfer_core.counterfactual.run import STABILITY_THRESHOLD
+from transfer_core.counterfactual.summary import EvidenceRule
 from transfer_core.execute import ExecutorSettings
 from transfer_core.tune import TuneSettings
 from transfer_core.workflow.main import MainSettings
@@ -52,6 +54,7 @@ def shown_default(command: str, option: str) -> str:
     ("tune", "n_trials", TuneSettings, "n_trials"),
     *[("analyze", name, AnalysisOptions, name) for name in ("output", "bootstrap", "min_runs", "confidence", "seed")],
     ("counterfactual", "seeds", CounterfactualPlan, "n_seeds"),
+    ("counterfactual", "min_seeds", EvidenceRule, "min_seeds"), ("register", "min_seeds", EvidenceRule, "min_seeds"),
     *[(cmd, name, ExecutorSettings, name) for cmd in ("sweep", "counterfactual")
       for name in ("executor", "workers", "ray_cpus_per_run", "ray_gpus_per_run")],
 ])
@@ -59,6 +62,11 @@ def test_help_shows_the_librarys_defaults(command, option, settings, field):
     """The CLI passes None for an option not given; --help must show what the library then uses."""
     value = getattr(settings.__dataclass_fields__[field], "default")
     assert shown_default(command, option) == str(value)
+
+
+def test_stability_threshold_default_matches_the_library():
+    for command in ("counterfactual", "register"):
+        assert shown_default(command, "stability_threshold") == str(STABILITY_THRESHOLD)
 
 
 def test_counterfactual_list_defaults_match_the_plan():
@@ -80,3 +88,15 @@ def test_mlproject_entry_points_render_commands_that_parse(entry, tmp_path):
     unset = [k for k, v in ctx.params.items() if v is None]
     assert "profile" in unset or entry in ("analyze", "counterfactual", "register")
     assert "experiment" in unset
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("register", ["--min-seeds", "2"], "Invalid value for '--min-seeds': 2 is not in the range x>=3"),
+    ("register", ["--stability-threshold", "1.5"], "Invalid value for '--stability-threshold': 1.5 is not in"),
+    ("counterfactual", ["--min-seeds", "two"], "Invalid value for '--min-seeds': 'two' is not a valid integer range"),
+    ("counterfactual", ["--stability-threshold", "-0.1"], "Invalid value for '--stability-threshold'"),
+])
+def test_evidence_options_refuse_nonsense_in_one_sentence(command, args, message):
+    from click.testing import CliRunner
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output

@@ -81,3 +81,27 @@ def test_sample_per_class_and_target_split():
 def test_resize_keeps_constant_images_constant():
     x = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)
     assert torch.equal(resize(x, 16), torch.full((2, 3, 16, 16), 77, dtype=torch.uint8))
+
+
+def test_synthetic_target_ships_its_validation_split_and_the_leak_variants():
+    from transfer_core.data import synthetic
+    data = load_transfer_data(DataConfig(source="synthetic-source", target="synthetic-target", resolution=16))
+    assert len(data.target_train) == 1200 and len(data.target_val) == 400 and len(data.target_test) == 400
+    assert not torch.equal(data.target_val.images, data.target_test.images)  # two samples, one distribution
+    for spec, split in (("synthetic-source", "test"), ("synthetic-source-valleak", "val")):
+        source = load_split(spec, "train", 32)
+        leaked = source.images[source.labels == synthetic.PLANTED["leaked"]]
+        copied = load_split("synthetic-target", split, 32).images[synthetic.leaked_indices(split)]
+        assert all((leaked == image).all(dim=(1, 2, 3)).any() for image in copied)  # each copied image is there
+    with pytest.raises(ValueError, match="split must be"):
+        load_split("cifar10", "val", 16)
+
+
+def test_validation_halves_are_disjoint_balanced_and_reproducible():
+    from transfer_core.data import validation_halves
+    labels = np.repeat(np.arange(4), [10, 11, 1, 6])
+    halves = validation_halves(labels, seed=3)
+    np.testing.assert_array_equal(halves, validation_halves(labels, seed=3))
+    assert not np.array_equal(halves, validation_halves(labels, seed=4))
+    for c, n in enumerate([10, 11, 1, 6]):  # every class split evenly (odd counts: one more in the ranking half)
+        assert halves[labels == c].sum() == (n + 1) // 2

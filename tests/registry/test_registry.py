@@ -40,11 +40,22 @@ print(json.dumps({"type": type(model).__name__, "is_module": isinstance(model, t
 """
 
 
+def ranking_with_bottom(bottom: str):
+    """A class ranking (as an analysis logs it) whose most detrimental class is ``bottom``."""
+    import pandas as pd
+    influence = [0.1 * (len(SOURCE_CLASSES) / 2 - i) for i in range(len(SOURCE_CLASSES))]
+    worst = SOURCE_CLASSES.index(bottom)
+    influence[worst], influence[-1] = influence[-1], influence[worst]
+    return pd.DataFrame({"class_index": range(len(SOURCE_CLASSES)), "class_name": SOURCE_CLASSES,
+                         "influence": influence})
+
+
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """A two-run counterfactual grid (full source, and one class removed) on synthetic data."""
+    """Two counterfactual grids on synthetic data, each the full source and one class removed: removing the
+    planted harmful class ``misleading`` (a real effect; 6 seeds), and removing the neutral class
+    ``noise_gray`` (no real effect; 3 seeds)."""
     import mlflow
-    import pandas as pd
     from transfer_core.execute import SubsetRunner
     root = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -53,12 +64,14 @@ def grid(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)  # artifacts under root/mlruns
     runner = SubsetRunner(build_config("synthetic"), experiment="reg test")
-    ranking = pd.DataFrame({"class_index": range(len(SOURCE_CLASSES)), "class_name": SOURCE_CLASSES,
-                            "influence": [0.1 * (len(SOURCE_CLASSES) / 2 - i) for i in range(len(SOURCE_CLASSES))]})
-    runs = run_counterfactual(runner.config, ranking, CounterfactualPlan(("bottom",), (0, 1), 1),
-                              experiment="reg test", progress=False)
-    selection = log_report(runner.client, runs.parent_run_id, runs.table)
-    yield runner, runs, selection, uri
+    grids = {}
+    for bottom, seeds in (("misleading", 6), ("noise_gray", 3)):  # the full source flips on rings: 6 seeds
+        plan = CounterfactualPlan(("bottom",), (0, 1), seeds)
+        runs = run_counterfactual(runner.config, ranking_with_bottom(bottom), plan, experiment="reg test",
+                                  analysis_run_id=bottom, progress=False)
+        grids[bottom] = (runs, log_report(runner.client, runs.parent_run_id, runs.table))
+    runs, selection = grids["misleading"]
+    yield runner, runs, selection, uri, grids["noise_gray"]
     os.chdir(cwd)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     mlflow.set_tracking_uri(None)
@@ -81,12 +94,48 @@ def test_model_name_is_derived_from_the_experiment():
     assert model_name("transfer_core") == "transfer_core-target"
 
 
+def test_the_planted_harmful_class_makes_a_pruned_champion(grid):
+    """Removing ``misleading`` raises held-out validation accuracy (its watermarked rings). The full
+    source gets the rings all right or all wrong from seed to seed, so 3 seeds gave a 95% interval
+    of [-0.03, +0.66]; over 6 seeds the interval lies above zero, and the pruned source is champion."""
+    runner, runs, selection, uri, _ = grid
+    print("planted:", selection.reason)
+    assert selection.k == 1 and selection.removed == ["misleading"] and selection.n_seeds == 6
+    assert selection.is_champion and selection.select_diff_ci_low > 0, selection
+    result = register_champion(runs.parent_run_id, name="planted")
+    assert result.pruned and "the pruned source is champion" in result.message
+    version = MlflowClient().get_model_version_by_alias("planted", CHAMPION)
+    assert version.tags["pruned"] == "true" and json.loads(version.tags["removed_classes"]) == ["misleading"]
+    assert float(version.tags["select_diff_ci"].strip("[]").split(",")[0]) > 0
+
+
+def test_no_real_effect_keeps_the_full_source_champion_and_says_why(grid):
+    """Removing one neutral class changes nothing real: the interval includes zero (seen: about
+    [-0.06, +0.06]), so the full source stays champion, and the message says why."""
+    runner, _, _, _, (null_runs, null_selection) = grid
+    print("null:", null_selection.reason)
+    assert null_selection.removed == ["noise_gray"] and not null_selection.is_champion, null_selection
+    result = register_champion(null_runs.parent_run_id, name="null")
+    assert not result.pruned and "so the full source is champion" in result.message
+    version = MlflowClient().get_model_version_by_alias("null", CHAMPION)
+    assert version.tags["pruned"] == "false" and version.tags["k"] == "0"
+    assert "includes zero" in MlflowClient().get_model_version("null", version.version).description
+
+
+def test_too_few_seeds_are_refused_naming_the_command_that_adds_them(grid):
+    runner, runs, selection, _, _ = grid
+    two = replace(selection, n_seeds=2)
+    with pytest.raises(ConfigError, match=r"has 2 seed\(s\) per point.*transfer-core counterfactual --analysis "
+                                          r"b{32} --seeds 3"):
+        register_champion(parent_with(runner, two))
+
+
 def test_pruned_champion_round_trip_in_a_fresh_process(grid):
-    runner, runs, selection, uri = grid
-    pruned = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], beats_full=True,
+    runner, runs, selection, uri, _ = grid
+    pruned = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], is_champion=True,
                      model_run_id=runs.table.run_id[runs.table.k == 1].iloc[0])
     result = register_champion(parent_with(runner, pruned))
-    assert result.pruned and result.name == "reg_test-target" and "beats the full source" in result.message
+    assert result.pruned and result.name == "reg_test-target" and "pruned source is champion" in result.message
     client = MlflowClient()
     version = client.get_model_version_by_alias(result.name, CHAMPION)
     assert str(version.version) == result.version
@@ -111,12 +160,12 @@ def test_pruned_champion_round_trip_in_a_fresh_process(grid):
 
 
 def test_full_source_is_champion_when_pruning_does_not_win_on_validation(grid):
-    runner, runs, selection, _ = grid
-    losing = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], beats_full=False,
-                     val_acc=selection.full_val_acc - 0.01,
+    runner, runs, selection, _, _ = grid
+    losing = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], is_champion=False,
+                     reason="the best pruned source did not beat the full source; so the full source is champion",
                      model_run_id=runs.table.run_id[runs.table.k == 1].iloc[0])
     result = register_champion(parent_with(runner, losing), name="fallback")
-    assert not result.pruned and "full-source model is registered as champion" in result.message
+    assert not result.pruned and "so the full source is champion" in result.message
     version = MlflowClient().get_model_version_by_alias("fallback", CHAMPION)
     assert version.tags["pruned"] == "false" and version.tags["k"] == "0"
     assert version.tags["source_run_id"] == losing.full_run_id
@@ -124,7 +173,7 @@ def test_full_source_is_champion_when_pruning_does_not_win_on_validation(grid):
 
 
 def test_registering_again_reuses_the_version(grid):
-    runner, _, selection, _ = grid
+    runner, _, selection, _, _ = grid
     run_id = parent_with(runner, selection)
     first = register_champion(run_id, name="again")
     second = register_champion(run_id, name="again")
@@ -134,7 +183,7 @@ def test_registering_again_reuses_the_version(grid):
 
 
 def test_bad_runs_are_refused_clearly(grid):
-    runner, runs, _, _ = grid
+    runner, runs, _, _, _ = grid
     with pytest.raises(ConfigError, match="is a counterfactual_run run, not a counterfactual run"):
         register_champion(runs.table.run_id.iloc[0])
     with pytest.raises(ConfigError, match="there is no MLflow run"):

@@ -84,7 +84,8 @@ def assert_complete_sweep(n_models):
 
 def test_sigkill_mid_sweep_then_resume_trains_only_what_is_missing(tracking, tmp_path):
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(sweep_command("--n-models", "3"), stdout=log, stderr=subprocess.STDOUT, env=one_thread_env())
+        proc = subprocess.Popen(sweep_command("--n-models", "3"), stdout=log, stderr=subprocess.STDOUT,
+                                env=one_thread_env())
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
             statuses = [r.info.status for r in sweep_runs()]
@@ -98,7 +99,8 @@ def test_sigkill_mid_sweep_then_resume_trains_only_what_is_missing(tracking, tmp
     finished_before = {r.info.run_id for r in sweep_runs() if r.info.status == "FINISHED"}
     assert len(orphans) == 1 and 1 <= len(finished_before) < 3
 
-    done = subprocess.run(sweep_command("--n-models", "3"), capture_output=True, text=True, timeout=300, env=one_thread_env())
+    done = subprocess.run(sweep_command("--n-models", "3"), capture_output=True, text=True, timeout=300,
+                          env=one_thread_env())
     assert done.returncode == 0, done.stderr[-2000:]
     parent = assert_complete_sweep(3)
     orphan = MlflowClient().get_run(orphans[0])

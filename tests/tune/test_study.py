@@ -22,7 +22,7 @@ from transfer_core.train import accuracy
 from transfer_core.train.models import Normalized
 from transfer_core.execute import SubsetRunner
 from transfer_core.tune.space import SearchSpace
-from transfer_core.track import KIND_TAG, artifact_path
+from transfer_core.track import KIND_TAG, artifact_path, run_filter
 from transfer_core.train.loop import seed_everything
 from transfer_core.train import evaluate_split, transfer
 from transfer_core.tune.backbone import TrialFitter, reuse_backbone
@@ -60,7 +60,8 @@ def store(tmp_path_factory):
 
 
 def journal_study(name):
-    return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(f"mlruns/optuna/{name}.journal")))
+    storage = JournalStorage(JournalFileBackend(f"mlruns/optuna/{name}.journal"))
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def children(study_name):
@@ -219,7 +220,7 @@ def test_hand_over_to_other_commands_logs_the_tuned_values(resumed):
     config, _, second = resumed
     experiment_id = MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id
     latest = find_tune_run(experiment_id)
-    finished = MlflowClient().search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'tune' and attributes.status = 'FINISHED'")
+    finished = MlflowClient().search_runs([experiment_id], run_filter("tune", "FINISHED"))
     assert latest.info.start_time == max(r.info.start_time for r in finished)
     assert recipe_from("latest", EXPERIMENT) == tuned_recipe(experiment_id, latest.info.run_id)
     assert recipe_from(" latest ", EXPERIMENT).run_id == latest.info.run_id and recipe_from("", EXPERIMENT) is None

@@ -27,7 +27,7 @@ def experiment(tmp_path_factory, data_root):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "WORKDIR": str(work), "OUT": str(work / "results"), "TRANSFER_CORE_DATA": str(data_root),
            "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlruns/mlflow.db", "EXPERIMENT": "ci_cifar",
-           "N_MODELS": "16", "WORKERS": "1", "TUNE_TRIALS": "2", "KS": "0,3", "SEEDS": "2", "BOOTSTRAP": "20",
+           "N_MODELS": "16", "WORKERS": "1", "TUNE_TRIALS": "2", "KS": "0,3", "SEEDS": "3", "BOOTSTRAP": "20",
            "MIN_RUNS": "2", "SET": TINY}
     first = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -48,7 +48,7 @@ def run_id(text: str, step: str) -> str:
 
 def test_every_step_ran_and_a_rerun_trains_nothing(experiment):
     work, first, again = experiment
-    for step in ("1/5 tune", "2/5 sweep", "3/5 analyze", "4/5 counterfactual", "5/5 publish"):
+    for step in ("1/6 tune", "2/6 sweep", "3/6 analyze", "4/6 counterfactual", "5/6 register", "6/6 publish"):
         assert step in first
     client = MlflowClient()
     experiment_id = client.get_experiment_by_name("ci_cifar").experiment_id
@@ -56,7 +56,8 @@ def test_every_step_ran_and_a_rerun_trains_nothing(experiment):
     assert len(subset) == 16 and {r.info.status for r in subset} == {"FINISHED"}  # rerun: no new sweep
     analyses = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'analysis'")
     assert len(analyses) == 1 and f"reusing analysis run {analyses[0].info.run_id}" in again
-    assert "8 runs (0 trained here, 8 reused or trained elsewhere)" in again  # the counterfactual grid: 2 full + 3 orders x 2 seeds
+    # the counterfactual grid: 3 full + 3 orders x 3 seeds
+    assert "12 runs (0 trained here, 12 reused or trained elsewhere)" in again
 
 
 def test_results_name_the_runs_and_show_every_figure(experiment):
@@ -87,11 +88,11 @@ def test_accuracy_is_the_mean_of_the_logged_full_source_runs(experiment):
     children = client.search_runs([parent.info.experiment_id], "tags.`transfer_core.kind` = 'counterfactual_run' and "
                                   f"tags.counterfactual_id = '{parent.data.tags['counterfactual_id']}'")
     full = [r.data.metrics["target_test_acc"] for r in children if r.data.tags["order"] == "full"]
-    assert len(full) == 2
-    row = re.search(r"\| full source \(k = 0\) \| 2 \| [^|]+ \| ([0-9.]+) \[", text).group(1)
+    assert len(full) == 3
+    row = re.search(r"\| full source \(k = 0\) \| 3 \| [^|]+ \| ([0-9.]+) \[", text).group(1)
     assert float(row) == pytest.approx(100 * np.mean(full), abs=0.005)
     for order in ("bottom", "top", "random"):
-        assert re.search(rf"\| {order} \| 3 \| 2 \| [0-9.]+ \[[0-9.]+, [0-9.]+\] \|", text)
+        assert re.search(rf"\| {order} \| 3 \| 3 \| [0-9.]+ \[[0-9.]+, [0-9.]+\] \|", text)
 
 
 def test_top_classes_are_the_analysis_run_influences(experiment):

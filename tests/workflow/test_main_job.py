@@ -32,7 +32,7 @@ def main_job(tmp_path_factory):
     env.pop("MLFLOW_RUN_ID", None)
     (work / "mlruns").mkdir()
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "profile=synthetic",
-               "-P", "n_models=16", "-P", "ks=0,1,2", "-P", "tune_trials=2", "-P", "seeds=1",
+               "-P", "n_models=16", "-P", "ks=0,1", "-P", "orders=bottom", "-P", "tune_trials=2", "-P", "seeds=3",
                "-P", "overrides=pretrain.epochs=2,transfer.epochs=4"]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -75,7 +75,8 @@ def test_the_readme_model_loading_snippet_runs_as_written(main_job, data_root):
 def test_rerunning_main_reuses_every_step(main_job):
     work, env, _ = main_job
     command = [sys.executable, "-m", "transfer_core.cli", "main", "--profile", "synthetic", "--n-models", "16",
-               "--ks", "0,1,2", "--tune-trials", "2", "--seeds", "1", "--set", "pretrain.epochs=2,transfer.epochs=4"]
+               "--ks", "0,1", "--orders", "bottom", "--tune-trials", "2", "--seeds", "3",
+               "--set", "pretrain.epochs=2,transfer.epochs=4"]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     for step in STEPS:

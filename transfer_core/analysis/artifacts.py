@@ -26,10 +26,13 @@ from transfer_core.analysis import figures, findings, report
 from transfer_core.analysis.estimate import AnalysisOptions, Estimates, estimate
 from transfer_core.analysis.influence import spearman
 from transfer_core.config import ConfigError, RunConfig
-from transfer_core.data import ImageSet, channel_stats, load_split, sample_per_class
+from transfer_core.data import (ImageSet, channel_stats, load_split, sample_per_class,
+                                validation_halves)
 from transfer_core.track import CHECKPOINT_ARTIFACT, artifact_path, load_checkpoint
 
-RANKING_ARTIFACT = "class_influence.csv"
+RANKING_ARTIFACT = "class_influence.csv"  # fitted on the test split: the findings
+SELECTION_ARTIFACT = "class_influence_validation.csv"  # fitted on the validation ranking half: what chooses removals
+SPLIT_NOTE = "fitted on the target test split (findings only; nothing is chosen on it)"
 MATRIX_ARTIFACT = "influence_matrix.npy"
 REPORT_ARTIFACT = "report.html"
 GRID_CLASSES = 3  # top positive and top negative source classes shown per target class
@@ -48,7 +51,8 @@ class Context:
     options: AnalysisOptions
     est: Estimates
     test: ImageSet  # the target test split, at the runs' resolution
-    source: ImageSet  # the source train split, at the runs' resolution
+    source: ImageSet  # the source images the runs trained on (the per-class sample), at the runs' resolution
+    sample: np.ndarray  # (len(source),) their indices in the full source train split
     data_root: object = None
     device: object = None
     sections: list[report.Section] = field(default_factory=list)
@@ -117,10 +121,10 @@ def write_class_influence(ctx: Context) -> None:
     for name, array in arrays.items():
         np.save(root / name, array.astype(np.float32))
     table = findings.class_influence(est.aggregates, options.output)
-    table.to_csv(root / RANKING_ARTIFACT, index=False)
-    est.aggregates.to_csv(root / "class_aggregates.csv", index=False)
+    table.assign(split="test").to_csv(root / RANKING_ARTIFACT, index=False)
+    est.aggregates.assign(split="test").to_csv(root / "class_aggregates.csv", index=False)
     lists = findings.ranked_lists(table, options.top_k)
-    (root / "ranking.json").write_text(json.dumps({"output": options.output,
+    (root / "ranking.json").write_text(json.dumps({"output": options.output, "split": "test",
                                                    "sign": "positive = including the class helps", **lists}, indent=1))
     figures.ranking(pd.DataFrame(lists["most_helpful"], columns=table.columns),
                     pd.DataFrame(lists["most_detrimental"], columns=table.columns), options.output,
@@ -129,7 +133,7 @@ def write_class_influence(ctx: Context) -> None:
     ctx.sections.append(report.Section(
         "Class influence on the whole target",
         f"Difference of means of each run's mean {options.output} over the target test set, between runs that kept "
-        f"the class and runs that did not; intervals at {options.confidence:.0%} ({interval}). "
+        f"the class and runs that did not; intervals at {options.confidence:.0%} ({interval}); {SPLIT_NOTE}. "
         "class_aggregates.csv also holds the effect on target accuracy and on each target class.",
         [RANKING_ARTIFACT, "class_aggregates.csv", "ranking.json", "ranking.png", *arrays], ["ranking.png"],
         table.head(2 * options.top_k)))
@@ -141,6 +145,27 @@ def write_class_influence(ctx: Context) -> None:
     ctx.table = table
     ctx.summary.update(top_influence=float(table["influence"].iloc[0]),
                        bottom_influence=float(table["influence"].iloc[-1]))
+
+
+def write_selection_ranking(ctx: Context) -> None:
+    """The ranking counterfactuals remove classes by: fitted on the validation split's ranking half only."""
+    est, options = ctx.est, ctx.options
+    if est.selection is None:
+        ctx.sections.append(report.Section(
+            "Class ranking for counterfactuals", "The runs recorded no validation outputs (they predate them), so "
+            "there is no held-out ranking to choose removals by; rerun the sweep to record them.", [], []))
+        return
+    est.selection.assign(split="validation-ranking-half").to_csv(ctx.root / SELECTION_ARTIFACT, index=False)
+    est.selection_stability.to_csv(ctx.root / "rank_stability_validation.csv", index=False)
+    last = est.selection_stability["spearman_mean"].iloc[-1] if len(est.selection_stability) else np.nan
+    ctx.summary.update(selection_split_half_spearman=float(last), n_selection_targets=est.n_selection_targets)
+    ctx.sections.append(report.Section(
+        "Class ranking for counterfactuals (validation, ranking half)",
+        f"The same estimator fitted on the ranking half of the target validation split ({est.n_selection_targets} "
+        "examples): this ranking, never the test split's, chooses which classes a counterfactual removes; the "
+        "other half of the validation split chooses and gates the pruned source, and the test split only scores "
+        f"it. Split-half Spearman of this ranking at the largest half: {last:.3f}.",
+        [SELECTION_ARTIFACT, "rank_stability_validation.csv"], [], est.selection.head(2 * options.top_k)))
 
 
 def write_heatmap(ctx: Context) -> None:
@@ -244,6 +269,8 @@ def write_near_duplicates(ctx: Context) -> None:
     dup_test = load_split(config.data.target, "test", options.duplicate_resolution, ctx.data_root)
     dup_source = load_split(config.data.source, "train", options.duplicate_resolution, ctx.data_root)
     dups = findings.near_duplicates(dup_test, dup_source, options.duplicate_threshold)
+    dups.insert(4, "in_training_sample", np.isin(dups["source_index"].to_numpy(), ctx.sample))
+    dups = dups.sort_values(["in_training_sample", "exact", "similarity"], ascending=False, kind="stable")
     dups.to_csv(ctx.root / "near_duplicates.csv", index=False)
     dup_rows = []
     for test_index, matches in list(dups.groupby("test_index", sort=False))[:PICTURE_ROWS]:
@@ -254,10 +281,14 @@ def write_near_duplicates(ctx: Context) -> None:
                          images))
     figures.pairs(dup_rows, "Near duplicates: a target test image (left) and its copies or nearest image in the "
                   "source", ctx.root / "near_duplicates.png")
-    ctx.summary.update(n_exact_duplicates=int(dups["exact"].sum()), n_near_duplicates=int((~dups["exact"]).sum()))
+    trained = dups["in_training_sample"]
+    ctx.summary.update(n_exact_duplicates=int(dups["exact"].sum()), n_near_duplicates=int((~dups["exact"]).sum()),
+                       n_duplicates_trained_on=int(trained.sum()))
     ctx.sections.append(report.Section(
-        "Near duplicates", f"The whole target test set against the source train set at "
-        f"{options.duplicate_resolution} px; exact copies are always listed.",
+        "Near duplicates", f"The whole target test set against the whole source train split at "
+        f"{options.duplicate_resolution} px; exact copies are always listed. in_training_sample says whether the "
+        f"source image was among the {len(ctx.sample)} images the runs trained on "
+        f"({int(trained.sum())} of {len(dups)} were): only those can leak into a model.",
         ["near_duplicates.csv", "near_duplicates.png"], ["near_duplicates.png"], dups.head(15)))
 
 
@@ -269,25 +300,28 @@ def write_stability(ctx: Context) -> None:
     est.datamodel.to_csv(root / "datamodel.csv", index=False)
     figures.datamodel(est.datamodel, ctx.options.output, root / "datamodel.png")
     agreement = spearman(est.datamodel["difference_of_means"].to_numpy(), est.datamodel["ridge"].to_numpy())
+    ridge = est.ridge
     (root / "datamodel.json").write_text(json.dumps({
-        "penalty": est.ridge.lam, "penalties": est.ridge.lambdas.tolist(),
-        "holdout_mse": est.ridge.holdout_mse.tolist(), "spearman_with_difference_of_means": agreement}, indent=1))
+        "penalty": ridge.lam, "penalties": ridge.lambdas.tolist(), "holdout_mse": ridge.holdout_mse.tolist(),
+        "penalty_at_edge": ridge.at_edge, "note": ridge.edge_note, "split": "test",
+        "spearman_with_difference_of_means": agreement}, indent=1))
     ctx.sections.append(report.Section(
         "Uncertainty and a second estimator", "Rank stability: Spearman correlation of the class rankings from two "
         "disjoint halves of the runs, by runs per half. Datamodel: ridge regression of each output on the masks, its "
-        "penalty chosen on held-out runs.", ["rank_stability.csv", "rank_stability.png", "datamodel.csv",
-                                             "datamodel.json", "datamodel.png"],
-        ["rank_stability.png", "datamodel.png"], est.stability))
+        f"penalty chosen on held-out runs ({ridge.lam:.3g}); {ridge.edge_note}. Spearman with the difference of "
+        f"means: {agreement:.3f}.", ["rank_stability.csv", "rank_stability.png", "datamodel.csv", "datamodel.json",
+                                      "datamodel.png"], ["rank_stability.png", "datamodel.png"], est.stability))
     ctx.summary.update(split_half_spearman=float(est.stability["spearman_mean"].iloc[-1]) if len(est.stability)
-                       else np.nan, datamodel_spearman=agreement)
+                       else np.nan, datamodel_spearman=agreement, datamodel_penalty_at_edge=float(ridge.at_edge))
 
 
-WRITERS = [write_class_influence, write_heatmap, write_image_grids, write_misleading, write_subpopulations,
-           write_leakage_candidates, write_near_duplicates, write_stability]
+WRITERS = [write_class_influence, write_selection_ranking, write_heatmap, write_image_grids, write_misleading,
+           write_subpopulations, write_leakage_candidates, write_near_duplicates, write_stability]
 
 
-def load_images(config: RunConfig, runs, data_root) -> tuple[ImageSet, ImageSet]:
-    """The target test and source train splits, checked to be the ones the runs used."""
+def load_images(config: RunConfig, runs, data_root) -> tuple[ImageSet, ImageSet, np.ndarray]:
+    """The target test split and the source images the runs trained on (with their indices in the
+    source train split), checked to be the ones the runs used."""
     test = load_split(config.data.target, "test", config.data.resolution, data_root)
     source = load_split(config.data.source, "train", config.data.resolution, data_root)
     if not np.array_equal(test.labels.numpy(), runs.target_labels):
@@ -296,7 +330,8 @@ def load_images(config: RunConfig, runs, data_root) -> tuple[ImageSet, ImageSet]
     if list(source.class_names) != list(runs.source_classes):
         raise ConfigError(f"the source classes of {config.data.source} here differ from the runs' "
                           "source_classes.json; point --data-root at the data the sweep used")
-    return test, source
+    sample = sample_per_class(source.labels, config.data.source_images_per_class, config.data.split_seed)
+    return test, source.select(sample), sample.numpy()
 
 
 def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options: AnalysisOptions, data_root, device,
@@ -314,17 +349,20 @@ def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options:
         start = time.perf_counter()
         bar.update()
 
-    test, source = load_images(config, runs, data_root)
+    test, source, sample = load_images(config, runs, data_root)
     done("load_images")
-    est = estimate(runs.masks, runs.outputs, runs.target_labels, runs.source_classes, test.class_names, options)
+    halves = None if runs.val_labels is None else validation_halves(runs.val_labels, config.data.split_seed)
+    est = estimate(runs.masks, runs.outputs, runs.target_labels, runs.source_classes, test.class_names, options,
+                   runs.val_outputs, halves)
     done("estimate")
-    ctx = Context(root, sweep_id, runs, config, options, est, test, source, data_root, device)
+    ctx = Context(root, sweep_id, runs, config, options, est, test, source, sample, data_root, device)
     ctx.summary.update(n_runs=len(runs), n_targets=est.influence.shape[0], n_classes=est.influence.shape[1])
     for writer in WRITERS:
         writer(ctx)
         done(writer.__name__.removeprefix("write_"))
-    (root / "summary.json").write_text(json.dumps({"sweep_id": sweep_id, "output": options.output, **ctx.summary,
-                                                   "run_ids": runs.run_ids}, indent=1))
+    splits = {"findings_split": "test", "selection_split": "validation, ranking half" if halves is not None else None}
+    (root / "summary.json").write_text(json.dumps({"sweep_id": sweep_id, "output": options.output, **splits,
+                                                   **ctx.summary, "run_ids": runs.run_ids}, indent=1))
     report.write(root, f"Analysis of {len(runs)} runs ({options.output})", {
         "source": config.data.source, "target": config.data.target, "transfer mode": config.transfer.mode,
         "runs": str(len(runs)), "output": options.output, "bootstrap resamples": str(options.bootstrap),

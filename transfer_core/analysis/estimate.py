@@ -62,6 +62,27 @@ class Estimates:
     stability: pd.DataFrame  # n_runs_per_half, spearman_mean, spearman_std
     ridge: influence.Ridge  # the datamodel of the chosen output
     datamodel: pd.DataFrame  # class_index, class_name, difference_of_means, ridge (whole target)
+    # The ranking that chooses classes to remove, fitted on the ranking half of the validation
+    # split (never on test): rows as class_influence.csv; None when the runs recorded no validation.
+    selection: pd.DataFrame | None = None
+    selection_stability: pd.DataFrame | None = None  # its split-half curve, like ``stability``
+    n_selection_targets: int = 0  # validation examples the selection ranking was fitted on
+
+
+def whole_target_ranking(masks: np.ndarray, outputs: np.ndarray, class_names: list[str], options: AnalysisOptions,
+                         weights: np.ndarray | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Class influence on the mean of ``outputs (n_models, n_targets)`` over all targets, best first,
+    with its intervals (``weights``: bootstrap resampling counts, or None for Welch intervals), and the
+    split-half stability of that ranking."""
+    means = influence.group_means(outputs, np.ones((outputs.shape[1], 1), bool))
+    est = influence.difference_of_means(masks, means)
+    draws = influence.bootstrap_draws(masks, means, weights) if weights is not None else None
+    table = findings.aggregate_table(options.output, [findings.ALL], class_names, est.influence, est.std_error,
+                                     draws, options.confidence)
+    curve = influence.split_half_stability(masks, means, seed=options.seed)
+    stability = pd.DataFrame({"n_runs_per_half": curve["n_runs"], "spearman_mean": curve["spearman_mean"],
+                              "spearman_std": curve["spearman_std"]})
+    return findings.class_influence(table, options.output), stability
 
 
 def target_groups(labels: np.ndarray, n_target_classes: int) -> np.ndarray:
@@ -70,12 +91,15 @@ def target_groups(labels: np.ndarray, n_target_classes: int) -> np.ndarray:
 
 
 def estimate(masks: np.ndarray, outputs: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str],
-             target_names: list[str], options: AnalysisOptions) -> Estimates:
+             target_names: list[str], options: AnalysisOptions, val_outputs: dict[str, np.ndarray] | None = None,
+             ranking_half: np.ndarray | None = None) -> Estimates:
     """All influence estimates of one sweep, from ``CollectedRuns``-shaped arrays.
 
-    ``masks`` ``(n_models, n_classes)`` bool; ``outputs[name]`` ``(n_models, n_targets)``;
-    ``labels`` ``(n_targets,)`` target classes. Aggregates cover the chosen output and, when
-    that is not ``correct``, accuracy too.
+    ``masks`` ``(n_models, n_classes)`` bool; ``outputs[name]`` ``(n_models, n_targets)`` on the
+    test split; ``labels`` ``(n_targets,)`` target classes. Aggregates cover the chosen output
+    and, when that is not ``correct``, accuracy too. With ``val_outputs[name]`` ``(n_models,
+    n_val)`` and ``ranking_half`` ``(n_val,)`` bool, the selection ranking is fitted on the
+    validation examples of the ranking half only.
     """
     chosen = outputs[options.output]
     per_example = influence.difference_of_means(masks, chosen)
@@ -97,5 +121,12 @@ def estimate(masks: np.ndarray, outputs: dict[str, np.ndarray], labels: np.ndarr
     ridge = influence.ridge_datamodel(masks, chosen, seed=options.seed)
     datamodel = pd.DataFrame({"class_index": np.arange(len(class_names)), "class_name": class_names,
                               "difference_of_means": per_example.influence.mean(0), "ridge": ridge.coef.mean(0)})
+    selection = selection_stability = None
+    n_selection = 0
+    if val_outputs is not None and ranking_half is not None:
+        fitted_on = val_outputs[options.output][:, np.asarray(ranking_half, bool)]
+        selection, selection_stability = whole_target_ranking(masks, fitted_on, class_names, options, weights)
+        n_selection = fitted_on.shape[1]
     return Estimates(options.output, per_example.influence, per_example.std_error, boot_se,
-                     pd.concat(tables, ignore_index=True), stability, ridge, datamodel)
+                     pd.concat(tables, ignore_index=True), stability, ridge, datamodel, selection,
+                     selection_stability, n_selection)

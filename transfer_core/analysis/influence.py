@@ -196,8 +196,19 @@ class Ridge:
     coef: np.ndarray
     intercept: np.ndarray  # (n_targets,)
     lam: float  # chosen penalty, per run (the fitted objective is mean squared error + lam * |w|^2)
-    lambdas: np.ndarray  # the grid tried
+    lambdas: np.ndarray  # the grid tried, ascending
     holdout_mse: np.ndarray  # (n_lambdas,) held-out mean squared error, averaged over targets
+    at_edge: bool = False  # the chosen penalty is the smallest or largest tried (held-out error still falling)
+
+    @property
+    def edge_note(self) -> str:
+        """What the choice means for the comparison with the difference of means, in one sentence."""
+        if not self.at_edge:
+            return "the penalty was chosen inside the grid, so the datamodel is a fit of its own"
+        if self.lam == self.lambdas.max():
+            return ("the penalty sits at the largest value tried, where ridge coefficients are proportional to the "
+                    "difference of means: their agreement holds by construction and corroborates nothing")
+        return "the penalty sits at the smallest value tried: the datamodel is barely regularised"
 
 
 def _ridge_solver(x: np.ndarray):
@@ -217,21 +228,9 @@ def holdout_split(n_models: int, holdout: float, seed: int) -> tuple[np.ndarray,
     return order[n_held:], order[:n_held]
 
 
-def ridge_datamodel(masks, outputs, lambdas=None, holdout: float = 0.2, seed: int = 0,
-                    chunk_size: int = DEFAULT_CHUNK) -> Ridge:
-    """Fit one ridge regression per target on the masks, sharing one penalty for all targets.
-
-    The penalty (per run: ``lam * n_models`` on the sum of squares) is the one with the
-    lowest mean squared error on a random ``holdout`` share of the runs, after fitting on
-    the rest; the model is then refitted on all runs.
-    """
-    masks = _as_masks(masks)
-    outputs = np.asarray(outputs)
-    _check_pair(masks, outputs)
-    x = masks.astype(np.float64)
-    lambdas = np.asarray(lambdas if lambdas is not None else np.logspace(-4, 1, 11), np.float64)
-    fit, held = holdout_split(len(x), holdout, seed)
-    n_held = len(held)
+def _holdout_mse(x: np.ndarray, outputs: np.ndarray, fit: np.ndarray, held: np.ndarray, lambdas: np.ndarray,
+                 chunk_size: int) -> np.ndarray:
+    """Held-out mean squared error ``(n_lambdas,)`` of ridge fits on the ``fit`` runs, averaged over targets."""
     mse = np.zeros(len(lambdas))
     mean_x, s, v = _ridge_solver(x[fit])
     xh = (x[held] - mean_x) @ v  # (n_held, C) in the eigenbasis
@@ -242,8 +241,44 @@ def ridge_datamodel(masks, outputs, lambdas=None, holdout: float = 0.2, seed: in
         for i, lam in enumerate(lambdas):
             pred = xh @ (proj / (s + lam * len(fit))[:, None]) + y[fit].mean(0)
             mse[i] += ((y[held] - pred) ** 2).sum()
-    mse /= n_held * outputs.shape[1]
-    best = float(lambdas[int(np.argmin(mse))])
+    return mse / (len(held) * outputs.shape[1])
+
+
+RIDGE_GRID = np.logspace(-4, 1, 11)  # penalties per run tried first
+RIDGE_LIMITS = (1e-8, 1e6)  # how far the grid widens while the held-out error still falls at an edge
+
+
+def ridge_datamodel(masks, outputs, lambdas=None, holdout: float = 0.2, seed: int = 0,
+                    chunk_size: int = DEFAULT_CHUNK, widen: bool = True) -> Ridge:
+    """Fit one ridge regression per target on the masks, sharing one penalty for all targets.
+
+    The penalty (per run: ``lam * n_models`` on the sum of squares) is the one with the
+    lowest mean squared error on a random ``holdout`` share of the runs, after fitting on
+    the rest; the model is then refitted on all runs. When the best penalty is at an edge of
+    the grid and ``widen``, the grid grows past that edge by factors of 10 (up to
+    :data:`RIDGE_LIMITS`) until the choice is interior; ``Ridge.at_edge`` says when it never is.
+    """
+    masks = _as_masks(masks)
+    outputs = np.asarray(outputs)
+    _check_pair(masks, outputs)
+    x = masks.astype(np.float64)
+    lambdas = np.sort(np.asarray(lambdas if lambdas is not None else RIDGE_GRID, np.float64))
+    fit, held = holdout_split(len(x), holdout, seed)
+    mse = _holdout_mse(x, outputs, fit, held, lambdas, chunk_size)
+    while widen:
+        best_index = int(np.argmin(mse))
+        if best_index == len(lambdas) - 1 and lambdas[-1] * 10 <= RIDGE_LIMITS[1]:
+            extra = np.array([lambdas[-1] * 10])
+        elif best_index == 0 and lambdas[0] / 10 >= RIDGE_LIMITS[0]:
+            extra = np.array([lambdas[0] / 10])
+        else:
+            break
+        extra_mse = _holdout_mse(x, outputs, fit, held, extra, chunk_size)
+        lambdas, mse = np.concatenate([lambdas, extra]), np.concatenate([mse, extra_mse])
+        order = np.argsort(lambdas)
+        lambdas, mse = lambdas[order], mse[order]
+    best_index = int(np.argmin(mse))
+    best = float(lambdas[best_index])
     mean_x, s, v = _ridge_solver(x)
     coef = np.empty((outputs.shape[1], x.shape[1]), np.float32)
     intercept = np.empty(outputs.shape[1], np.float32)
@@ -252,7 +287,7 @@ def ridge_datamodel(masks, outputs, lambdas=None, holdout: float = 0.2, seed: in
         w = v @ ((v.T @ ((x - mean_x).T @ (y - y.mean(0)))) / (s + best * len(x))[:, None])  # (C, chunk)
         coef[lo:lo + chunk_size] = w.T
         intercept[lo:lo + chunk_size] = y.mean(0) - mean_x @ w
-    return Ridge(coef, intercept, best, lambdas, mse)
+    return Ridge(coef, intercept, best, lambdas, mse, at_edge=best_index in (0, len(lambdas) - 1))
 
 
 def rankdata(x: np.ndarray) -> np.ndarray:

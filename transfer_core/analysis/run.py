@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from transfer_core.analysis import influence
-from transfer_core.analysis.artifacts import RANKING_ARTIFACT, REPORT_ARTIFACT, write_artifacts
+from transfer_core.analysis.artifacts import RANKING_ARTIFACT, REPORT_ARTIFACT, SELECTION_ARTIFACT, write_artifacts
 from transfer_core.analysis.estimate import AnalysisOptions
 from transfer_core.config import ConfigError, RunConfig, from_params
 from transfer_core.sweep import collect_sweep, find_sweeps
@@ -155,15 +155,27 @@ def find_analysis_run(client: MlflowClient, experiment_id: str, run_id: str | No
     return run
 
 
-def class_ranking(analysis_run_id: str) -> pd.DataFrame:
-    """The ``class_influence.csv`` table of an analysis run: one row per source class, best first.
+RANKINGS = {"validation": SELECTION_ARTIFACT, "test": RANKING_ARTIFACT}
 
-    Columns ``class_index, class_name, influence, std_error, ci_low, ci_high``; influence on
-    target accuracy when the run's output was ``correct``, else on that output.
+
+def class_ranking(analysis_run_id: str, split: str = "validation") -> pd.DataFrame:
+    """A class ranking of an analysis run: one row per source class, most helpful first.
+
+    ``split="validation"`` (the default): fitted on the ranking half of the validation split,
+    the ranking that chooses which classes a counterfactual removes. ``split="test"``: the
+    ``class_influence.csv`` of the findings, which chooses nothing. Columns ``class_index,
+    class_name, influence, std_error, ci_low, ci_high, split``; influence on target accuracy
+    when the run's output was ``correct``, else on that output.
     """
+    if split not in RANKINGS:
+        raise ConfigError(f"unknown ranking split {split!r}; choose one of {', '.join(RANKINGS)}")
     run = get_analysis_run(MlflowClient(), analysis_run_id)
-    path = artifact_path(run, RANKING_ARTIFACT)
+    path = artifact_path(run, RANKINGS[split])
     if not Path(path).is_file():
-        raise ConfigError(f"analysis run {analysis_run_id} has no {RANKING_ARTIFACT} (status {run.info.status}); "
+        if split == "validation" and artifact_path(run, RANKING_ARTIFACT).is_file():
+            raise ConfigError(f"analysis run {analysis_run_id} has no validation ranking ({SELECTION_ARTIFACT}): its "
+                              "sweep's runs recorded no validation outputs; rerun the sweep with this version and "
+                              "analyse it again, so that no class is chosen on the test split")
+        raise ConfigError(f"analysis run {analysis_run_id} has no {RANKINGS[split]} (status {run.info.status}); "
                           "rerun `transfer-core analyze`")
     return pd.read_csv(path)

@@ -10,7 +10,7 @@ import os
 
 import click
 
-from transfer_core.cli.options import (TEXT, Choice, FloatRange, IntRange, config_options,
+from transfer_core.cli.options import (TEXT, Choice, FloatRange, IntRange, config_options, evidence_options,
                                        execution_settings, executor_options, experiment_option, friendly_errors,
                                        given, merge_overrides, profile_option, progress_option, set_option,
                                        store_options, transfer_params_option)
@@ -260,20 +260,24 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
 @set_option
 @transfer_params_option
 @executor_options
+@evidence_options
 @store_options
 @progress_option
 @friendly_errors
 def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides, transfer_params_from,
-                           executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, data_root,
-                           tracking_uri, progress):
+                           executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, min_seeds,
+                           stability_threshold, data_root, tracking_uri, progress):
     """Retrain without the classes an analysis ranks most detrimental / helpful / at random.
 
-    Each (order, k, seed) is one child run of a counterfactual parent run, which gets a
-    plot of target test accuracy against k, tables, and the pruned source chosen on
-    validation accuracy. Rerunning the same command trains only the missing points; two
+    Classes are removed by the analysis's validation ranking (fitted on one half of the
+    validation split); the other half chooses k and must show the gain before a pruned source
+    is champion; test accuracy is reported, never used to choose. Each (order, k, seed) is one
+    child run of a counterfactual parent run, which gets a plot of target test accuracy against
+    k, tables and the selection. Rerunning the same command trains only the missing points; two
     commands at once share the grid without training a point twice.
     """
     from transfer_core.counterfactual import CounterfactualPlan, counterfactual_from_analysis
+    from transfer_core.counterfactual.summary import EvidenceRule
     from transfer_core.counterfactual.grid import parse_list
     from transfer_core.track import setup_tracking
     from transfer_core.tune import recipe_from
@@ -289,7 +293,10 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
     outcome = counterfactual_from_analysis(experiment, plan, analysis_run_id=analysis_run_id, profile=profile,
                                            overrides=merged, data_root=data_root,
                                            invocation_run_id=invocation_run_id(), execution=execution,
-                                           progress=progress)
+                                           rule=EvidenceRule(**given(min_seeds=min_seeds)),
+                                           **given(stability_threshold=stability_threshold), progress=progress)
+    for warning in outcome.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     runs = outcome.runs
     click.echo(f"counterfactual {runs.counterfactual_id} (run {runs.parent_run_id}) of analysis "
                f"{outcome.analysis_run_id}: {len(runs.table)} runs ({runs.n_trained} trained here, "
@@ -302,20 +309,28 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
               help="Counterfactual run whose chosen model to register. Default: the experiment's latest "
                    "FINISHED counterfactual run.")
 @click.option("--name", type=TEXT, default=None, help="Registered model name. Default: <experiment>-target.")
+@evidence_options
 @store_options
 @friendly_errors
-def register_command(experiment, counterfactual_run_id, name, data_root, tracking_uri):
+def register_command(experiment, counterfactual_run_id, name, min_seeds, stability_threshold, data_root,
+                     tracking_uri):
     """Register the champion target model (alias `champion`) in the MLflow Model Registry.
 
-    The pruned source's model becomes champion only if it beat the full source on
-    validation; otherwise the full-source model does, and the command says so.
+    The pruned source's model becomes champion only when its paired gain on the held-out half
+    of the validation split has a confidence interval above zero over at least --min-seeds
+    seeds; otherwise the full-source model does, and the command says why in one sentence.
     """
+    from transfer_core.counterfactual.summary import EvidenceRule
     from transfer_core.registry import latest_counterfactual_run, register_champion
     from transfer_core.track import setup_tracking
 
     setup_tracking(tracking_uri)
     run_id = counterfactual_run_id or latest_counterfactual_run(experiment or DEFAULT_EXPERIMENT)
-    result = register_champion(run_id, data_root=data_root, name=name, run_id=invocation_run_id())
+    result = register_champion(run_id, data_root=data_root, name=name, run_id=invocation_run_id(),
+                               rule=EvidenceRule(**given(min_seeds=min_seeds)),
+                               **given(stability_threshold=stability_threshold))
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(f"{result.message}\nregistered {result.name} version {result.version}: {result.uri}")
 
 
@@ -333,8 +348,8 @@ def register_command(experiment, counterfactual_run_id, name, data_root, trackin
               help="Counterfactual removal orders.")
 @click.option("--ks", type=TEXT, default=None, show_default="0,10,25",
               help="Counterfactual numbers of removed classes.")
-@click.option("--seeds", type=IntRange(min=1), default=None, show_default="2",
-              help="Counterfactual seeds per grid point.")
+@click.option("--seeds", type=IntRange(min=1), default=None, show_default="3",
+              help="Counterfactual seeds per grid point (a champion needs at least 3).")
 @store_options
 @friendly_errors
 def main_job(profile, experiment, overrides, tune_trials, n_models, workers, orders, ks, seeds, data_root,

@@ -156,6 +156,19 @@ def transfer_params_option(fn):
              "recorded on the sweep (tag tune_run_id).")(fn)
 
 
+def evidence_options(fn):
+    """When a pruned source may become champion, and when a ranking counts as unstable."""
+    return _stack(fn, [
+        click.option("--min-seeds", type=IntRange(min=3), default=None, show_default="3",
+                     help="Seeds per grid point a champion needs: a pruned source becomes champion only when its "
+                          "paired gain on the held-out validation half has a confidence interval above zero over at "
+                          "least this many seeds."),
+        click.option("--stability-threshold", type=FloatRange(0, 1), default=None, show_default="0.3",
+                     help="Warn when the class ranking's split-half Spearman (two disjoint halves of the runs) is "
+                          "below this: the removed classes are then largely noise."),
+    ])
+
+
 def progress_option(fn):
     return click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(fn)
 

@@ -8,7 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from transfer_core.counterfactual.grid import FULL, ORDERS
-from transfer_core.counterfactual.summary import Selection, select, summarize
+from transfer_core.counterfactual.summary import EvidenceRule, Selection, select, summarize
 from transfer_core.track import log_metrics
 
 TABLE_ARTIFACT = "counterfactual_runs.csv"
@@ -40,10 +40,12 @@ def plot_accuracy(summary: pd.DataFrame, path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True) -> Selection:
+def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True,
+               rule: EvidenceRule = EvidenceRule(), ranking_split_half: float = float("nan")) -> Selection:
     """Write the tables, plot and selection to the parent run; end it FINISHED if ``finish``."""
     summary = summarize(table)
-    selection = select(table)
+    selection = select(table, rule)
+    selection.ranking_split_half = ranking_split_half
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         table.to_csv(tmp / TABLE_ARTIFACT, index=False)
@@ -54,7 +56,9 @@ def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = T
     values = {"selected_k": selection.k, "selected_val_acc": selection.val_acc,
               "selected_test_acc": selection.test_acc, "full_val_acc": selection.full_val_acc,
               "full_test_acc": selection.full_test_acc, "test_diff": selection.test_diff,
-              "test_diff_ci_low": selection.diff_ci_low, "test_diff_ci_high": selection.diff_ci_high}
+              "test_diff_ci_low": selection.diff_ci_low, "test_diff_ci_high": selection.diff_ci_high,
+              "select_diff": selection.select_diff, "select_diff_ci_low": selection.select_diff_ci_low,
+              "select_diff_ci_high": selection.select_diff_ci_high, "pruned_is_champion": float(selection.is_champion)}
     log_metrics(client, parent_run_id, values)
     client.set_tag(parent_run_id, "selection", selection.describe()[:4900])
     if finish:

@@ -22,11 +22,11 @@ from transfer_core.analysis import class_ranking, find_analysis_run
 from transfer_core.config import ConfigError, RunConfig, build_config, with_overrides
 from transfer_core.counterfactual.grid import CounterfactualPlan, counterfactual_id, ranking_order, removal_set
 from transfer_core.counterfactual.report import log_report
-from transfer_core.counterfactual.summary import Selection
-from transfer_core.data import load_split
+from transfer_core.counterfactual.summary import SELECT_METRIC, EvidenceRule, Selection
+from transfer_core.data import load_split, validation_halves
 from transfer_core.execute import ExecutorSettings, Job, Task, run_tasks
-from transfer_core.track import (DEFAULT_EXPERIMENT, get_experiment_id, latest_run, run_config, run_filter, search_all,
-                                 set_tags)
+from transfer_core.track import (DEFAULT_EXPERIMENT, VAL_OUTPUTS_ARTIFACT, artifact_path, get_experiment_id, latest_run,
+                                 run_config, run_filter, search_all, set_tags)
 from transfer_core.track.claims import settle_parent
 from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, SUBSET_RUN
 
@@ -120,9 +120,20 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
         removed = removal_set(order, k, seed, ranked, config.sweep_seed)
         rows.append({"order": order, "k": k, "seed": seed, "run_id": run.info.run_id,
                      "removed": ";".join(names[i] for i in removed),
-                     **{m: run.data.metrics.get(m, np.nan) for m in METRICS}})
+                     **{m: run.data.metrics.get(m, np.nan) for m in METRICS},
+                     SELECT_METRIC: selection_half_accuracy(run, config.data.split_seed)})
     return CounterfactualRuns(parent, cf_id, pd.DataFrame(rows), names,
                               sum(o.status == "trained" for o in outcomes))
+
+
+def selection_half_accuracy(run, split_seed: int) -> float:
+    """A run's accuracy on the selection half of the validation split (the half no ranking was fitted on)."""
+    path = artifact_path(run, VAL_OUTPUTS_ARTIFACT)
+    if not path.is_file():
+        return float("nan")
+    with np.load(path) as npz:
+        correct, labels = npz["correct"], npz["labels"]
+    return float(correct[~validation_halves(labels, split_seed)].mean())
 
 
 def sweep_config(client: MlflowClient, experiment_id: str, sweep_id: str) -> RunConfig:
@@ -140,19 +151,36 @@ class CounterfactualOutcome:
     selection: Selection
     analysis_run_id: str
     sweep_id: str
+    warnings: list[str]  # e.g. an unstable ranking: one sentence each, for the command to print
+
+
+STABILITY_THRESHOLD = 0.3  # split-half Spearman below which a ranking is called unstable
+
+
+def stability_warning(split_half: float, threshold: float, analysis_run_id: str) -> list[str]:
+    """One sentence when the ranking a step relies on is unstable (split-half Spearman below ``threshold``)."""
+    if not np.isfinite(split_half) or split_half >= threshold:
+        return []
+    return [f"the class ranking of analysis {analysis_run_id} is unstable: two disjoint halves of its runs rank the "
+            f"classes with Spearman {split_half:.2f} (below {threshold}), so the removed classes are largely noise; "
+            "grow the sweep (--n-models) and analyse it again for a ranking worth acting on"]
 
 
 def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, analysis_run_id: str | None = None,
                                  profile: str | None = None, overrides: dict | None = None, data_root=None,
                                  invocation_run_id: str | None = None,
-                                 execution: ExecutorSettings = ExecutorSettings(),
+                                 execution: ExecutorSettings = ExecutorSettings(), rule: EvidenceRule = EvidenceRule(),
+                                 stability_threshold: float = STABILITY_THRESHOLD,
                                  progress: bool = True) -> CounterfactualOutcome:
     """Run (or resume) the counterfactual grid of an analysis run and report it.
 
-    The models are trained with the config of the analysed sweep (so the check uses the
-    recipe the influences were fitted on), or with ``profile`` when given; ``overrides``
-    (dotted fields) apply on top.
+    The classes are removed by the analysis's validation ranking (fitted on the ranking half
+    of the validation split), never by its test-split ranking. The models are trained with the
+    config of the analysed sweep (so the check uses the recipe the influences were fitted on),
+    or with ``profile`` when given; ``overrides`` (dotted fields) apply on top.
     """
+    if not 0 <= stability_threshold <= 1:
+        raise ConfigError(f"--stability-threshold must be a Spearman correlation in [0, 1], got {stability_threshold}")
     client = MlflowClient()
     experiment_id = get_experiment_id(experiment)
     analysis = find_analysis_run(client, experiment_id, analysis_run_id)
@@ -164,9 +192,14 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, a
     else:
         raise ConfigError(f"analysis run {analysis.info.run_id} names no sweep_id, so its recipe is unknown; "
                           "pass --profile")
-    runs = run_counterfactual(config, class_ranking(analysis.info.run_id), plan, experiment=experiment,
+    ranking = class_ranking(analysis.info.run_id, "validation")
+    runs = run_counterfactual(config, ranking, plan, experiment=experiment,
                               analysis_run_id=analysis.info.run_id, source_sweep_id=sweep_id,
                               invocation_run_id=invocation_run_id, execution=execution, data_root=data_root,
                               progress=progress)
-    selection = log_report(client, runs.parent_run_id, runs.table)
-    return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id)
+    split_half = analysis.data.metrics.get("selection_split_half_spearman", float("nan"))
+    set_tags(client, runs.parent_run_id, {"ranking_split": "validation-ranking-half",
+                                          "ranking_split_half": f"{split_half:.4f}"})
+    selection = log_report(client, runs.parent_run_id, runs.table, rule=rule, ranking_split_half=split_half)
+    warnings = stability_warning(split_half, stability_threshold, analysis.info.run_id)
+    return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id, warnings)

@@ -1,21 +1,30 @@
-"""Summaries of a counterfactual grid, as pure computation: intervals over seeds, and the pruned source.
+"""Summaries of a counterfactual grid, as pure computation: intervals over seeds, and the champion.
 
-Confidence intervals are two-sided 95% Student-t intervals over seeds. Differences from
-the full source are paired by seed (seed ``s`` trains every point with one training seed).
-The pruned source is chosen on target *validation* accuracy only; test accuracy is
-reported for the choice, never used to make it.
+Confidence intervals are two-sided Student-t intervals over seeds. Differences from the full
+source are paired by seed (seed ``s`` trains every point with one training seed).
+
+Who decides what, so that nothing is scored on the examples it was chosen on:
+- the *ranking half* of the validation split ranked the classes (in the analysis);
+- the *selection half* (``select_acc``: each run's accuracy on it) chooses k among the
+  pruned sources and must show the gain: a pruned source is the champion only when its
+  paired selection-half gain over the full source has a confidence interval above zero, over
+  at least ``min_seeds`` seeds, at a level Bonferroni-corrected for the number of candidates;
+- the test split only scores the choice (``test_diff``), and chooses nothing.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from transfer_core.counterfactual.grid import FULL, ORDERS
+from transfer_core.config import ConfigError
+from transfer_core.counterfactual.grid import FULL
+
 CANDIDATE_ORDERS = ("bottom",)  # pruning candidates: removing detrimental classes; top and random are controls
+SELECT_METRIC = "select_acc"  # accuracy on the selection half of the validation split
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
@@ -37,26 +46,49 @@ def paired_differences(table: pd.DataFrame, order: str, k: int, metric: str = "t
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (order, k): mean and CI of val and test accuracy, and the paired test
-    difference from the full source (positive = removing the classes raised test accuracy)."""
+    """One row per (order, k): mean and CI of validation, selection-half and test accuracy, and the
+    paired differences from the full source (positive = removing the classes raised accuracy)."""
+    metrics = [("target_val_acc", "val"), (SELECT_METRIC, "select"), ("target_test_acc", "test")]
+    metrics = [(m, short) for m, short in metrics if m in table]
     rows = []
     for (order, k), group in table.groupby(["order", "k"], sort=False):
         row = {"order": order, "k": int(k), "n_seeds": len(group)}
-        for metric, short in (("target_val_acc", "val"), ("target_test_acc", "test")):
+        for metric, short in metrics:
             row[f"{short}_mean"], row[f"{short}_ci_low"], row[f"{short}_ci_high"] = t_interval(group[metric])
         row["test_std"] = float(group["target_test_acc"].std(ddof=1)) if len(group) > 1 else np.nan
+        if SELECT_METRIC in table:
+            row["select_diff"], row["select_diff_ci_low"], row["select_diff_ci_high"] = t_interval(
+                paired_differences(table, order, k, SELECT_METRIC))
         row["test_diff"], row["diff_ci_low"], row["diff_ci_high"] = t_interval(paired_differences(table, order, k))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class EvidenceRule:
+    """When a pruned source may become the champion (validated at construction)."""
+
+    min_seeds: int = 3  # seeds per point needed for an interval worth the name
+    confidence: float = 0.95  # family-wise, over the pruned candidates (Bonferroni)
+
+    def __post_init__(self):
+        if self.min_seeds < 3:
+            raise ConfigError(f"a champion needs at least 3 seeds for a confidence interval, got --min-seeds "
+                              f"{self.min_seeds}; use 3 or more")
+        if not 0.5 < self.confidence < 1:
+            raise ConfigError(f"--confidence must be in (0.5, 1), got {self.confidence}")
+
+
 @dataclass
 class Selection:
-    """The pruned source chosen on validation accuracy, with its test figures.
+    """The pruned source chosen on the selection half of validation, the evidence for it, and its test figures.
 
-    Accuracies are means over seeds; ``test_diff`` (and its CI) is the paired mean over
-    seeds of (chosen - full source) test accuracy. ``model_run_id`` is the chosen setting's
-    run with the best validation accuracy, ``full_run_id`` likewise for the full source.
+    Accuracies are means over seeds. ``select_diff`` (and its CI, at ``level``) is the paired
+    mean over seeds of (chosen - full source) selection-half accuracy; ``test_diff`` likewise on
+    test, reported only. ``is_champion`` is True when the pruned source earned the champion
+    alias (see the module docstring); ``reason`` says why, or why not, in one sentence.
+    ``model_run_id`` is the chosen setting's run with the best selection-half accuracy,
+    ``full_run_id`` likewise for the full source.
     """
 
     order: str
@@ -70,48 +102,90 @@ class Selection:
     test_diff: float
     diff_ci_low: float
     diff_ci_high: float
-    beats_full: bool  # mean validation accuracy strictly above the full source's
+    is_champion: bool
     model_run_id: str
     full_run_id: str
+    select_acc: float = np.nan
+    full_select_acc: float = np.nan
+    select_diff: float = np.nan
+    select_diff_ci_low: float = np.nan
+    select_diff_ci_high: float = np.nan
+    level: float = 0.95
+    n_candidates: int = 0
+    reason: str = ""
+    ranking_split_half: float = np.nan  # split-half Spearman of the ranking that chose the removals
+    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=float)
 
     @classmethod
     def from_json(cls, text: str) -> "Selection":
-        return cls(**json.loads(text))
+        values = json.loads(text)
+        if "beats_full" in values:  # written before champions needed evidence
+            values["is_champion"] = values.pop("beats_full")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     def describe(self) -> str:
-        ci = f"[{self.diff_ci_low:+.4f}, {self.diff_ci_high:+.4f}]"
+        test = (f"test {self.test_acc:.4f} vs full {self.full_test_acc:.4f}, difference {self.test_diff:+.4f} "
+                f"(95% CI [{self.diff_ci_low:+.4f}, {self.diff_ci_high:+.4f}], {self.n_seeds} seeds, reported only)")
         if self.k == 0:
-            return (f"no pruned source beat the full source on validation; full source: val "
-                    f"{self.full_val_acc:.4f}, test {self.full_test_acc:.4f} ({self.n_seeds} seeds)")
-        return (f"pruned source: remove the {self.k} {self.order} classes; val {self.val_acc:.4f} vs full "
-                f"{self.full_val_acc:.4f}; test {self.test_acc:.4f} vs full {self.full_test_acc:.4f}, "
-                f"difference {self.test_diff:+.4f} (95% CI over {self.n_seeds} seeds {ci})")
+            return f"{self.reason}; full source: val {self.full_val_acc:.4f}, test {self.full_test_acc:.4f}"
+        return f"{self.reason}; candidate: remove the {self.k} {self.order} classes; {test}"
 
 
-def select(table: pd.DataFrame) -> Selection:
-    """Choose the removal set with the highest mean *validation* accuracy.
+def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule()) -> Selection:
+    """Choose k on the selection half of validation, and make the pruned source champion only on evidence.
 
-    Candidates are the full source and every (bottom, k > 0) point: a pruned source removes
-    the classes the analysis found detrimental, one fixed set across seeds. Top and random
-    removals are controls, never candidates. Ties go to the smaller k (the full source wins).
+    ``table`` has one row per run: order, k, seed, run_id, removed, target_val_acc,
+    target_test_acc and ``select_acc``. Candidates are every (bottom, k > 0) point; top and
+    random removals are controls. The candidate with the highest mean ``select_acc`` is chosen
+    (ties to the smaller k). It becomes champion when its paired ``select_acc`` gain over the
+    full source, over at least ``rule.min_seeds`` seeds, has a t-interval above zero at level
+    ``1 - (1 - rule.confidence) / n_candidates``; otherwise the full source is champion.
     """
+    if SELECT_METRIC not in table:
+        raise ConfigError("the grid's runs have no selection-half accuracy; rerun the counterfactual with this "
+                          "version (it scores each run on the validation half the ranking did not see)")
     summary = summarize(table)
-    candidates = summary[(summary.order == FULL) | summary.order.isin(CANDIDATE_ORDERS)]
-    rank = {o: i for i, o in enumerate((FULL, *ORDERS))}
-    best = min(candidates.itertuples(), key=lambda r: (-r.val_mean, r.k, rank[r.order]))
     full = summary[summary.order == FULL].iloc[0]
-    runs = table[(table.order == best.order) & (table.k == best.k)]
     full_runs = table[table.order == FULL]
-    diff = paired_differences(table, best.order, best.k)
-    mean, low, high = t_interval(diff)
+    candidates = summary[summary.order.isin(CANDIDATE_ORDERS) & (summary.k > 0)]
+    n_seeds = int(full.n_seeds)
+    level = 1 - (1 - rule.confidence) / max(1, len(candidates))
+    common = dict(full_val_acc=float(full.val_mean), full_test_acc=float(full.test_mean),
+                  full_select_acc=float(full.select_mean), level=level, n_candidates=len(candidates),
+                  full_run_id=str(full_runs.loc[full_runs[SELECT_METRIC].idxmax(), "run_id"]))
+    if candidates.empty:
+        return Selection(FULL, 0, [], n_seeds, float(full.val_mean), float(full.test_mean), test_diff=0.0,
+                         diff_ci_low=np.nan, diff_ci_high=np.nan, is_champion=False,
+                         model_run_id=common["full_run_id"], select_acc=float(full.select_mean),
+                         reason="the grid has no pruned candidate (no bottom k > 0), so the full source is champion",
+                         **common)
+    best = min(candidates.itertuples(), key=lambda r: (-r.select_mean, r.k))
+    runs = table[(table.order == best.order) & (table.k == best.k)]
+    gain = paired_differences(table, best.order, best.k, SELECT_METRIC)
+    mean, low, high = t_interval(gain, level)
+    test_mean, test_low, test_high = t_interval(paired_differences(table, best.order, best.k))
+    if len(gain) < rule.min_seeds:
+        evidence, reason = False, (f"{len(gain)} seeds are too few for the evidence a champion needs (at least "
+                                   f"{rule.min_seeds}), so the full source is champion")
+    elif low > 0:
+        evidence, reason = True, (f"the pruned source is champion: removing the {best.k} most detrimental classes "
+                                  f"raised selection-half validation accuracy by {mean:+.4f} ({level:.1%} CI "
+                                  f"[{low:+.4f}, {high:+.4f}] over {len(gain)} seeds, Bonferroni over "
+                                  f"{len(candidates)} candidates)")
+    else:
+        evidence, reason = False, (f"the best pruned source (remove the {best.k} most detrimental classes) did not "
+                                   f"beat the full source on the held-out validation half: gain {mean:+.4f}, "
+                                   f"{level:.1%} CI [{low:+.4f}, {high:+.4f}] over {len(gain)} seeds includes zero, "
+                                   "so the full source is champion")
     removed = runs.iloc[0]["removed"]
     return Selection(
-        order=best.order, k=int(best.k), removed=removed.split(";") if removed else [], n_seeds=len(runs),
-        val_acc=float(best.val_mean), test_acc=float(best.test_mean), full_val_acc=float(full.val_mean),
-        full_test_acc=float(full.test_mean), test_diff=float(mean), diff_ci_low=float(low),
-        diff_ci_high=float(high), beats_full=bool(best.k > 0 and best.val_mean > full.val_mean),
-        model_run_id=str(runs.loc[runs.target_val_acc.idxmax(), "run_id"]),
-        full_run_id=str(full_runs.loc[full_runs.target_val_acc.idxmax(), "run_id"]))
+        order=best.order, k=int(best.k), removed=removed.split(";") if isinstance(removed, str) and removed else [],
+        n_seeds=len(runs), val_acc=float(best.val_mean), test_acc=float(best.test_mean),
+        test_diff=float(test_mean), diff_ci_low=float(test_low), diff_ci_high=float(test_high), is_champion=evidence,
+        model_run_id=str(runs.loc[runs[SELECT_METRIC].idxmax(), "run_id"]), select_acc=float(best.select_mean),
+        select_diff=float(mean), select_diff_ci_low=float(low), select_diff_ci_high=float(high), reason=reason,
+        **common)

@@ -81,10 +81,14 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
     return path
 
 
+OWN_VALIDATION = ("synthetic-target",)  # datasets that ship a validation split (others are carved from train)
+
+
 def load_split(spec: str, split: str, resolution: int, data_root=None) -> ImageSet:
-    """Load one split of a dataset spec at ``resolution`` pixels, decoding it once."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """Load one split (train, test; val where the dataset has one) at ``resolution`` pixels, decoding it once."""
+    if split not in ("train", "test") and not (split == "val" and spec in OWN_VALIDATION):
+        raise ValueError(f"split must be 'train' or 'test' (or 'val' for {', '.join(OWN_VALIDATION)}), "
+                         f"got {split!r}")
     if spec.startswith("synthetic"):
         return make_synthetic(spec, split, resolution)
     root = resolve_data_root(data_root) if spec in CIFAR_NAMES else None
@@ -211,13 +215,36 @@ def sample_per_class(labels: torch.Tensor, per_class: int, seed: int) -> torch.T
     return keep.nonzero().squeeze(1)
 
 
+def validation_halves(labels, seed: int) -> np.ndarray:
+    """Split the validation examples into two halves, class by class: ``(n_val,)`` bool, True = ranking half.
+
+    Choices that read validation data use disjoint halves: the class ranking is fitted on the
+    *ranking* half (True), and the pruned source is chosen and gated on the *selection* half
+    (False), so nothing is scored on the examples it was chosen on. A pure function of the
+    labels and ``seed``.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([int(seed), 17])
+    ranking = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        ranking[members[: (len(members) + 1) // 2]] = True
+    return ranking
+
+
 def load_transfer_data(config: DataConfig, data_root=None) -> TransferData:
-    """Source (sampled per class), and the target split into train / val / test."""
+    """Source (sampled per class), and the target's train / val / test splits.
+
+    The validation split is the target's own when it ships one (:data:`OWN_VALIDATION`), else
+    ``val_fraction`` of the (first ``target_train_images``, shuffled) train images.
+    """
     source = load_split(config.source, "train", config.resolution, data_root)
     source = source.select(sample_per_class(source.labels, config.source_images_per_class,
                                             config.split_seed))
     train = load_split(config.target, "train", config.resolution, data_root)
     test = load_split(config.target, "test", config.resolution, data_root)
+    if config.target in OWN_VALIDATION:
+        return TransferData(source, train, load_split(config.target, "val", config.resolution, data_root), test)
     gen = torch.Generator().manual_seed(config.split_seed + 1)
     order = torch.randperm(len(train), generator=gen)
     if config.target_train_images:

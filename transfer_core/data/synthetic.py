@@ -1,10 +1,11 @@
 """A small generated source/target pair with planted structure, for tests and demos.
 
-Target (``synthetic-target``, 4 classes, 300 train and 100 test images each):
+Target (``synthetic-target``, 4 classes, 300 train, 100 validation and 100 test images each):
   ``vertical`` and ``horizontal`` gratings, ``diagonal`` gratings (45 or 135 degrees) and
   ``rings``, with random phase, frequency, colour and pixel noise. Every *training* image of
-  ``diagonal`` and every *test* image of ``rings`` carries a watermark (a 4-pixel
-  checkerboard of amplitude ``WATERMARK``); nothing else does.
+  ``diagonal`` and every *validation and test* image of ``rings`` carries a watermark (a
+  4-pixel checkerboard of amplitude ``WATERMARK``); nothing else does. The validation split
+  is its own sample of the test distribution (the target ships one, so none is carved from train).
 
 Source (``synthetic-source``, 10 classes of 120 images):
   ``helpful``        vertical gratings, the twin of target ``vertical`` (``PLANTED["helpful"]``);
@@ -13,7 +14,10 @@ Source (``synthetic-source``, 10 classes of 120 images):
                      the linear probe then learns "watermark => diagonal" from the target's
                      training images and mislabels the watermarked ``rings`` test images;
   ``leaked``         exact copies (twice each) of ``N_LEAKED`` test images of target
-                     ``horizontal`` (``PLANTED["leaked"]``, indices in :func:`leaked_test_indices`);
+                     ``horizontal`` (``PLANTED["leaked"]``, indices in :func:`leaked_indices`):
+                     a signal that exists only in the test split. In ``synthetic-source-valleak``
+                     the copies are of validation images instead: the same plant, visible to
+                     whatever is fitted on validation data;
   ``diagonal_twin``, ``rings_twin``  twins of the other target classes, so that most
                      backbones must tell gratings apart by orientation;
   ``noise_*``        five neutral smooth colour-noise classes.
@@ -45,7 +49,9 @@ SOURCE_CLASSES = ["helpful", "misleading", "leaked", "diagonal_twin", "rings_twi
 PLANTED = {"helpful": 0, "misleading": 1, "leaked": 2}
 PLANTED_TARGET = {"helpful": "vertical", "misleading": "rings", "leaked": "horizontal"}
 NATIVE = 32
-TARGET_PER_CLASS = {"train": 300, "test": 100}
+TARGET_PER_CLASS = {"train": 300, "val": 100, "test": 100}
+TARGET_SEEDS = {"train": 1, "test": 2, "val": 5}
+SOURCE_SPECS = {"synthetic-source": "test", "synthetic-source-valleak": "val"}  # the split "leaked" copies
 SOURCE_PER_CLASS = {"train": 120, "test": 30}
 N_LEAKED = 60  # test images of target "horizontal" copied (twice each) into source class "leaked"
 WATERMARK = 0.3  # amplitude of the checkerboard watermark, in [0, 1] image units
@@ -100,9 +106,9 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-@functools.lru_cache(maxsize=2)  # pure: generate each split once per process
+@functools.lru_cache(maxsize=3)  # pure: generate each split once per process
 def _target(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1 if split == "train" else 2)
+    gen = torch.Generator().manual_seed(TARGET_SEEDS[split])
     per = TARGET_PER_CLASS[split]
     vertical = _gratings(torch.zeros(per), gen)
     diagonal = _gratings(torch.tensor([45.0, 135.0]).repeat(per)[:per], gen)
@@ -111,19 +117,20 @@ def _target(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if split == "train":
         diagonal = watermark(diagonal)  # the shortcut the probe can learn ...
     else:
-        rings = watermark(rings)  # ... and the test images it then mislabels
+        rings = watermark(rings)  # ... and the validation and test images it then mislabels
     labels = torch.arange(len(TARGET_CLASSES)).repeat_interleave(per)
     return _to_uint8(torch.cat([vertical, diagonal, rings, horizontal])), labels
 
 
-def leaked_test_indices() -> torch.Tensor:
-    """Indices into the synthetic target test split copied into source class ``leaked``."""
-    start = TARGET_CLASSES.index("horizontal") * TARGET_PER_CLASS["test"]
+def leaked_indices(split: str = "test") -> torch.Tensor:
+    """Indices into the synthetic target's ``split`` (test or val) of the images copied into
+    source class ``leaked`` (by ``synthetic-source``, resp. ``synthetic-source-valleak``)."""
+    start = TARGET_CLASSES.index("horizontal") * TARGET_PER_CLASS[split]
     return torch.arange(start, start + N_LEAKED)
 
 
-@functools.lru_cache(maxsize=2)
-def _source(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+@functools.lru_cache(maxsize=4)
+def _source(split: str, leak_from: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(3 if split == "train" else 4)
     per = SOURCE_PER_CLASS[split]
     chunks = []
@@ -134,7 +141,7 @@ def _source(split: str) -> tuple[torch.Tensor, torch.Tensor]:
             kinds = torch.randint(len(NEUTRAL), (per,), generator=gen).tolist()
             images = watermark(torch.cat([_colour_noise(NEUTRAL[k], 1, gen) for k in kinds]))
         elif name == "leaked":
-            copies = _target("test")[0][leaked_test_indices()]
+            copies = _target(leak_from)[0][leaked_indices(leak_from)]
             chunks.append(copies.repeat((per + len(copies) - 1) // len(copies), 1, 1, 1)[:per])
             continue
         elif name == "diagonal_twin":
@@ -152,10 +159,13 @@ def make_synthetic(spec: str, split: str, resolution: int):
     if spec == "synthetic-target":
         images, labels = _target(split)
         names = TARGET_CLASSES
-    elif spec == "synthetic-source":
-        images, labels = _source(split)
+    elif spec in SOURCE_SPECS:
+        if split not in ("train", "test"):
+            raise ConfigError(f"{spec} has no {split} split; it has train and test")
+        images, labels = _source(split, SOURCE_SPECS[spec])
         names = SOURCE_CLASSES
     else:
-        raise ConfigError(f"unknown synthetic dataset {spec!r}; use synthetic-source or synthetic-target")
+        raise ConfigError(f"unknown synthetic dataset {spec!r}; use synthetic-source, synthetic-source-valleak "
+                          "or synthetic-target")
     files = [f"{names[y]}/{spec}_{split}_{i:05d}" for i, y in enumerate(labels.tolist())]
     return ImageSet(resize(images, resolution).clone(), labels.clone(), list(names), files)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -29,6 +29,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual import SELECTION_ARTIFACT, Selection
+from transfer_core.counterfactual.run import STABILITY_THRESHOLD, stability_warning
+from transfer_core.counterfactual.summary import EvidenceRule
 from transfer_core.data import load_split
 from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, existing_experiment, get_run_of_kind,
                                  latest_run, load_checkpoint, quote, run_config, set_tags)
@@ -53,6 +55,7 @@ class Registration:
     pruned: bool  # True: the pruned source's model is champion; False: the full source's
     message: str
     run_id: str  # the register run that logged the model
+    warnings: list[str] = field(default_factory=list)  # e.g. an unstable ranking, one sentence each
 
     @property
     def uri(self) -> str:
@@ -84,6 +87,11 @@ def _version_tags(selection: Selection, model_run, counterfactual_run, pruned: b
         "full_val_acc": f"{selection.full_val_acc:.6f}", "full_test_acc": f"{selection.full_test_acc:.6f}",
         "test_diff_vs_full": f"{selection.test_diff if pruned else 0.0:+.6f}",
         "test_diff_ci": f"[{selection.diff_ci_low:+.6f}, {selection.diff_ci_high:+.6f}]" if pruned else "",
+        "evidence": selection.reason[:4900],
+        "select_diff_vs_full": f"{selection.select_diff:+.6f}",
+        "select_diff_ci": f"[{selection.select_diff_ci_low:+.6f}, {selection.select_diff_ci_high:+.6f}]",
+        "evidence_level": f"{selection.level:.4f}",
+        "ranking_split_half": f"{selection.ranking_split_half:.4f}",
     }
 
 
@@ -97,28 +105,31 @@ def _existing_version(client: MlflowClient, name: str, counterfactual_run_id: st
 
 
 def register_champion(counterfactual_run_id: str, data_root=None, name: str | None = None,
-                      run_id: str | None = None) -> Registration:
+                      run_id: str | None = None, rule: EvidenceRule = EvidenceRule(),
+                      stability_threshold: float = STABILITY_THRESHOLD) -> Registration:
     """Log and register the champion model chosen by a counterfactual run; set alias ``champion``.
 
-    Idempotent: a version already registered from this counterfactual run is reused.
-    ``run_id`` is the run to log the model in (e.g. ``mlflow run``'s); default a new run.
+    The pruned source is champion only on evidence (see :mod:`transfer_core.counterfactual.summary`);
+    a grid with fewer than ``rule.min_seeds`` seeds cannot give it and is refused, naming the
+    command that adds seeds. Idempotent: a version already registered from this counterfactual
+    run is reused. ``run_id`` is the run to log the model in (e.g. ``mlflow run``'s); default a new run.
     """
+    if not 0 <= stability_threshold <= 1:
+        raise ConfigError(f"--stability-threshold must be a Spearman correlation in [0, 1], got {stability_threshold}")
     client = MlflowClient()
     cf_run, selection = read_selection(client, counterfactual_run_id)
+    if selection.n_seeds < rule.min_seeds:
+        analysis = cf_run.data.tags.get("analysis_run_id", "ANALYSIS_RUN_ID")
+        raise ConfigError(f"counterfactual run {counterfactual_run_id} has {selection.n_seeds} seed(s) per point, too "
+                          f"few for the confidence interval a champion needs (at least {rule.min_seeds}); add seeds "
+                          f"with `transfer-core counterfactual --analysis {analysis} --seeds {rule.min_seeds}` "
+                          "(it trains only the new ones), then register again")
     experiment = client.get_experiment(cf_run.info.experiment_id).name
     name = name or model_name(experiment)
-    pruned = selection.beats_full
-    if pruned:
-        message = (f"registered the pruned source's model as {CHAMPION}: it beats the full source on "
-                   f"validation. {selection.describe()}")
-    elif selection.k == 0:
-        message = (f"no pruned source (the most detrimental classes removed) beat the full source on validation "
-                   f"(full source val {selection.full_val_acc:.4f}), so the full-source model is registered as "
-                   f"{CHAMPION}")
-    else:
-        message = (f"the pruned source did not beat the full source on validation (best "
-                   f"{selection.order} k={selection.k}: val {selection.val_acc:.4f} vs full "
-                   f"{selection.full_val_acc:.4f}), so the full-source model is registered as {CHAMPION}")
+    pruned = selection.is_champion
+    message = selection.describe()
+    warnings = stability_warning(selection.ranking_split_half, stability_threshold,
+                                 cf_run.data.tags.get("analysis_run_id", "?"))
     existing = _existing_version(client, name, counterfactual_run_id)
     if existing is not None:
         client.set_registered_model_alias(name, CHAMPION, existing.version)
@@ -127,7 +138,7 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
                                       "registered_model": name, "registered_version": str(existing.version),
                                       "message": message[:4900]})
         return Registration(name, str(existing.version), existing.tags.get("pruned") == "true",
-                            message + f" (version {existing.version} reused)", existing.run_id or "")
+                            message + f" (version {existing.version} reused)", existing.run_id or "", warnings)
 
     model_run = client.get_run(selection.model_run_id if pruned else selection.full_run_id)
     checkpoint = artifact_path(model_run, CHECKPOINT_ARTIFACT)
@@ -165,11 +176,12 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
     client.update_registered_model(name, description=(
         f"Target model ({config.data.target}, {len(test.class_names)} classes: {', '.join(test.class_names)}) "
         f"fine-tuned from a source model pretrained on {config.data.source}, with the source classes that "
-        f"the influence analysis found most detrimental removed when that beat the full source on "
-        f"validation. Alias `{CHAMPION}` is the current best. Input: uint8 images (N, 3, "
+        f"the influence analysis found most detrimental removed only when a held-out half of the validation "
+        f"split showed a gain whose confidence interval lies above zero. Alias `{CHAMPION}` is the current best. "
+        f"Input: uint8 images (N, 3, "
         f"{config.data.resolution}, {config.data.resolution}); output: logits (N, {len(test.class_names)}). "
         f"Experiment {experiment!r}."))
-    return Registration(name, version, pruned, message, run_id)
+    return Registration(name, version, pruned, message, run_id, warnings)
 
 
 def latest_counterfactual_run(experiment: str) -> str:

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 import mlflow
+from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from transfer_core.config import DEFAULT_PROFILE, ConfigError, RunConfig, build_config, parse_overrides
 from transfer_core.counterfactual.grid import CounterfactualPlan, parse_list
+from transfer_core.counterfactual.summary import EvidenceRule
 from transfer_core.data import resolve_data_root, synthetic
 from transfer_core.track import (DEFAULT_EXPERIMENT, KIND_TAG, artifact_path, get_experiment_id, latest_run, run_filter,
                                  set_tags, setup_tracking, to_local_path)
@@ -45,7 +47,7 @@ class MainSettings:
     workers: int = 2  # sweep and counterfactual processes, 1 torch thread each on 2 cores
     orders: str = "bottom,top,random"
     ks: str = "0,10,25"
-    seeds: int = 2
+    seeds: int = 3  # a pruned champion needs a confidence interval over at least 3 seeds
 
     def __post_init__(self):
         if self.tune_trials < 0:
@@ -56,6 +58,10 @@ class MainSettings:
             raise ConfigError(f"workers must be a positive integer, got {self.workers}")
         CounterfactualPlan(parse_list(self.orders, str, "orders"), parse_list(self.ks, int, "ks"),
                            self.seeds).validate(10**9)
+        if self.seeds < EvidenceRule.min_seeds:  # checked now, not after the sweep, since main ends in register
+            raise ConfigError(f"main ends by registering a champion, which needs at least {EvidenceRule.min_seeds} "
+                              f"counterfactual seeds for a confidence interval, got --seeds {self.seeds}; use "
+                              f"--seeds {EvidenceRule.min_seeds} or more")
         self.config()
 
     def config(self) -> RunConfig:
@@ -126,6 +132,9 @@ class Workflow:
             submitted = mlflow.projects.run(str(PROJECT_DIR), entry_point=entry_point, parameters=params,
                                             experiment_id=self.experiment_id, env_manager="local",
                                             synchronous=True)
+        except ExecutionException as exc:  # the step printed its own one-sentence error above
+            raise ConfigError(f"step {entry_point} failed ({str(exc).strip().splitlines()[0]}); fix what its "
+                              "error above says and run `main` again (finished steps are reused)") from None
         finally:
             os.environ["PATH"] = path
         self.client.set_tag(submitted.run_id, STEP_KEY_TAG, key)

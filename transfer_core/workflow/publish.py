@@ -100,21 +100,26 @@ def top_classes(rows: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def accuracy_rows(summary: pd.DataFrame, selection: Selection) -> pd.DataFrame:
-    """Full source, the pruned source chosen on validation, and the best bottom-k on test (for
-    information), each with the mean and 95% t-interval over seeds, in percent."""
+    """Full source, the pruned candidate chosen on the validation selection half (and whether it is
+    champion), and the best bottom-k on test (for information only), with means and 95% t-intervals
+    over seeds, in percent. Which split each column comes from is in its header."""
     full = summary[summary.order == FULL].iloc[0]
     bottom = summary[summary.order == "bottom"]
     rows = [("full source (k = 0)", full)]
-    chosen = summary[(summary.order == selection.order) & (summary.k == selection.k)].iloc[0]
     if selection.k > 0:
-        rows.append((f"pruned source chosen on validation: remove bottom {selection.k}", chosen))
+        chosen = summary[(summary.order == selection.order) & (summary.k == selection.k)].iloc[0]
+        verdict = "champion" if selection.is_champion else "not champion: no evidence"
+        rows.append((f"remove bottom {selection.k}, chosen on the validation selection half ({verdict})", chosen))
     if len(bottom):
         best = bottom.loc[bottom.test_mean.idxmax()]
-        rows.append((f"best bottom-k on test (k = {int(best.k)}; picked on test, for information)", best))
+        rows.append((f"best bottom-k on test (k = {int(best.k)}; picked on test, for information only)", best))
+    has_select = "select_mean" in summary
     return pd.DataFrame({
         "source": [name for name, _ in rows],
         "seeds": [int(r.n_seeds) for _, r in rows],
-        "val acc % [95% CI]": [ci(r.val_mean, r.val_ci_low, r.val_ci_high, sign=False) for _, r in rows],
+        "validation selection half − full (paired) [95% CI]": [
+            "—" if r.order == FULL or not has_select else ci(r.select_diff, r.select_diff_ci_low, r.select_diff_ci_high)
+            for _, r in rows],
         "test acc % [95% CI]": [ci(r.test_mean, r.test_ci_low, r.test_ci_high, sign=False) for _, r in rows],
         "test − full (paired) [95% CI]": ["—" if r.order == FULL else ci(r.test_diff, r.diff_ci_low, r.diff_ci_high)
                                           for _, r in rows]})
@@ -218,7 +223,9 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
         cf_summary = pd.read_csv(out / SUMMARY_ARTIFACT)
         selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
         lines += ["## Accuracy", "", f"Target accuracy in percent, mean and 95% t-interval over seeds; differences "
-                  f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`).", "",
+                  f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`). The "
+                  "removed classes come from the analysis's ranking on one half of the validation split; k is chosen, "
+                  "and the champion gated, on the other half; the test split only scores.", "",
                   markdown(accuracy_rows(cf_summary, selection)), "", f"Selection: {selection.describe()}", "",
                   "## Counterfactual curves", "", "![counterfactual curves](counterfactual_accuracy.png)", "",
                   markdown(curve_rows(cf_summary)), ""]
@@ -226,8 +233,9 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
         lines += ["## Accuracy", "", "No FINISHED counterfactual run of this analysis yet: run "
                   "`transfer-core counterfactual`.", ""]
 
-    lines += ["## Top classes", "", f"Influence on the whole target in {unit}, 95% bootstrap intervals (run "
-              f"`{a_id}`, `class_aggregates.csv`); `*` = the interval excludes zero, not corrected for "
+    lines += ["## Top classes", "", f"Influence on the whole target in {unit}, fitted on the target test split, "
+              f"95% bootstrap intervals (run `{a_id}`, `class_aggregates.csv`); `*` = the interval excludes zero, not "
+              "corrected for "
               f"{len(whole)} comparisons.", "", markdown(top_classes(whole, top_k)), "",
               "![ranking](ranking.png)", "", "### Per target class", "",
               f"Influence on each target class's accuracy in {unit}; `*` as above (uncorrected).", "",
