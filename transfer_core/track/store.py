@@ -29,7 +29,7 @@ from transfer_core.config import ConfigError
 DEFAULT_STORE_DIR = Path("mlruns")
 DEFAULT_EXPERIMENT = "transfer_core"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment by this tag
-EXPERIMENT_KIND = "custom_model_development"  # "Training runs", not the GenAI views
+EXPERIMENT_KIND = "custom_model_development"  # "Training runs", not the GenAI views (but see ui_url)
 INIT_TRIES = 5  # attempts at opening a store that another process is still creating
 
 
@@ -138,3 +138,17 @@ def existing_experiment(name: str) -> str:
                             "and --tracking-uri")
     mark_training_experiment(client, found)
     return found.experiment_id
+
+
+def ui_url(experiment_id: str, run_id: str | None = None, artifact: str | None = None,
+           base: str = "http://127.0.0.1:5000") -> str:
+    """A link into the MLflow UI in Model training mode.
+
+    MLflow 3.17's UI opens every experiment in the mode of a per-browser toggle (GenAI by
+    default), not by the experiment's ``mlflow.experimentKind`` tag; ``workflowType`` in the
+    link chooses Model training.
+    """
+    path = f"#/experiments/{experiment_id}"
+    if run_id:
+        path += f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    return f"{base}/{path}?workflowType=machine_learning"
