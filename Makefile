@@ -13,7 +13,7 @@ export TRANSFER_CORE_DATA TRANSFER_CORE_CACHE MLFLOW_TRACKING_URI
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,ray]'
+	$(VENV)/bin/pip install -q -e '.[test,ray,auth]'
 	touch $@
 
 install: $(VENV)/.installed

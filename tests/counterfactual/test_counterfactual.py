@@ -202,8 +202,18 @@ def test_grid_runs_are_tagged_child_runs_with_a_report(planted_grid):
         mask = np.load(artifact_path(run, "class_mask.npy"))
         assert sorted(np.flatnonzero(~mask).tolist()) == removed and len(removed) == int(run.data.tags["k"])
         assert artifact_path(run, "model.pt").is_file()  # kept for the registry
+        assert {k: run.data.params[k] for k in ("order", "k", "seed")} == {  # what the UI's charts can plot
+            k: run.data.tags[k] for k in ("order", "k", "seed")}
+    source = {(r.data.tags["order"], r.data.tags["k"], r.data.tags["seed"]):
+              next(d.dataset for d in r.inputs.dataset_inputs if d.tags[0].value == "pretrain") for r in children}
+    full = {source[("full", "0", str(s))].digest for s in range(plan.n_seeds)}
+    assert len(full) == 1 and source[("full", "0", "0")].name == "synthetic-source: 10 of 10 classes"
+    bottom, top = source[("bottom", "1", "0")].digest, source[("top", "1", "0")].digest
+    assert bottom not in full and bottom != top  # another source, another digest
+    assert source[("bottom", "1", "5")].digest == bottom  # the same removal at another seed
     parent = client.get_run(runs.parent_run_id)
     assert parent.info.status == "FINISHED"
+    assert "counterfactual_accuracy.png" in parent.data.tags["mlflow.note.content"]
     for name in (TABLE_ARTIFACT, SUMMARY_ARTIFACT, PLOT_ARTIFACT, SELECTION_ARTIFACT):
         assert artifact_path(parent, name).stat().st_size > 0
     logged = pd.read_csv(artifact_path(parent, TABLE_ARTIFACT))

@@ -12,8 +12,11 @@ import time
 import urllib.request
 
 import pytest
+from click.testing import CliRunner
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from transfer_core.cli import main
 from transfer_core.sweep import collect_sweep
 from transfer_core.config import build_config
 from transfer_core.execute import ExecutorSettings, threads_per_worker
@@ -28,19 +31,18 @@ def finished_children(summary):
                               "tags.`transfer_core.kind` = 'subset_run' and attributes.status = 'FINISHED'")
 
 
-@pytest.fixture
-def mlflow_server(tmp_path, _empty_store):
-    """A real `mlflow server` on loopback with a sqlite backend and served artifacts; stopped after."""
+def serve_mlflow(tmp_path, empty_store, *args, env=None):
+    """A real `mlflow server` on loopback with a sqlite backend and served artifacts; yields its URL, then stops it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    shutil.copy(_empty_store, tmp_path / "server.db")
+    shutil.copy(empty_store, tmp_path / "server.db")
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--artifacts-destination", str(tmp_path / "served-artifacts"), "--workers", "1"],
+                             "--artifacts-destination", str(tmp_path / "served-artifacts"), "--workers", "1", *args],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -62,9 +64,26 @@ def mlflow_server(tmp_path, _empty_store):
     log.close()
 
 
-def test_two_worker_processes_log_through_a_shared_mlflow_server(mlflow_server, monkeypatch, tmp_path):
+ADMIN_PASSWORD = "test-admin-password-0"
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, _empty_store):
+    """A shared server as the README starts one: behind MLflow's basic-auth app (user admin, ADMIN_PASSWORD)."""
+    (tmp_path / "auth.ini").write_text(f"[mlflow]\ndefault_permission = READ\nadmin_username = admin\n"
+                                       f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n")
+    yield from serve_mlflow(tmp_path, _empty_store, "--app-name", "basic-auth",
+                            env={"MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
+                                 "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                                 "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret"})
+
+
+def test_two_worker_processes_log_through_a_shared_server_that_refuses_a_wrong_password(
+        mlflow_server, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # the worker processes inherit them
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
     summary = sweep_with_summary(CONFIG, 2, execution=ExecutorSettings(workers=2), tracking_uri=mlflow_server,
                                  progress=False)
     assert summary.complete and summary.n_trained == 2
@@ -76,6 +95,25 @@ def test_two_worker_processes_log_through_a_shared_mlflow_server(mlflow_server, 
     collected = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
     assert collected.indices.tolist() == [0, 1]
     assert not (tmp_path / "mlruns").exists()  # nothing went to a local store
+
+    client = MlflowClient()
+    before = {r.info.run_id: r.info.status for r in client.search_runs([summary.experiment_id], "", ViewType.ALL)}
+    sweep = ["sweep", "--profile", "synthetic", "--set", "pretrain.epochs=1,transfer.epochs=2", "--n-models", "3",
+             "--no-progress"]
+    for password, refused in (("wrong", "refused the password given for user 'admin' (HTTP 401)"),
+                              (None, "refused no credentials (HTTP 401)")):
+        if password is None:
+            monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+            monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        else:
+            monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        denied = CliRunner().invoke(main, sweep)
+        assert denied.exit_code == 1 and refused in denied.output, denied.output
+        assert len(denied.output.strip().splitlines()) == 1 and "Traceback" not in denied.output
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    after = {r.info.run_id: r.info.status for r in client.search_runs([summary.experiment_id], "", ViewType.ALL)}
+    assert after == before and len(before) == 3  # the parent and two models: nothing lost, nothing half-made
 
 
 def test_ray_executor_on_a_local_ray_instance(tracking):

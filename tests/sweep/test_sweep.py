@@ -77,9 +77,18 @@ def assert_complete_sweep(n_models):
     assert len(np.unique(collected.masks, axis=0)) == n_models
     for index, mask in zip(collected.indices, collected.masks):
         np.testing.assert_array_equal(mask, class_mask(CONFIG.sweep_seed, int(index), mask.size, CONFIG.alpha))
+    finished = [r for r in sweep_runs() if r.info.status == "FINISHED"]
+    contexts = [sorted(tag.value for d in r.inputs.dataset_inputs for tag in d.tags) for r in finished]
+    assert contexts == [["evaluation", "pretrain", "transfer", "validation"]] * n_models  # even when logged at once
+    assert len({pretrain_digest(r) for r in finished}) == n_models  # other kept classes, other source data
     parents = [r for r in sweep_runs("sweep") if r.data.tags.get("superseded") != "true"]
     assert len(parents) == 1
+    assert parents[0].info.run_name == SWEEP_ID and SWEEP_ID in parents[0].data.tags["mlflow.note.content"]
     return parents[0]
+
+
+def pretrain_digest(run) -> str:
+    return next(d.dataset.digest for d in run.inputs.dataset_inputs if d.tags[0].value == "pretrain")
 
 
 def test_sigkill_mid_sweep_then_resume_trains_only_what_is_missing(tracking, tmp_path):
@@ -140,7 +149,9 @@ def test_growing_a_sweep_reuses_its_runs_and_an_mlflow_run_gets_a_pointer(tracki
     np.testing.assert_array_equal(after.outputs["margin"][:1], before.outputs["margin"])
     parent = assert_complete_sweep(2)
     assert parent.info.run_id != invocation
-    assert MlflowClient().get_run(invocation).data.tags["parent_run_id"] == parent.info.run_id
+    pointer = MlflowClient().get_run(invocation)
+    assert pointer.data.tags["parent_run_id"] == parent.info.run_id
+    assert pointer.info.run_name == SWEEP_ID and parent.info.run_id in pointer.data.tags["mlflow.note.content"]
     assert parent.data.tags["n_models"] == "2"
     again = sweep_with_summary(CONFIG, 2, progress=False)  # nothing left to do
     assert (again.n_reused, again.n_trained) == (2, 0)

@@ -1,16 +1,25 @@
 """The main job end to end through `mlflow run` (synthetic profile), and the README's snippets run as written."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
+import requests
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
+
+from transfer_core.track import artifact_path
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ("tune", "sweep", "analyze", "counterfactual", "register")
@@ -81,3 +90,114 @@ def test_rerunning_main_reuses_every_step(main_job):
     assert done.returncode == 0, done.stderr[-3000:]
     for step in STEPS:
         assert f"[{step}] reusing FINISHED run" in done.stdout, done.stdout
+
+
+# ---- what the MLflow UI and the registry show ------------------------------------------------------
+
+STEP_NAMES = {"tune": "tune-", "sweep": "sweep-", "analyze": "analysis-", "counterfactual": "counterfactual-",
+              "register": "register-"}
+
+
+def test_experiments_are_training_experiments_and_step_runs_say_what_they_did(main_job):
+    work, env, _ = main_job
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    written = {r.info.experiment_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
+    assert written == {"0", client.get_experiment_by_name("transfer_core").experiment_id}  # `mlflow run` used Default
+    for experiment_id in written:
+        assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    main = client.search_runs(list(written), "tags.`transfer_core.kind` = 'main'")[0]
+    assert main.info.run_name == "main-transfer_core" and "report.html" in main.data.tags["mlflow.note.content"]
+    for step, prefix in STEP_NAMES.items():  # each was adopted from `mlflow run`: no random names left
+        run = client.get_run(main.data.tags[f"step.{step}"])
+        assert run.info.run_name.startswith(prefix), (step, run.info.run_name)
+        assert len(run.data.tags["mlflow.note.content"]) > 40, step
+    invocation = [r for r in client.search_runs(["0"]) if r.data.tags.get("main_run_id") == main.info.run_id]
+    assert [r.info.run_name for r in invocation] == ["main-transfer_core"]
+
+
+def test_subset_runs_log_their_source_and_target_splits_as_datasets(main_job):
+    _, env, _ = main_job
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment_id = client.get_experiment_by_name("transfer_core").experiment_id
+    runs = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'subset_run' and "
+                              "attributes.status = 'FINISHED'")
+    assert len(runs) == 16
+    for run in runs:
+        by_context = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+        assert set(by_context) == {"pretrain", "transfer", "validation", "evaluation"}
+        n_classes = len(json.loads(Path(artifact_path(run, "source_classes.json")).read_text()))
+        kept = int(np.load(artifact_path(run, "class_mask.npy")).sum())
+        assert by_context["pretrain"].name == f"synthetic-source: {kept} of {n_classes} classes"
+    masks = {np.load(artifact_path(r, "class_mask.npy")).tobytes(): next(
+        d.dataset.digest for d in r.inputs.dataset_inputs if d.tags[0].value == "pretrain") for r in runs}
+    assert len(set(masks.values())) == len(masks) == 16  # other kept classes, other digest
+
+
+@pytest.fixture(scope="module")
+def scoring_server(main_job):
+    """`mlflow models serve` of the champion on a free loopback port, as the README starts it."""
+    work, env, _ = main_job
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = readme_block("Serving the champion", "bash").split("\n\n")[0].replace("5001", str(port))
+    log = open(work / "serve.log", "w")
+    proc = subprocess.Popen(["bash", "-c", command], cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**env, "MLFLOW_TRACKING_URI": ""})
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 180
+    try:
+        while True:
+            try:
+                if requests.get(url + "/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the scoring server did not start:\n" + (work / "serve.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_the_champion_served_over_rest_gives_the_in_process_logits(main_job, scoring_server):
+    work, env, _ = main_job
+    uri = "models:/transfer_core-target@champion"
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        model = mlflow.pytorch.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    images = np.random.default_rng(1).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
+    response = requests.post(scoring_server + "/invocations", json={"inputs": images.tolist()}, timeout=60)
+    assert response.status_code == 200, response.text[:500]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(np.array(response.json()["predictions"]), expected, rtol=1e-5, atol=1e-5)
+
+    snippet = readme_block("Serving the champion", "python").replace("http://127.0.0.1:5001", scoring_server)
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=120)  # the README's client, verbatim, on the cat.png written above
+    assert done.returncode == 0, done.stderr[-3000:]
+    picture = np.asarray(Image.open(work / "cat.png").convert("RGB").resize((16, 16), Image.BILINEAR))
+    with torch.no_grad():
+        local = model(torch.from_numpy(picture.transpose(2, 0, 1).copy())[None]).numpy()
+    assert done.stdout.split()[-1] == str(int(local.argmax(1)[0]))
+
+
+@pytest.mark.parametrize("payload, says", [
+    ({"inputs": np.zeros((2, 3, 8, 8), np.uint8).tolist()}, "does not match expected shape"),  # wrong size
+    ({"inputs": np.zeros((2, 16, 16, 3), np.uint8).tolist()}, "does not match expected shape"),  # channels last
+    ({"inputs": (np.zeros((1, 3, 16, 16), int) + 300).tolist()}, "out of bounds for uint8"),  # not a pixel value
+    ({"inputs": "a picture"}, "Failed to convert data"),  # not numbers
+    ({"images": []}, "The input must be a JSON dictionary with exactly one of the input fields"),
+])
+def test_a_bad_request_gets_a_clear_400(scoring_server, payload, says):
+    response = requests.post(scoring_server + "/invocations", json=payload, timeout=60)
+    assert response.status_code == 400 and says in response.json()["message"], response.text[:500]
+    assert requests.get(scoring_server + "/ping", timeout=10).ok  # and the server is still up

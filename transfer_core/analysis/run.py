@@ -32,8 +32,8 @@ from transfer_core.analysis.artifacts import RANKING_ARTIFACT, REPORT_ARTIFACT, 
 from transfer_core.analysis.estimate import AnalysisOptions
 from transfer_core.config import ConfigError, RunConfig, from_params
 from transfer_core.sweep import collect_sweep, find_sweeps
-from transfer_core.track import (KIND_TAG, artifact_path, existing_experiment, get_run_of_kind, latest_run,
-                                 log_metrics, log_new_params, run_filter, run_scope, search_all, set_tags)
+from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_run_of_kind,
+                                 latest_run, log_metrics, log_new_params, run_filter, run_scope, search_all, set_tags)
 from transfer_core.track.runs import ANALYSIS, SUBSET_RUN, SWEEP
 
 INPUTS_TAG = "analysis_inputs"  # hash of the analysed run ids and the options: equal hash, equal analysis
@@ -136,7 +136,19 @@ def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptio
         log_new_params(client, run_id, {**params, "analysis.n_runs": str(len(runs)), **config.to_params()})
         log_metrics(client, run_id, {**summary, **timings})
         client.log_artifacts(run_id, tmp)
-    return _result(client, run_id, sweep_id)
+    result = _result(client, run_id, sweep_id)
+    describe_run(client, run_id, analysis_note(result, len(runs), options))
+    return result
+
+
+def analysis_note(result: AnalysisResult, n_runs: int, options: AnalysisOptions) -> str:
+    """The analysis run's description in the MLflow UI: what was fitted, the headline, where to read on."""
+    top, bottom = result.ranking.iloc[0], result.ranking.iloc[-1]
+    return (f"Influences of the source classes on the target, fitted from {n_runs} FINISHED runs of sweep "
+            f"`{result.sweep_id}` (output `{options.output}`; positive = including the class helps). Most helpful: "
+            f"{top.class_name} ({top.influence:+.4g}); most detrimental: {bottom.class_name} "
+            f"({bottom.influence:+.4g}). Report: `{REPORT_ARTIFACT}` (Artifacts tab, previews here); ranking: "
+            f"`{RANKING_ARTIFACT}`. Next: `transfer-core counterfactual --analysis {result.run_id}`.")
 
 
 def get_analysis_run(client: MlflowClient, run_id: str, finished: bool = False):

@@ -70,7 +70,8 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
             raise ConfigError(f"cannot read mask file {mask_file} ({exc}); give a .npy boolean array") from None
     setup_tracking(tracking_uri)
     runner = SubsetRunner(config, experiment or DEFAULT_EXPERIMENT, data_root)
-    run_id, result = runner.run(index if index is not None else 0, mask=mask, run_id=invocation_run_id(),
+    index = index if index is not None else 0
+    run_id, result = runner.run(index, mask=mask, run_id=invocation_run_id(), name=runner.run_name(index),
                                 log_checkpoint=log_checkpoint)
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in {**result.metrics, **result.timings}.items())
     click.echo(f"run {run_id} FINISHED: {metrics}")

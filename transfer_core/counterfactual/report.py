@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from transfer_core.counterfactual.grid import FULL, ORDERS
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, select, summarize
-from transfer_core.track import log_metrics
+from transfer_core.track import describe_run, log_metrics
 
 TABLE_ARTIFACT = "counterfactual_runs.csv"
 SUMMARY_ARTIFACT = "counterfactual_summary.csv"
@@ -40,6 +40,19 @@ def plot_accuracy(summary: pd.DataFrame, path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report_note(table: pd.DataFrame, selection: Selection) -> str:
+    """The grid's description in the MLflow UI: what was retrained, where the figures are, the pick."""
+    orders = ", ".join(o for o in ORDERS if o in set(table.order))
+    ks = ", ".join(str(k) for k in sorted(set(table.k)))
+    return (f"Counterfactual grid (tag `analysis_run_id`: the ranking it checks): {len(table)} child runs "
+            f"retrained on the full source minus k classes (orders {orders}; k = {ks}; "
+            f"{table.seed.nunique()} seeds), each with params `order`, `k`, `seed`. Figure: "
+            f"`{PLOT_ARTIFACT}`; tables: `{SUMMARY_ARTIFACT}`, `{TABLE_ARTIFACT}`; the pick, chosen on "
+            f"the validation selection half (`{SELECTION_ARTIFACT}`): {selection.describe()}. To chart it "
+            "from the runs table: Chart view, group by params `order` and `k`, add a scatter chart of `target_test_acc` against "
+            "param `k`: one point per (order, k), the mean over seeds.")
+
+
 def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True,
                rule: EvidenceRule = EvidenceRule(), ranking_split_half: float = float("nan")) -> Selection:
     """Write the tables, plot and selection to the parent run; end it FINISHED if ``finish``."""
@@ -61,6 +74,7 @@ def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = T
               "select_diff_ci_high": selection.select_diff_ci_high, "pruned_is_champion": float(selection.is_champion)}
     log_metrics(client, parent_run_id, values)
     client.set_tag(parent_run_id, "selection", selection.describe()[:4900])
+    describe_run(client, parent_run_id, report_note(table, selection))
     if finish:
         client.set_terminated(parent_run_id, status="FINISHED")
     return selection

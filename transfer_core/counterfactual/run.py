@@ -21,12 +21,12 @@ from mlflow.tracking import MlflowClient
 from transfer_core.analysis import class_ranking, find_analysis_run
 from transfer_core.config import ConfigError, RunConfig, build_config, with_overrides
 from transfer_core.counterfactual.grid import CounterfactualPlan, counterfactual_id, ranking_order, removal_set
-from transfer_core.counterfactual.report import log_report
+from transfer_core.counterfactual.report import log_report, report_note
 from transfer_core.counterfactual.summary import SELECT_METRIC, EvidenceRule, Selection
 from transfer_core.data import load_split, validation_halves
 from transfer_core.execute import ExecutorSettings, Job, Task, run_tasks
-from transfer_core.track import (DEFAULT_EXPERIMENT, VAL_OUTPUTS_ARTIFACT, artifact_path, get_experiment_id, latest_run,
-                                 run_config, run_filter, search_all, set_tags)
+from transfer_core.track import (DEFAULT_EXPERIMENT, VAL_OUTPUTS_ARTIFACT, artifact_path, describe_step,
+                                 get_experiment_id, latest_run, run_config, run_filter, search_all, set_tags)
 from transfer_core.track.claims import settle_parent
 from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, SUBSET_RUN
 
@@ -66,8 +66,9 @@ def grid_tasks(plan: CounterfactualPlan, points: list[tuple[str, int, int]], ran
         mask[removed] = False
         key = (("counterfactual_id", cf_id), ("order", order), ("k", str(k)), ("seed", str(seed)))
         tags = (*common.items(), ("removed", json.dumps(removed.tolist())[:4900]))
+        params = (("order", order), ("k", str(k)), ("seed", str(seed)))  # params: the UI's charts can plot them
         tasks.append(Task(COUNTERFACTUAL_RUN, key, seed, f"{cf_id}-{order}-k{k}-s{seed}", parent_run_id,
-                          tuple(mask.tolist()), tags))
+                          tuple(mask.tolist()), tags, params))
     return tasks
 
 
@@ -93,7 +94,7 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
     common = {"counterfactual_id": cf_id, "analysis_run_id": analysis_run_id or "",
               "source_sweep_id": source_sweep_id or ""}
     parent = settle_parent(client, experiment_id, COUNTERFACTUAL, {"counterfactual_id": cf_id},
-                           params=config.to_params(), run_name=cf_id, invocation_run_id=invocation_run_id,
+                           params=config.to_params(), run_name=run_name(cf_id), invocation_run_id=invocation_run_id,
                            extra_tags={k: v for k, v in common.items() if k != "counterfactual_id"})
     client.update_run(parent, status="RUNNING")
     set_tags(client, parent, {"orders": ",".join(plan.orders), "ks": ",".join(map(str, plan.ks)),
@@ -201,5 +202,12 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, a
     set_tags(client, runs.parent_run_id, {"ranking_split": "validation-ranking-half",
                                           "ranking_split_half": f"{split_half:.4f}"})
     selection = log_report(client, runs.parent_run_id, runs.table, rule=rule, ranking_split_half=split_half)
+    describe_step(client, runs.parent_run_id, report_note(runs.table, selection), run_name(runs.counterfactual_id),
+                  invocation_run_id)
     warnings = stability_warning(split_half, stability_threshold, analysis.info.run_id)
     return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id, warnings)
+
+
+def run_name(cf_id: str) -> str:
+    """The grid's parent run name in the UI: ``counterfactual-<hash>`` for id ``cf-<hash>``."""
+    return f"counterfactual-{cf_id.removeprefix('cf-')}"

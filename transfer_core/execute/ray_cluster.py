@@ -6,10 +6,13 @@ claim their work through the tracking store like local workers do.
 """
 from __future__ import annotations
 
+import os
+
 from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt, make_runner, one_line
 
 RAY_MISSING = ("the ray executor needs Ray, which is not installed; run pip install 'transfer-core[ray]' "
                "or use --executor local")
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 _RAY_RUNNERS: dict = {}  # per Ray worker process: data loaded once, reused by later tasks of the same job
 
 
@@ -19,6 +22,16 @@ def _ray_attempt(job: Job, task: Task, threads: int) -> Outcome:
         _RAY_RUNNERS[job] = make_runner(job, threads)
     runner, heartbeat = _RAY_RUNNERS[job]
     return attempt(runner, job, task, heartbeat)
+
+
+def credentials_env() -> dict | None:
+    """A runtime env carrying the tracking server's credentials to every Ray worker, when they are set.
+
+    Local worker processes inherit them; Ray workers on other nodes run under ``ray start``'s
+    environment, so they get the driver's ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``.
+    """
+    env = {k: os.environ[k] for k in CREDENTIAL_VARS if os.environ.get(k)}
+    return {"env_vars": env} if env else None
 
 
 class RayExecutor:
@@ -33,7 +46,8 @@ class RayExecutor:
         self._started = not ray.is_initialized()
         if self._started:
             try:
-                ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+                ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                         runtime_env=credentials_env())
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ExecutionError(f"cannot connect to Ray at {address or 'a new local instance'} "
                                      f"({one_line(exc)}); start it with `ray start --head` or fix "

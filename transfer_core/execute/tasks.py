@@ -44,7 +44,8 @@ class Task:
 
     ``index`` fixes the training seed (``run_seed(sweep_seed, index)``) and, when ``mask`` is
     None, the kept classes (``class_mask(sweep_seed, index)``). ``key`` are the tags that
-    name the work (no two FINISHED runs share them); ``tags`` are further tags of the run.
+    name the work (no two FINISHED runs share them); ``tags`` are further tags of the run and
+    ``params`` further params (e.g. a grid point's order, k and seed, which the UI can plot).
     """
 
     kind: str  # the run's transfer_core.kind: subset_run | counterfactual_run
@@ -54,6 +55,7 @@ class Task:
     parent_run_id: str
     mask: tuple[bool, ...] | None = None  # (n_source_classes,) kept classes
     tags: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str], ...] = ()  # logged beside the config's params
 
     @property
     def filter(self) -> str:
@@ -121,7 +123,8 @@ def attempt(runner, job: Job, task: Task, heartbeat: Heartbeat) -> Outcome:
     start = time.perf_counter()
     mask = None if task.mask is None else np.array(task.mask, dtype=bool)
     try:
-        runner.run(task.index, mask=mask, run_id=run_id, tags=tags, log_checkpoint=job.log_checkpoint)
+        runner.run(task.index, mask=mask, run_id=run_id, tags=tags, params=dict(task.params),
+                   log_checkpoint=job.log_checkpoint)
     except Exception as exc:  # the runner has marked the run FAILED; the next command retries it
         log.warning("%s failed: %s", task.name, one_line(exc))
         return Outcome(task, "failed", run_id, time.perf_counter() - start, one_line(exc))

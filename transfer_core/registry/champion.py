@@ -32,8 +32,8 @@ from transfer_core.counterfactual import SELECTION_ARTIFACT, Selection
 from transfer_core.counterfactual.run import STABILITY_THRESHOLD, stability_warning
 from transfer_core.counterfactual.summary import EvidenceRule
 from transfer_core.data import load_split
-from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, existing_experiment, get_run_of_kind,
-                                 latest_run, load_checkpoint, quote, run_config, set_tags)
+from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, describe_run, existing_experiment,
+                                 get_run_of_kind, latest_run, load_checkpoint, quote, run_config, set_tags)
 from transfer_core.track.runs import COUNTERFACTUAL, REGISTER
 
 CHAMPION = "champion"
@@ -137,6 +137,8 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
             set_tags(client, run_id, {KIND_TAG: REGISTER, "counterfactual_run_id": counterfactual_run_id,
                                       "registered_model": name, "registered_version": str(existing.version),
                                       "message": message[:4900]})
+            describe_run(client, run_id, register_note(name, str(existing.version), message + " (version reused)"),
+                         f"register-{name}")
         return Registration(name, str(existing.version), existing.tags.get("pruned") == "true",
                             message + f" (version {existing.version} reused)", existing.run_id or "", warnings)
 
@@ -173,6 +175,7 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, CHAMPION, version)
     client.update_model_version(name, version, description=message)
+    describe_run(client, run_id, register_note(name, version, message), f"register-{name}")
     client.update_registered_model(name, description=(
         f"Target model ({config.data.target}, {len(test.class_names)} classes: {', '.join(test.class_names)}) "
         f"fine-tuned from a source model pretrained on {config.data.source}, with the source classes that "
@@ -182,6 +185,14 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
         f"{config.data.resolution}, {config.data.resolution}); output: logits (N, {len(test.class_names)}). "
         f"Experiment {experiment!r}."))
     return Registration(name, version, pruned, message, run_id, warnings)
+
+
+def register_note(name: str, version: str, message: str) -> str:
+    """The register run's description in the MLflow UI."""
+    uri = f"models:/{name}@{CHAMPION}"
+    return (f"Registered model `{name}` version {version} with alias `{CHAMPION}`: {message}. Model files: `model/` "
+            f"in Artifacts. Load it with `mlflow.pytorch.load_model(\"{uri}\")`; serve it over REST with "
+            f"`mlflow models serve -m {uri} --env-manager local`.")
 
 
 def latest_counterfactual_run(experiment: str) -> str:

@@ -28,8 +28,8 @@ from mlflow.tracking import MlflowClient
 from transfer_core.config import ConfigError, RunConfig
 from transfer_core.execute import ExecutorSettings, Job, Task, run_tasks
 from transfer_core.sweep.collect import check_sweep_id, finished_runs
-from transfer_core.track import (DEFAULT_EXPERIMENT, get_experiment_id, log_metrics, run_filter, search_all,
-                                 setup_tracking)
+from transfer_core.track import (DEFAULT_EXPERIMENT, describe_step, get_experiment_id, log_metrics, run_filter,
+                                 search_all, setup_tracking)
 from transfer_core.track.claims import is_superseded, settle_parent
 from transfer_core.track.runs import SUBSET_RUN, SWEEP
 
@@ -173,8 +173,19 @@ def sweep_with_summary(config: RunConfig, n_models: int, *, experiment: str = DE
     outcomes = run_tasks(job, sweep_tasks(sweep_id, parent, todo), execution, n_total=n_models, n_done=n_reused,
                          progress=progress, desc=sweep_id)
     summary = summarise(client, experiment_id, sweep_id, parent, n_models, n_reused, outcomes, started)
+    describe_step(client, parent, sweep_note(summary, config), sweep_id, invocation_run_id)
     log_summary(client, summary)
     return summary
+
+
+def sweep_note(summary: SweepSummary, config: RunConfig) -> str:
+    """The parent run's description in the MLflow UI."""
+    d = config.data
+    return (f"Sweep `{summary.sweep_id}`: {summary.n_finished} of {summary.n_models} subset runs FINISHED (child "
+            f"runs `{summary.sweep_id}-NNNNN`), each pretrained on a random {config.alpha:g} of the `{d.source}` "
+            f"classes and transferred to `{d.target}` ({config.transfer.mode} transfer). Each run's Dataset column "
+            f"shows the source classes it kept. Counts and run times: `sweep_summary.json`. Next: `transfer-core "
+            f"analyze --sweep {summary.sweep_id}`.")
 
 
 def run_sweep(config: RunConfig, n_models: int, *, extra_params: dict | None = None, **options) -> str:

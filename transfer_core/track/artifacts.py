@@ -4,8 +4,10 @@ Run layout (what the analysis reads back):
   params     every config field (``data.source``, ``pretrain.epochs``, ``subset.alpha``, ...),
              ``subset.index``, ``subset.seed``, ``subset.n_source_classes``, ``subset.n_kept``,
              ``normalization.mean`` / ``.std`` (the whole source's, the same for every mask)
-  tags       ``transfer_core.kind`` = subset_run (or counterfactual_run), ``index``, ``config_hash``,
-             and the keys of the sweep or grid it belongs to
+  tags       ``transfer_core.kind`` = subset_run (or counterfactual_run), ``index``, ``config_hash``, a note,
+             and the keys of the sweep or grid it belongs to (a grid point also has params ``order``,
+             ``k``, ``seed``, for the UI's charts)
+  inputs     the source subset and the target splits as MLflow datasets (:mod:`transfer_core.track.datasets`)
   metrics    ``source_acc``, ``target_val_acc``, ``target_test_acc``, ``*_s`` phase times
   artifacts  ``class_mask.npy`` (n_source_classes,) bool, ``source_classes.json``,
              ``target_outputs.npz`` (margin, prob, correct, pred, labels; test-set order),
@@ -20,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from transfer_core.config import RunConfig
-from transfer_core.track.runs import now_ms
+from transfer_core.track.datasets import log_dataset_inputs
+from transfer_core.track.runs import NOTE_TAG, now_ms
 from transfer_core.train import Normalized, build_model, save_outputs
 
 MASK_ARTIFACT = "class_mask.npy"
@@ -35,10 +38,12 @@ CHECKPOINT_ARTIFACT = "model.pt"
 
 
 def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, result, index: int, seed: int,
-                      data, log_checkpoint: bool) -> None:
-    """Write everything about a finished run in two calls: one batch, one artifact upload.
+                      data, log_checkpoint: bool, inputs: list | None = None,
+                      extra_params: dict[str, str] | None = None) -> None:
+    """Write everything about a finished run in three calls: one batch, the dataset inputs, one upload.
 
-    ``data`` is the run's :class:`~transfer_core.data.TransferData` (class names, labels, normalisation).
+    ``data`` is the run's :class:`~transfer_core.data.TransferData` (class names, labels, normalisation);
+    ``inputs`` its :class:`~mlflow.entities.DatasetInput` list; ``extra_params`` more params to log.
     """
     source_class_names = data.source.class_names
     mean, std = data.source_norm
@@ -46,11 +51,18 @@ def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, resu
               "subset.n_source_classes": str(len(source_class_names)),
               "subset.n_kept": str(int(result.class_mask.sum())),
               "normalization.mean": json.dumps([round(float(v), 3) for v in mean]),
-              "normalization.std": json.dumps([round(float(v), 3) for v in std])}
+              "normalization.std": json.dumps([round(float(v), 3) for v in std]), **(extra_params or {})}
     metrics = {**result.metrics, **result.timings}
     now = now_ms()
+    kept = int(result.class_mask.sum())
+    note = (f"Pretrained from scratch on {kept} of the {len(source_class_names)} `{config.data.source}` classes "
+            f"(`{CLASSES_ARTIFACT}`, `{MASK_ARTIFACT}`; the `pretrain` dataset), transferred to "
+            f"`{config.data.target}` ({config.transfer.mode}). Per-example outputs: `{OUTPUTS_ARTIFACT}` (test), "
+            f"`{VAL_OUTPUTS_ARTIFACT}` (validation).")
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                     params=[Param(k, v) for k, v in params.items()])
+                     params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(NOTE_TAG, note)])
+    if inputs:
+        log_dataset_inputs(client, run_id, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.save(tmp / MASK_ARTIFACT, result.class_mask.astype(bool))

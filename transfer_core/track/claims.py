@@ -129,13 +129,15 @@ def settle_parent(client: MlflowClient, experiment_id: str, kind: str, key: dict
     candidate is live, so commands started together agree on one parent. ``check(run)`` may
     refuse an established parent (e.g. made with another config). ``invocation_run_id`` (the
     run of an enclosing ``mlflow run``, in this experiment) becomes the parent when there is
-    none yet; otherwise it gets a ``parent_run_id`` tag pointing to the parent.
+    none yet; otherwise (or in another experiment) it gets ``run_name`` and a ``parent_run_id``
+    tag pointing to the parent.
     """
-    if invocation_run_id and client.get_run(invocation_run_id).info.experiment_id != experiment_id:
-        invocation_run_id = None
-    parent = _settle(client, experiment_id, kind, key, params, run_name, extra_tags or {}, invocation_run_id, check)
+    adopt = invocation_run_id
+    if adopt and client.get_run(adopt).info.experiment_id != experiment_id:
+        adopt = None
+    parent = _settle(client, experiment_id, kind, key, params, run_name, extra_tags or {}, adopt, check)
     if invocation_run_id and invocation_run_id != parent:
-        set_tags(client, invocation_run_id, {**key, "parent_run_id": parent})
+        set_tags(client, invocation_run_id, {**key, "parent_run_id": parent, MLFLOW_RUN_NAME: run_name})
     return parent
 
 

@@ -3,8 +3,8 @@
 Every run the tool makes carries the tag ``transfer_core.kind`` (``subset_run``, ``sweep``,
 ``tune``, ``analysis``, ``counterfactual``, ``counterfactual_run``, ``register``, ``main``).
 This module finds runs by kind and tags, checks that a given id is a run of the expected
-kind, logs params without clashing with those already logged, and ends a run FINISHED, or
-FAILED with the reason, around the work it records.
+kind, logs params without clashing with those already logged, names and describes runs (the
+UI's note), and ends a run FINISHED, or FAILED with the reason, around the work it records.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from transfer_core.config import ConfigError, RunConfig, from_params
 
@@ -36,6 +37,8 @@ COUNTERFACTUAL_RUN = "counterfactual_run"  # one grid point
 REGISTER = "register"
 MAIN = "main"
 ERROR_TAG = "error"  # the one-line reason a run ended FAILED
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
+NOTE_CHARS = 5000  # MLflow keeps tag values up to 8,000 characters
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
@@ -121,6 +124,23 @@ def log_new_params(client: MlflowClient, run_id: str, params: dict[str, str]) ->
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def describe_run(client: MlflowClient, run_id: str, note: str, name: str | None = None) -> None:
+    """Give run ``run_id`` its description (the MLflow UI's note, markdown) and, when given, a name."""
+    tags = {NOTE_TAG: note[:NOTE_CHARS]}
+    if name:
+        tags[MLFLOW_RUN_NAME] = name
+    set_tags(client, run_id, tags)
+
+
+def describe_step(client: MlflowClient, run_id: str, note: str, name: str | None = None,
+                  invocation_run_id: str | None = None) -> None:
+    """Describe a step's run; an ``mlflow run`` run that is not that run gets the name and a pointer to it."""
+    describe_run(client, run_id, note, name)
+    if invocation_run_id and invocation_run_id != run_id:
+        describe_run(client, invocation_run_id, f"This `mlflow run` step recorded its work in run `{run_id}`"
+                     f"{f' ({name})' if name else ''}:\n\n{note}", name)
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict, step: int = 0) -> None:

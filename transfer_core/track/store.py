@@ -2,7 +2,8 @@
 
 The default store is embedded: ``sqlite:///mlruns/mlflow.db`` with artifacts under
 ``mlruns/``. ``$MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) points elsewhere, e.g. at an
-``mlflow server`` that many workers share.
+``mlflow server`` that many workers share, possibly behind MLflow's basic-auth app
+(credentials in ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, checked up front).
 
 A brand-new sqlite store is created and migrated by MLflow the first time a process opens
 it; two processes doing that at once crash inside alembic. :func:`setup_tracking` therefore
@@ -29,7 +30,7 @@ from transfer_core.config import ConfigError
 DEFAULT_STORE_DIR = Path("mlruns")
 DEFAULT_EXPERIMENT = "transfer_core"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens an experiment by this tag
-EXPERIMENT_KIND = "custom_model_development"  # "Training runs", not the GenAI views
+EXPERIMENT_KIND = "custom_model_development"  # "Training runs", not the GenAI views (but see ui_url)
 INIT_TRIES = 5  # attempts at opening a store that another process is still creating
 
 
@@ -97,10 +98,33 @@ def setup_tracking(tracking_uri: str | None = None) -> str:
         except (urllib.error.URLError, OSError) as exc:
             raise TrackingError(f"cannot reach the MLflow tracking server at {uri} ({exc}); start it "
                                 "with `mlflow server` or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+        check_credentials(uri)
     open_sqlite_store(uri)
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (workers, nested mlflow.run) inherit it
     return uri
+
+
+def check_credentials(uri: str) -> None:
+    """Refuse, in one sentence and before anything is written, a server that does not accept us.
+
+    A server started with ``--app-name basic-auth`` answers 401 without (or with wrong)
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, and 403 to a user who may not read.
+    """
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        status = exc.get_http_status_code()
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        if status == 401:
+            given = f"the password given for user {user!r}" if user else "no credentials"
+            raise TrackingError(f"the MLflow tracking server at {uri} refused {given} (HTTP 401); set "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to a user of its "
+                                "basic-auth app") from None
+        if status == 403:
+            raise TrackingError(f"the MLflow tracking server at {uri} does not let user {user!r} read experiments "
+                                "(HTTP 403); ask its admin for READ (EDIT to log runs) permission") from None
+        raise
 
 
 def mark_training_experiment(client: MlflowClient, experiment) -> None:
@@ -138,3 +162,17 @@ def existing_experiment(name: str) -> str:
                             "and --tracking-uri")
     mark_training_experiment(client, found)
     return found.experiment_id
+
+
+def ui_url(experiment_id: str, run_id: str | None = None, artifact: str | None = None,
+           base: str = "http://127.0.0.1:5000") -> str:
+    """A link into the MLflow UI in Model training mode.
+
+    MLflow 3.17's UI opens every experiment in the mode of a per-browser toggle (GenAI by
+    default), not by the experiment's ``mlflow.experimentKind`` tag; ``workflowType`` in the
+    link chooses Model training.
+    """
+    path = f"#/experiments/{experiment_id}"
+    if run_id:
+        path += f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    return f"{base}/{path}?workflowType=machine_learning"

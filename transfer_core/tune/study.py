@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 from transfer_core.config import ConfigError, RunConfig, with_overrides
 from transfer_core.execute import SubsetRunner
-from transfer_core.track import (KIND_TAG, artifact_path, get_run_of_kind, latest_run, log_new_params, run_scope,
-                                 set_tags)
+from transfer_core.track import (KIND_TAG, artifact_path, describe_run, get_run_of_kind, latest_run, log_new_params,
+                                 run_scope, set_tags)
 from transfer_core.track.runs import TUNE
 from transfer_core.train import DivergenceError
 from transfer_core.tune.pruning import ScheduleMedianPruner
@@ -256,8 +256,21 @@ def _tune(config, settings, experiment, data_root, device, profile, run_id, prog
     trials = study.get_trials(deepcopy=False)
     baseline = [t.value for t in trials if t.user_attrs.get("baseline") and t.state.name == "COMPLETE"]
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    return TuneResult(run_id, study_name, storage_label, best, study.best_value,
-                      baseline[0] if baseline else None, counts)
+    result = TuneResult(run_id, study_name, storage_label, best, study.best_value,
+                        baseline[0] if baseline else None, counts)
+    describe_run(client, run_id, tune_note(result))
+    return result
+
+
+def tune_note(result: TuneResult) -> str:
+    """The tune run's description in the MLflow UI."""
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in result.counts.items())
+    baseline = "n/a" if result.default_value is None else f"{result.default_value:.4f}"
+    recipe = ", ".join(f"`{k}={v}`" for k, v in result.best_params.items())
+    return (f"Optuna study `{result.study_name}` ({result.storage}): {counts} trials (child runs), each scored on "
+            f"target validation accuracy, never the test split. Best {result.best_value:.4f} (the profile's recipe "
+            f"{baseline}) with {recipe}: `{BEST_PARAMS_ARTIFACT}`; every trial: `trials.csv`. Next: `transfer-core "
+            f"sweep ... --transfer-params-from {result.run_id}`.")
 
 
 class _quiet_optuna:

@@ -26,8 +26,9 @@ from transfer_core.config import DEFAULT_PROFILE, ConfigError, RunConfig, build_
 from transfer_core.counterfactual.grid import CounterfactualPlan, parse_list
 from transfer_core.counterfactual.summary import EvidenceRule
 from transfer_core.data import resolve_data_root, synthetic
-from transfer_core.track import (DEFAULT_EXPERIMENT, KIND_TAG, artifact_path, get_experiment_id, latest_run, run_filter,
-                                 set_tags, setup_tracking, to_local_path)
+from transfer_core.track import (DEFAULT_EXPERIMENT, KIND_TAG, artifact_path, describe_step, get_experiment_id,
+                                 latest_run, run_filter, set_tags, setup_tracking, to_local_path)
+from transfer_core.track.store import mark_training_experiment, ui_url
 from transfer_core.track.runs import ANALYSIS, MAIN
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]  # the MLproject folder
@@ -163,7 +164,7 @@ class Workflow:
         tags = register.data.tags
         return MainResult(self.steps, sweep_id, analysis_run_id, counterfactual.info.run_id,
                           tags.get("registered_model", ""), tags.get("registered_version", ""),
-                          tags.get("message", ""), self._report_path(analysis_run_id))
+                          tags.get("message", ""), self._report_path(analysis_run_id), self.experiment_id)
 
     def _analysis_run_id(self, step_run, sweep_id: str) -> str:
         """The analysis run of the ``analyze`` step: the step run itself, or the one it made."""
@@ -192,10 +193,18 @@ class MainResult:
     model_version: str
     message: str
     report_path: str
+    experiment_id: str = ""
 
     @property
     def model_uri(self) -> str:
         return f"models:/{self.model_name}@champion"
+
+    def note(self) -> str:
+        """The main run's description in the MLflow UI (markdown)."""
+        steps = "\n".join(f"- {step}: run `{run_id}`" for step, run_id in self.steps.items())
+        return (f"The main job: tune -> sweep -> analyze -> counterfactual -> register (the child runs).\n\n"
+                f"{steps}\n\nReport: `report.html` in the Artifacts of analysis run `{self.analysis_run_id}`. "
+                f"Champion: `{self.model_uri}` (version {self.model_version}): {self.message}")
 
     def where_to_look(self, tracking_uri: str) -> str:
         ui = f"mlflow ui --backend-store-uri {tracking_uri}"
@@ -203,8 +212,10 @@ class MainResult:
             ui += f" --default-artifact-root {Path(tracking_uri[len('sqlite:///'):]).parent}"
         return "\n".join([
             "main finished. Where to look:",
-            f"  MLflow UI:        {ui}   (then open http://127.0.0.1:5000)",
+            f"  MLflow UI:        {ui}",
+            f"                    then open {ui_url(self.experiment_id)}",
             f"  analysis report:  {self.report_path}",
+            f"                    in the UI: {ui_url(self.experiment_id, self.analysis_run_id, 'report.html')}",
             f"  registered model: {self.model_uri}  (version {self.model_version})",
             f"  champion:         {self.message}",
             "  step runs:        " + ", ".join(f"{k}={v}" for k, v in self.steps.items()),
@@ -218,6 +229,8 @@ def start_main_run(client: MlflowClient, experiment_id: str, name: str):
     that run then gets a tag pointing to the main run made here.)
     """
     invocation = os.environ.get("MLFLOW_RUN_ID")
+    if invocation:  # the tool writes to the experiment of `mlflow run` too: mark it for the UI
+        mark_training_experiment(client, client.get_experiment(client.get_run(invocation).info.experiment_id))
     if invocation and client.get_run(invocation).info.experiment_id == experiment_id:
         set_tags(client, invocation, {KIND_TAG: MAIN, MLFLOW_RUN_NAME: name})
         return mlflow.start_run(run_id=invocation)
@@ -234,9 +247,11 @@ def run_main(settings: MainSettings, data_root=None, tracking_uri: str | None = 
     if data_root:
         os.environ["TRANSFER_CORE_DATA"] = str(data_root)  # the steps run in subprocesses
     setup_tracking(tracking_uri)
+    invocation = os.environ.get("MLFLOW_RUN_ID")
     workflow = Workflow(settings, data_root, echo=echo)
     with start_main_run(workflow.client, workflow.experiment_id, f"main-{settings.experiment}") as run:
         result = workflow.run()
         set_tags(workflow.client, run.info.run_id, {**{f"step.{k}": v for k, v in result.steps.items()},
                                                     "model_uri": result.model_uri, "report_path": result.report_path})
+        describe_step(workflow.client, run.info.run_id, result.note(), invocation_run_id=invocation)
     return result

@@ -1,0 +1,386 @@
+"""Screenshots of the MLflow UI over a store this tool wrote, in headless Chromium.
+
+Starts ``mlflow ui`` on a free loopback port over the store, drives Debian's ``chromium``
+through the DevTools protocol (a small stdlib websocket client: no Selenium, no Playwright),
+and writes PNGs plus ``ui_checks.json`` (what each page showed, measured from the DOM):
+
+    python benchmarks/ui_screenshots.py                          # the store `make run` wrote
+    python benchmarks/ui_screenshots.py --tracking-uri sqlite:////tmp/x/mlruns/mlflow.db --out /tmp/shots
+
+Pages:
+  experiments.png         the experiment list
+  landing.png             ``#/experiments/<id>`` as a new browser profile opens it (MLflow 3.17 picks
+                          GenAI or Model training from a per-browser toggle, not the experiment)
+  training_runs.png       the runs table in Model training mode, subset runs shown (Dataset column)
+  report.png              the analysis run's ``report.html`` in the Artifacts tab
+  counterfactual_runs.png the counterfactual grid's runs with their order, k and seed columns
+
+Needs ``apt-get install -y chromium``. Runs as root with --no-sandbox.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--window-size=1500,1000"]
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
+        try:
+            NO_PROXY.open(url, timeout=5).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+class DevTools:
+    """A blocking Chrome DevTools Protocol session over one page's websocket (RFC 6455, text frames)."""
+
+    def __init__(self, ws_url: str):
+        url = urllib.parse.urlparse(ws_url)
+        self.sock = socket.create_connection((url.hostname, url.port), timeout=120)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {url.path} HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self._recv_some()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(f"DevTools refused the websocket: {head[:200]!r}")
+        self.last_id = 0
+
+    def _recv_some(self) -> bytes:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("DevTools closed the connection")
+        return chunk
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self.buf += self._recv_some()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _send(self, text: str) -> None:
+        data = text.encode()
+        n = len(data)
+        header = bytearray([0x81])  # FIN + text frame; client frames are masked
+        if n < 126:
+            header.append(0x80 | n)
+        elif n < 1 << 16:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(bytes(header) + mask + masked)
+
+    def _message(self) -> dict:
+        payload = b""
+        while True:
+            b0, b1 = self._read(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack(">H", self._read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", self._read(8))[0]
+            data = self._read(n)
+            if b0 & 0x0F == 0x8:
+                raise ConnectionError("DevTools closed the websocket")
+            payload += data
+            if b0 & 0x80:
+                return json.loads(payload)
+
+    def call(self, method: str, session: str | None = None, **params):
+        """Send one command (to an attached target's ``session``) and return its result."""
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self._send(json.dumps(message))
+        while True:
+            message = self._message()
+            if message.get("id") == self.last_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+
+    def evaluate(self, expression: str, session: str | None = None, context: int | None = None):
+        extra = {} if context is None else {"contextId": context}
+        result = self.call("Runtime.evaluate", session, expression=expression, returnByValue=True, awaitPromise=True,
+                           **extra)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60.0):
+        """Poll JS ``expression`` until it is truthy (errors while the page loads count as not yet)."""
+        deadline = time.monotonic() + timeout
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
+        while time.monotonic() < deadline:
+            value = self.evaluate(guarded)
+            if value:
+                return value
+            time.sleep(0.5)
+        return None
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+
+class Browser:
+    """Headless Chromium with a new profile; ``page`` is a DevTools session on its first tab."""
+
+    def __init__(self, executable: str):
+        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
+        self.proc = subprocess.Popen([executable, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+                                      "--remote-debugging-port=0", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.is_file() or not port_file.read_text().strip():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("chromium did not start its DevTools endpoint; is it installed "
+                                   "(apt-get install -y chromium)?")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        targets = json.loads(NO_PROXY.open(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        page = next(t for t in targets if t["type"] == "page")
+        self.page = DevTools(page["webSocketDebuggerUrl"])
+        self.page.call("Page.enable")
+
+    def open(self, url: str, ready: str, settle_s: float = 3.0, timeout: float = 90.0):
+        """Navigate to ``url``, wait until JS ``ready`` is truthy, then ``settle_s`` more; returns its value."""
+        self.page.call("Page.navigate", url="about:blank")
+        self.page.call("Page.navigate", url=url)
+        value = self.page.wait_for(ready, timeout)
+        time.sleep(settle_s)
+        return value
+
+    def frame_evaluate(self, url_prefix: str, expression: str):
+        """Evaluate JS in the first iframe whose URL starts with ``url_prefix`` (in or out of process)."""
+        for target in self.page.call("Target.getTargets")["targetInfos"]:  # an out-of-process iframe
+            if target["type"] == "iframe" and target["url"].startswith(url_prefix):
+                session = self.page.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)
+                return self.page.evaluate(expression, session=session["sessionId"])
+        frames = [self.page.call("Page.getFrameTree")["frameTree"]]
+        while frames:  # an iframe in the page's own process
+            frame = frames.pop()
+            frames += frame.get("childFrames", [])
+            if frame["frame"]["url"].startswith(url_prefix):
+                world = self.page.call("Page.createIsolatedWorld", frameId=frame["frame"]["id"], worldName="check")
+                return self.page.evaluate(expression, context=world["executionContextId"])
+        return None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def start_ui(tracking_uri: str, artifact_root: str | None, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]
+    if artifact_root:
+        command += ["--default-artifact-root", artifact_root]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 180, proc)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` and the processes it started (``mlflow ui`` runs uvicorn in a session of its own)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+# MLflow 3.17's UI keeps a page's state in the browser's localStorage; the script seeds it to hide
+# the assistant panel, expand nested runs and, for the counterfactual page, add the README's chart.
+ASSISTANT_CLOSED = {"mlflow.assistant.panelOpen_v1": "false", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true"}
+SECTION = "transfer-core-section"
+
+
+def experiment_state(search: str, columns: list[str], charts: list[dict] | None = None,
+                     group_by: list[str] = (), expanded: list[str] = ()) -> dict:
+    """The runs page's saved state (MLflow 3.17.2's shape): a search, columns, charts, grouping, open parents."""
+    return {
+        "searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": ["attributes.`Dataset`", *columns], "columnOrder": [], "columnWidths": {},
+        "runsExpanded": {run_id: True for run_id in expanded}, "runsPinned": [], "runsHidden": [],
+        "runsVisibilityMap": {}, "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": charts or [],
+        "compareRunSections": [{"uuid": SECTION, "name": "Counterfactual", "display": True, "isReordered": False,
+                                "deleted": False, "isGenerated": False}] if charts else [],
+        "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
+        "useGroupedValuesInCharts": True, "hideEmptyCharts": True,  # charts show each group's mean
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": key}
+                                                                    for key in group_by]} if group_by else None,
+        "groupsExpanded": {}, "autoRefreshEnabled": False,
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""}}
+
+
+SCATTER_K = {"uuid": "transfer-core-k-chart", "type": "SCATTER", "runsCountToCompare": 500,
+             "metricSectionId": SECTION, "deleted": False, "isGenerated": False,
+             "xaxis": {"key": "k", "type": "PARAM"}, "yaxis": {"key": "target_test_acc", "type": "METRIC"}}
+TEXT = "document.body.innerText"
+MODE = f"({TEXT}.includes('Judges') ? 'GenAI' : 'Model training')"  # only the GenAI sidebar lists judges
+
+
+def ancestors(client, run) -> list[str]:
+    """``run`` and the runs it nests under (a sweep under its ``main`` run), so the table can open them."""
+    chain = [run.info.run_id]
+    while (parent := client.get_run(chain[-1]).data.tags.get("mlflow.parentRunId")) and parent not in chain:
+        chain.append(parent)
+    return chain
+
+
+def take(browser: Browser, base: str, out: Path, name: str, route: str, ready: str, check: str,
+         storage: dict[str, str] | None = None, settle_s: float = 4.0) -> dict:
+    """Seed localStorage, open ``base/#route``, wait for ``ready``, screenshot, return ``check``'s value."""
+    browser.open(f"{base}/#/experiments", "document.readyState === 'complete'", settle_s=0.5)
+    browser.page.evaluate("localStorage.clear()")
+    for key, value in (storage or {}).items():
+        browser.page.evaluate(f"localStorage.setItem({json.dumps(key)}, {json.dumps(value)})")
+    started = time.monotonic()
+    found = browser.open(f"{base}/#{route}", ready, settle_s=settle_s)
+    result = {"url": f"{base}/#{route}", "ready": bool(found), "ready_s": round(time.monotonic() - started, 1),
+              **(browser.page.evaluate(check) or {})}
+    browser.page.screenshot(out / f"{name}.png")
+    print(f"{name}.png: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "url"))
+    return result
+
+
+def main() -> int:
+    from mlflow.tracking import MlflowClient
+
+    from transfer_core.track import latest_run
+    from transfer_core.track.runs import ANALYSIS, COUNTERFACTUAL, SWEEP
+
+    parser = argparse.ArgumentParser(description="Screenshots of the MLflow UI over a transfer_core store.")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI")
+                        or f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+    parser.add_argument("--artifact-root", default=None, help="default: the folder of a sqlite store")
+    parser.add_argument("--experiment", default="transfer_core")
+    parser.add_argument("--out", default="outputs/ui")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    args = parser.parse_args()
+    if not Path(args.chromium).is_file():
+        sys.exit("chromium is not installed; apt-get install -y chromium, or pass --chromium PATH")
+    client = MlflowClient(args.tracking_uri)
+    experiment = client.get_experiment_by_name(args.experiment)
+    if experiment is None:
+        sys.exit(f"no experiment {args.experiment!r} in {args.tracking_uri}; run `make run` first or pass --experiment")
+    exp = experiment.experiment_id
+    sweep, analysis, grid = (latest_run(client, exp, kind) for kind in (SWEEP, ANALYSIS, COUNTERFACTUAL))
+    root = args.artifact_root
+    if root is None and args.tracking_uri.startswith("sqlite:///"):
+        root = str(Path(args.tracking_uri[len("sqlite:///"):]).parent)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    port = free_port()
+    ui = start_ui(args.tracking_uri, root, port)
+    browser = Browser(args.chromium)
+    checks = {"experiment": args.experiment, "experiment_kind_tag": experiment.tags.get("mlflow.experimentKind"),
+              "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        browser.page.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
+                          mobile=False)
+        base = f"http://127.0.0.1:{port}"
+        state_key = f'MLflowLocalStorage-1.1-ExperimentPage-["{exp}"]-ReactComponentState'
+        checks["experiments"] = take(browser, base, out, "experiments", "/experiments",
+                                     f"{TEXT}.includes({json.dumps(args.experiment)})", "({})")
+        checks["landing"] = take(  # what a new browser shows: MLflow picks the mode, not the experiment's tag
+            browser, base, out, "landing", f"/experiments/{exp}", f"{TEXT}.includes({json.dumps(args.experiment)})",
+            f"({{mode: {MODE}, lands_on: location.hash}})")
+        if sweep is not None:
+            sweep_id = sweep.data.tags["sweep_id"]
+            rows = ("Object.values([...document.querySelectorAll('.ag-row')].reduce((m, r) => {"  # a row's cells
+                    "const i = r.getAttribute('row-index'); m[i] = (m[i] || '') + ' ' + r.innerText; return m; }, {}))"
+                    f".filter(t => t.includes({json.dumps(sweep_id + '-')}))")  # sit in pinned and centre parts
+            checks["training_runs"] = take(
+                browser, base, out, "training_runs", f"/experiments/{exp}/runs?workflowType=machine_learning",
+                f"{rows}.length > 0",
+                f"({{mode: {MODE}, model_rows: {rows}.length, with_dataset: {rows}.filter(t => / of \\d+ classes/"
+                f".test(t)).length}})",
+                {**ASSISTANT_CLOSED, state_key: json.dumps(experiment_state(
+                    f"tags.sweep_id = '{sweep_id}'", ["metrics.`target_test_acc`", "metrics.`target_val_acc`"],
+                    expanded=ancestors(client, sweep)))})
+        if analysis is not None:
+            route = (f"/experiments/{exp}/runs/{analysis.info.run_id}/artifacts/report.html"
+                     "?workflowType=machine_learning")
+            frame = "document.querySelector('iframe.mlflow-html-iframe')"
+            checks["report"] = take(browser, base, out, "report", route, f"{frame} && {frame}.src", "({})",
+                                    ASSISTANT_CLOSED, settle_s=5)
+            checks["report"].update(browser.frame_evaluate("blob:", (
+                "({title: document.title, sections: document.querySelectorAll('section').length, "
+                "pictures: document.images.length, "
+                "pictures_shown: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length})")) or {})
+            checks["report"]["report_bytes"] = next((f.file_size for f in client.list_artifacts(analysis.info.run_id)
+                                                     if f.path == "report.html"), None)
+            print("report.html in the preview:", {k: v for k, v in checks["report"].items() if k != "url"})
+        if grid is not None:
+            cf_id = grid.data.tags["counterfactual_id"]
+            checks["counterfactual"] = take(
+                browser, base, out, "counterfactual",
+                f"/experiments/{exp}/runs?workflowType=machine_learning&compareRunsMode=CHART",
+                "document.querySelectorAll('.js-plotly-plot, canvas, svg.main-svg').length > 0",
+                f"({{mode: {MODE}, charts: document.querySelectorAll('.js-plotly-plot').length}})",
+                {**ASSISTANT_CLOSED, state_key: json.dumps(experiment_state(
+                    f"tags.counterfactual_id = '{cf_id}' and tags.`transfer_core.kind` = 'counterfactual_run'",
+                    ["params.`order`", "params.`k`", "params.`seed`", "metrics.`target_test_acc`"], [SCATTER_K],
+                    group_by=["order", "k"]))}, settle_s=6)
+    finally:
+        browser.close()
+        stop(ui)
+    (out / "ui_checks.json").write_text(json.dumps(checks, indent=1))
+    print(f"wrote {out}/*.png and {out}/ui_checks.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Content digests of image sets: what a run trained on, as a short hash of pixels and labels.
+
+A class subset's digest is built from one digest per source class, computed once per loaded
+source (one pass over the images), so the digest of any mask costs microseconds:
+
+    digests = class_digests(source)                 # (n_classes,) hex strings
+    subset_digest(digests, mask)                    # same kept classes and images -> same digest
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from transfer_core.data.images import ImageSet
+
+DIGEST_CHARS = 12  # hex characters kept: 48 bits, like the tool's other ids (MLflow allows up to 36)
+
+
+def _update(h, images: torch.Tensor, labels: torch.Tensor) -> None:
+    h.update(np.ascontiguousarray(images.numpy()).tobytes())
+    h.update(labels.numpy().astype("<i8").tobytes())
+
+
+def class_digests(images: ImageSet) -> list[str]:
+    """Per class ``c``: sha256 of its name and its images ``(n_c, 3, R, R)`` in set order (full hex)."""
+    out = []
+    for c, name in enumerate(images.class_names):
+        h = hashlib.sha256(name.encode() + b"\0")
+        index = (images.labels == c).nonzero().squeeze(1)
+        _update(h, images.images[index], images.labels[index])
+        out.append(h.hexdigest())
+    return out
+
+
+def subset_digest(digests: list[str], mask: np.ndarray) -> str:
+    """Digest of the kept classes ``mask (n_classes,)`` bool: changes with any kept class or image."""
+    kept = np.flatnonzero(np.asarray(mask, dtype=bool))
+    return hashlib.sha256(",".join(digests[c] for c in kept).encode()).hexdigest()[:DIGEST_CHARS]
+
+
+def set_digest(images: ImageSet) -> str:
+    """Digest of a whole image set: its class names, images and labels in order."""
+    h = hashlib.sha256("\0".join(images.class_names).encode() + b"\0")
+    _update(h, images.images, images.labels)
+    return h.hexdigest()[:DIGEST_CHARS]
