@@ -49,8 +49,8 @@ def report_note(table: pd.DataFrame, selection: Selection) -> str:
             f"{table.seed.nunique()} seeds), each with params `order`, `k`, `seed`. Figure: "
             f"`{PLOT_ARTIFACT}`; tables: `{SUMMARY_ARTIFACT}`, `{TABLE_ARTIFACT}`; the pick, chosen on "
             f"the validation selection half (`{SELECTION_ARTIFACT}`): {selection.describe()}. To chart it "
-            "from the runs table: Chart view, group by params `order` and `k`, add a scatter chart of `target_test_acc` against "
-            "param `k`: one point per (order, k), the mean over seeds.")
+            "from the runs table: Chart view, group by params `order` and `k`, add a scatter chart of "
+            "`target_test_acc` against param `k`: one point per (order, k), the mean over seeds.")
 
 
 def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True,
