@@ -7,8 +7,8 @@
 from transfer_core.data.images import ImageSet, channel_stats, resize
 from transfer_core.data.loading import (DataError, TransferData, cache_dir, load_split, load_transfer_data,
                                         resolve_data_root, sample_per_class)
-from transfer_core.data.subsets import check_mask, class_mask, n_kept, run_seed
+from transfer_core.data.subsets import check_mask, class_mask, class_rows, n_kept, run_seed
 
 __all__ = ["ImageSet", "TransferData", "DataError", "load_split", "load_transfer_data", "cache_dir",
-           "resolve_data_root", "sample_per_class", "resize", "channel_stats", "class_mask", "check_mask", "n_kept",
-           "run_seed"]
+           "resolve_data_root", "sample_per_class", "resize", "channel_stats", "class_mask", "class_rows", "check_mask",
+           "n_kept", "run_seed"]

@@ -158,7 +158,7 @@ def train_linear_head(features: torch.Tensor, y: torch.Tensor, n_classes: int, r
     With ``val_features (M, D)``, ``on_val(epoch, mean_loss, val_logits (M, n_classes))``
     runs after each epoch on the head as trained so far (Optuna reports and prunes there).
     """
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    mean, std = feature_standardization(features)
     z = (features - mean) / std
     head = nn.Linear(features.shape[1], n_classes).to(features.device)
     nn.init.zeros_(head.weight)
@@ -175,6 +175,25 @@ def train_linear_head(features: torch.Tensor, y: torch.Tensor, n_classes: int, r
     train(head, z, y, recipe, generator, augment=False, on_epoch=after_epoch)
     folded = nn.Linear(features.shape[1], n_classes).to(features.device)
     with torch.no_grad():
-        folded.weight.copy_(head.weight / std)
-        folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
+        weight, bias = fold_standardization(head.weight, head.bias, mean, std)
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
     return folded
+
+
+def feature_standardization(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std ``(..., D)`` over the examples of features ``(..., N, D)`` (std at least 1e-6).
+
+    Leading dimensions are models of a pack (:mod:`transfer_core.train.packed`), standardised apart.
+    """
+    return features.mean(-2), features.std(-2).clamp_min(1e-6)
+
+
+def fold_standardization(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                         std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear layer on standardised features, as one on raw features: ``W z + b = W' x + b'``.
+
+    Shapes: ``weight (..., C, D)``, ``bias (..., C)``, ``mean`` and ``std (..., D)``, with
+    ``z = (x - mean) / std``; leading dimensions are models of a pack.
+    """
+    return weight / std.unsqueeze(-2), bias - (weight * (mean / std).unsqueeze(-2)).sum(-1)

@@ -13,7 +13,7 @@ from torch import nn
 
 from transfer_core.config import ConfigError, RunConfig
 from transfer_core.data import ImageSet, TransferData
-from transfer_core.data import check_mask
+from transfer_core.data import check_mask, class_rows
 from transfer_core.train.loop import Recipe, infer, normalize, pick_device, seed_everything, train, \
     train_linear_head
 from transfer_core.train.models import Normalized, build_model
@@ -34,14 +34,11 @@ class SubsetRunResult:
 
 def source_subset(source: ImageSet, class_mask: np.ndarray) -> tuple[ImageSet, torch.Tensor]:
     """Images of the kept classes, relabelled 0..k-1; also returns kept class ids ``(k,)``."""
-    kept = torch.from_numpy(np.flatnonzero(class_mask))
-    index = torch.isin(source.labels, kept).nonzero().squeeze(1)
+    index, labels, kept = class_rows(source.labels, class_mask)
     if len(index) == 0:
         raise ConfigError("the class subset has no source images; check data.source and the mask")
     subset = source.select(index)
-    relabel = torch.full((source.n_classes,), -1, dtype=torch.long)
-    relabel[kept] = torch.arange(len(kept))
-    subset.labels = relabel[subset.labels]
+    subset.labels = labels
     return subset, kept
 
 
