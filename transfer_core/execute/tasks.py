@@ -107,11 +107,6 @@ def make_runner(job: Job, threads: int):
     return runner, Heartbeat(runner.client)
 
 
-def attempt(runner, job: Job, task: Task, heartbeat: Heartbeat) -> Outcome:
-    """:func:`attempt_pack` for one task."""
-    return attempt_pack(runner, job, (task,), heartbeat)[0]
-
-
 def claim(runner, task: Task) -> Outcome | tuple[str, dict[str, str]]:
     """Claim ``task`` through the tracking store: ``(run_id, tags)`` of our claim, or the Outcome if we did not."""
     client, experiment_id = runner.client, runner.experiment_id
