@@ -20,7 +20,8 @@ def _ray_attempt(job: Job, pack: tuple[Task, ...], threads: int) -> list[Outcome
         runner, heartbeat = make_runner(job, threads)
         if job.pack > 1:  # this task's own device: refuse a pack that cannot fit before claiming anything
             from transfer_core.train import pack_budget
-            pack_budget(job.config, runner.data, runner.device).check(job.pack)
+            n_source_test = 0 if runner.source_test is None else len(runner.source_test)
+            pack_budget(job.config, runner.data, runner.device, n_source_test=n_source_test).check(job.pack)
         _RAY_RUNNERS[job] = runner, heartbeat
     runner, heartbeat = _RAY_RUNNERS[job]
     return attempt_pack(runner, job, pack, heartbeat)
