@@ -21,7 +21,7 @@ from transfer_core.config import ConfigError, build_config
 from transfer_core.data import class_mask, class_rows, load_split, load_transfer_data
 from transfer_core.train import normalize, run_subset
 from transfer_core.train.loop import CROP_PADDING, Recipe, infer, train
-from transfer_core.train.memory import PackBudget, step_bytes
+from transfer_core.train.memory import PackBudget, pack_budget, step_bytes
 from transfer_core.train.models import ResNet18, SmallResNet, build_model
 from transfer_core.train.packed import Member, packed_infer, run_pack, train_packed
 from transfer_core.train.packing import PackedNetwork
@@ -189,3 +189,19 @@ def test_a_pack_that_does_not_fit_is_refused_naming_the_largest_that_does():
     assert PackBudget("cpu", 2 ** 30, 0, 2 ** 30).largest() == 0
     with pytest.raises(ConfigError, match="lower pretrain.batch_size"):
         PackBudget("cpu", 2 ** 30, 0, 2 ** 30).check(1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_packed_runs_match_unpacked_ones_and_stay_within_their_memory_estimate(data):
+    """bf16 autocast reorders more than the CPU's float32: accuracies within 3 points."""
+    masks, seeds = [class_mask(0, j, 10) for j in range(4)], [21, 22, 23, 24]
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    packed = run_pack(CONFIG, data, masks, seeds, None, "cuda")
+    peak = torch.cuda.max_memory_allocated() - baseline
+    budget = pack_budget(CONFIG, data, "cuda")
+    assert peak <= budget.shared + len(masks) * budget.per_model, (peak, budget)
+    for mask, seed, result in zip(masks, seeds, packed):
+        alone = run_subset(CONFIG, data, mask, seed, None, "cuda")
+        assert abs(result.metrics["target_test_acc"] - alone.metrics["target_test_acc"]) <= 0.03
