@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transfer_core.train.models import SmallResNet
+from transfer_core.train.models import SmallResNet, training_memory_format
 from transfer_core.train.loop import DivergenceError, NesterovSGD, Recipe, batch_crop, batch_flip_lr, train, \
     train_linear_head, triangular_lr
 
@@ -79,6 +79,19 @@ def test_training_is_deterministic_on_cpu_and_learns():
         weights.append(copy.deepcopy(model.state_dict()))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert losses[-1] < losses[0]
+
+
+def test_narrow_networks_train_in_the_contiguous_format():
+    # torch 2.14's CPU weight gradient of a strided 1x1 convolution with < 8 input channels in
+    # channels_last corrupts the heap: a width-4 network given channels_last images (as
+    # `normalize` makes them) must still train, in the contiguous format
+    assert training_memory_format(SmallResNet(2, width=16)) == torch.channels_last
+    assert training_memory_format(SmallResNet(2, width=4)) == torch.contiguous_format
+    x, y = _toy()
+    model = SmallResNet(2, width=4)
+    train(model, x.contiguous(memory_format=torch.channels_last), y, Recipe(2, 32, 0.1, 5e-4, 0.0),
+          torch.Generator().manual_seed(0))
+    assert model.stem[0].weight.is_contiguous()
 
 
 def test_divergence_is_reported():

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transfer_core.train.models import training_memory_format
 CROP_PADDING = 2  # pixels of reflect padding for random crops (at 16-32 px)
+AUGMENT_BLOCK_ELEMENTS = 2**25  # augment about this many floats (128 MB) at once, in whole batches
 
 
 def pick_device(name: str | None = None) -> torch.device:
@@ -82,6 +84,21 @@ def batch_crop(padded: torch.Tensor, size: int, generator: torch.Generator) -> t
     return padded[batch, chan, rows, cols]
 
 
+def augment_block(padded: torch.Tensor, size: int, generator: torch.Generator,
+                  memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+    """Random crop, then random horizontal flip, of every image of a padded block ``(n, C, size+2p, size+2p)``.
+
+    Returns ``(n, C, size, size)`` in ``memory_format``. Draws, in this order: ``n`` row
+    offsets, ``n`` column offsets (:func:`batch_crop`), ``n`` flip coins (:func:`batch_flip_lr`).
+    """
+    return batch_flip_lr(batch_crop(padded, size, generator), generator).contiguous(memory_format=memory_format)
+
+
+def augment_block_size(batch_size: int, image: torch.Tensor) -> int:
+    """Images augmented at once: whole batches, about :data:`AUGMENT_BLOCK_ELEMENTS` floats."""
+    return batch_size * max(1, AUGMENT_BLOCK_ELEMENTS // (batch_size * image.numel()))
+
+
 def triangular_lr(step: int, total_steps: int, peak_step: float) -> float:
     """Multiplier in [0, 1]: rises linearly to 1 at ``peak_step``, falls to 0 at the end."""
     if step < peak_step:
@@ -142,13 +159,24 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, ge
           augment: bool = True, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """Train ``model`` in place on normalised images ``x (N, 3, R, R)`` and labels ``y (N,)``.
 
+    Each epoch draws a permutation of the N images; with ``augment``, the permuted images are
+    augmented a block at a time (:func:`augment_block_size` images, one block per epoch at
+    the ``quick`` size) by :func:`augment_block`, and batches are consecutive slices of the
+    block: a few large tensor operations per epoch instead of several small ones per step,
+    which on a busy 2-core machine cost more than the step itself with 2 threads.
+    Step ``s`` of ``total`` uses learning rate ``recipe.lr * triangular_lr(s, total, peak)``.
     ``on_epoch(epoch, mean_loss)`` runs after each epoch (Optuna reports and prunes there).
     Returns the mean training loss of every epoch; raises DivergenceError on a NaN loss.
     """
     device = x.device
-    size = x.shape[-1]
+    size, n, batch_size = x.shape[-1], len(x), recipe.batch_size
+    if x.dim() == 4:  # images: model and batches in one memory format
+        memory_format = training_memory_format(model)
+        model.to(memory_format=memory_format)
+        x = x.contiguous(memory_format=memory_format)
     padded = F.pad(x, (CROP_PADDING,) * 4, mode="reflect") if augment else x
-    steps_per_epoch = max(1, math.ceil(len(x) / recipe.batch_size))
+    block = augment_block_size(batch_size, padded[0]) if augment else n
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = recipe.epochs * steps_per_epoch
     peak = (recipe.peak_epoch or recipe.epochs / 5) * steps_per_epoch
     optimizer = make_optimizer(model.parameters(), recipe)
@@ -156,23 +184,22 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, ge
     model.train()
     losses, step = [], 0
     for epoch in range(recipe.epochs):
-        order = torch.randperm(len(x), generator=generator).to(device)
+        order = torch.randperm(n, generator=generator).to(device)
         epoch_loss = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            if len(idx) == 0:
-                continue
-            batch = padded[idx]
-            if augment:
-                batch = batch_flip_lr(batch_crop(batch, size, generator), generator)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(batch), y[idx], label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step(recipe.lr * triangular_lr(step, total, peak))
-            epoch_loss += loss.detach() * len(idx)
-            step += 1
-        mean_loss = float(epoch_loss) / len(x)
+        for start in range(0, n, block):
+            idx_block = order[start:start + block]
+            images = augment_block(padded[idx_block], size, generator, memory_format) if augment else None
+            for i in range(0, len(idx_block), batch_size):
+                idx = idx_block[i:i + batch_size]
+                batch = images[i:i + batch_size] if augment else x[idx]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = F.cross_entropy(model(batch), y[idx], label_smoothing=recipe.label_smoothing)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step(recipe.lr * triangular_lr(step, total, peak))
+                epoch_loss += loss.detach() * len(idx)
+                step += 1
+        mean_loss = float(epoch_loss) / n
         if not math.isfinite(mean_loss):
             raise DivergenceError(f"loss became {mean_loss} in epoch {epoch + 1}; lower the learning rate")
         losses.append(mean_loss)

@@ -53,8 +53,7 @@ def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: tor
     (:attr:`TransferData.source_norm`), the same whatever classes are kept.
     """
     p = config.pretrain
-    model = build_model(p.arch, n_classes, p.width)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = build_model(p.arch, n_classes, p.width).to(device)
     x = normalize(source.images, *norm, device)
     train(model, x, source.labels.to(device), Recipe.from_section(p), generator)
     return model
