@@ -95,6 +95,53 @@ def _source_members(data, n, recipe_seed=200):
     return nets, members, alone
 
 
+def _assert_trained_alike(member, net, start, x, y, recipe, seed, target=None, packed_logits=None):
+    """``member`` (a packed model's state) equals ``net`` (the same model trained alone from ``start``),
+    up to floating-point reordering: within the tight tolerances, or else within what nudging the
+    starting weights by 1 part in 10^7 changes in the model trained alone (a few such nudges).
+
+    The second clause is needed because SGD can jump at a ReLU's kink: a nudge that small moves
+    some models' weights after one synthetic epoch by a fixed 1e-3 one way or the other (seen:
+    7.5e-4 for the second mask of recipe seed 200, in about half of the nudges, under the
+    block-augmentation recipe; 8.8e-4 for recipe seed 300 under the per-batch one), and packing
+    lands on either side as a nudge does. A real packing error (other batches, crops, learning
+    rates or weights) moves every tensor by much more: one epoch changes them by about 0.1.
+    """
+    logits = None if target is None else infer(net, target)
+
+    def tight():
+        for key, value in net.state_dict().items():
+            torch.testing.assert_close(member[key], value, rtol=1e-3, atol=1e-4, msg=key)
+        if logits is not None:
+            torch.testing.assert_close(packed_logits, logits, rtol=1e-3, atol=1e-3)
+
+    try:
+        tight()
+        return
+    except AssertionError:
+        pass
+    state, spread, logit_spread = net.state_dict(), {}, 0.0
+    for trial in range(3):
+        nudged = copy.deepcopy(start)
+        torch.manual_seed(trial)
+        with torch.no_grad():
+            for param in nudged.parameters():
+                param.mul_(1 + 1e-7 * torch.randn_like(param))
+        train(nudged, x, y, recipe, torch.Generator().manual_seed(seed))
+        nudged.eval()
+        for key, value in nudged.state_dict().items():
+            if value.is_floating_point():
+                spread[key] = max(spread.get(key, 0.0), (value - state[key]).abs().max().item())
+        if logits is not None:
+            logit_spread = max(logit_spread, (infer(nudged, target) - logits).abs().max().item())
+    assert max(spread.values()) > 1e-5, "not a jump at a kink: nudges change nothing, yet packing does"
+    for key, value in state.items():
+        if value.is_floating_point():
+            assert (member[key] - value).abs().max().item() <= 2 * spread[key] + 1e-4, key
+    if logits is not None:
+        assert (packed_logits - logits).abs().max().item() <= 2 * logit_spread + 1e-3
+
+
 def test_a_few_packed_steps_equal_the_same_models_trained_alone(data):
     """One epoch (5 steps of 128 images, with crops and flips): weights and per-example logits."""
     recipe = Recipe.from_section(CONFIG.pretrain)
@@ -105,12 +152,11 @@ def test_a_few_packed_steps_equal_the_same_models_trained_alone(data):
     target = normalize(data.target_test.images, *data.source_norm, "cpu")
     logits = packed_infer(packed, 3, target, 128)  # (3, n_test, k)
     for j, (net, x, y, generator) in enumerate(alone):
+        start = copy.deepcopy(net)
         train(net, x, y, recipe, generator)  # the single-model loop every unpacked run uses
         net.eval()
-        member = packed.member(j).state_dict()
-        for key, value in net.state_dict().items():
-            torch.testing.assert_close(member[key], value, rtol=1e-3, atol=1e-4, msg=key)
-        torch.testing.assert_close(logits[j], infer(net, target), rtol=1e-3, atol=1e-3)
+        _assert_trained_alike(packed.member(j).state_dict(), net, start, x, y, recipe, generator.initial_seed(),
+                              target, logits[j])
         assert generator.initial_seed() == members[j].generator.initial_seed()
         assert torch.equal(torch.randint(0, 2 ** 30, (4,), generator=generator),  # the same draws were consumed
                            torch.randint(0, 2 ** 30, (4,), generator=members[j].generator))
@@ -128,10 +174,9 @@ def test_a_diverging_model_fails_alone_and_the_others_train_as_if_it_were_not_th
     assert all(torch.isfinite(t).all() for t in packed.state_dict().values())
     assert all((t == 0).all() for t in packed.member(1).state_dict().values() if t.is_floating_point())
     net, x, y, generator = alone[0]
+    start = copy.deepcopy(net)
     train(net, x, y, recipe, generator)
-    member = packed.member(0).state_dict()
-    for key, value in net.state_dict().items():
-        torch.testing.assert_close(member[key], value, rtol=1e-3, atol=1e-4, msg=key)
+    _assert_trained_alike(packed.member(0).state_dict(), net, start, x, y, recipe, generator.initial_seed())
 
 
 @pytest.mark.parametrize("mode", ["fixed", "full"])

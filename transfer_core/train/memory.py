@@ -2,9 +2,11 @@
 
 One model of a pack needs, at its peak, its weights with their gradients and momentum, the
 activations autograd saves in one training step (counted by running the network once on the
-``meta`` device, where tensors have shapes but no storage), its augmented batches, and in
-fixed-feature transfer its cached target features. The data sit on the device once per
-process (:class:`~transfer_core.train.packed.DeviceData`), whatever the pack size.
+``meta`` device, where tensors have shapes but no storage), its augmented block of images
+(:func:`~transfer_core.train.loop.epoch_batches`) and batches, and in fixed-feature transfer
+its cached target features. The data sit on the device once per process
+(:class:`~transfer_core.train.packed.DeviceData`), whatever the pack size; so do the
+temporaries of augmenting one model's block, which models of a pack do one after another.
 Activations are counted at 4 bytes a value; under bf16 autocast on a GPU many are 2, so the
 estimate errs on the safe side (``benchmarks/bench_gpu.py`` prints it beside the measured peak).
 """
@@ -17,7 +19,7 @@ import torch
 
 from transfer_core.config import ConfigError, RunConfig
 from transfer_core.data import TransferData, n_kept
-from transfer_core.train.loop import CROP_PADDING
+from transfer_core.train.loop import CROP_PADDING, augment_block_size
 from transfer_core.train.models import build_model
 
 USABLE_FRACTION = 0.85  # of the free memory; the allocator's cache, cuDNN workspaces and fragmentation take the rest
@@ -78,9 +80,22 @@ def step_bytes(arch: str, width: int, n_classes: int, batch: int, resolution: in
     return params, sum(size for _, size in saved.values()), net.feature_dim
 
 
-def _training_bytes(params: int, saved: int, batch: int, resolution: int, padding: int) -> int:
-    """Weights + gradients + momentum, activations with headroom, and a batch's copies (gather, crop, flip, pack)."""
-    return 3 * params + int(ACTIVATION_HEADROOM * saved) + 4 * batch * 3 * (resolution + 2 * padding) ** 2 * 4
+def _block_images(batch: int, resolution: int, padding: int, n: int) -> int:
+    """Images a model augments at once (:func:`~transfer_core.train.loop.augment_block_size`), of ``n`` at most."""
+    return min(n, augment_block_size(batch, torch.empty(3, resolution + 2 * padding, resolution + 2 * padding,
+                                                        device="meta")))
+
+
+def _training_bytes(params: int, saved: int, batch: int, resolution: int, padding: int, n: int) -> int:
+    """Weights + gradients + momentum, activations with headroom, the augmented block a model's
+    batches are sliced from (held until its next block), and a batch's copies (slice, pack, format)."""
+    block = _block_images(batch, resolution, padding, n) * 3 * resolution ** 2 * 4
+    return 3 * params + int(ACTIVATION_HEADROOM * saved) + block + 4 * batch * 3 * (resolution + 2 * padding) ** 2 * 4
+
+
+def _augmenting_bytes(batch: int, resolution: int, padding: int, n: int) -> int:
+    """The temporaries of augmenting one block (gather, crop, flip), for one model at a time."""
+    return 3 * _block_images(batch, resolution, padding, n) * 3 * (resolution + 2 * padding) ** 2 * 4
 
 
 def pack_budget(config: RunConfig, data: TransferData, device, workers: int = 1,
@@ -89,16 +104,19 @@ def pack_budget(config: RunConfig, data: TransferData, device, workers: int = 1,
     p, t, r = config.pretrain, config.transfer, config.data.resolution
     n_train, n_eval = len(data.target_train), len(data.target_val) + len(data.target_test)
     params, saved, dim = step_bytes(p.arch, p.width, n_kept(data.source.n_classes, config.alpha), p.batch_size, r)
-    per_model = _training_bytes(params, saved, p.batch_size, r, CROP_PADDING)
+    per_model = _training_bytes(params, saved, p.batch_size, r, CROP_PADDING, len(data.source))
     if t.mode == "full":
         params, saved, _ = step_bytes(p.arch, p.width, data.target_train.n_classes, t.batch_size, r)
-        per_model = max(per_model, _training_bytes(params, saved, t.batch_size, r, CROP_PADDING))
+        per_model = max(per_model, _training_bytes(params, saved, t.batch_size, r, CROP_PADDING, n_train))
     else:  # cached features of every target split, and the standardised train features
         per_model = max(per_model, params + (2 * n_train + n_eval) * dim * 4)
     image, padded = 3 * r * r * 4, 3 * (r + 2 * CROP_PADDING) ** 2 * 4
     shared = len(data.source) * (image + padded) + (n_train + n_eval + n_source_test) * image
+    augmenting = _augmenting_bytes(p.batch_size, r, CROP_PADDING, len(data.source))
     if t.mode == "full":
         shared += n_train * padded
+        augmenting = max(augmenting, _augmenting_bytes(t.batch_size, r, CROP_PADDING, n_train))
+    shared += augmenting
     device = torch.device(device)
     return PackBudget(str(device), per_model, shared, available_bytes(device) // workers, workers)
 

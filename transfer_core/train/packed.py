@@ -30,10 +30,10 @@ from torch import nn
 
 from transfer_core.config import RunConfig
 from transfer_core.data import ImageSet, TransferData, check_mask, class_rows
-from transfer_core.train.loop import (CROP_PADDING, DivergenceError, Recipe, batch_crop, batch_flip_lr,
-                                      feature_standardization, fold_standardization, infer, make_optimizer,
-                                      normalize, pick_device, seed_everything, triangular_lr)
-from transfer_core.train.models import Normalized, build_model
+from transfer_core.train.loop import (CROP_PADDING, DivergenceError, NesterovSGD, Recipe, epoch_batches,
+                                      feature_standardization, fold_standardization, infer, lr_schedule,
+                                      make_optimizer, normalize, one_cpu_thread, pick_device, seed_everything)
+from transfer_core.train.models import Normalized, build_model, training_memory_format
 from transfer_core.train.outputs import per_example_outputs
 from transfer_core.train.packing import PackedLinear, PackedNetwork
 from transfer_core.train.subset import SubsetRunResult
@@ -101,20 +101,25 @@ def train_packed(net: nn.Module, members: list[Member], recipe: Recipe, augment:
 
     ``net`` maps a batch ``(B, N*C, ...)`` (model ``j``'s inputs in channel slice ``j``) to
     logits ``(B, N*K)``. Every member has the same number of examples, so the models step
-    together through one learning-rate schedule. Returns, per model, None or why it failed:
-    a model whose loss becomes NaN or infinite stops counting and its weights are zeroed
-    (its run fails; the others go on). ``failures`` are models that failed earlier: they
-    do not train. ``compile`` runs the forward pass through :func:`compiled_forward`.
+    together through one learning-rate schedule (:func:`~transfer_core.train.loop.lr_schedule`),
+    each on the batches :func:`~transfer_core.train.loop.epoch_batches` draws from its own
+    generator (its own shuffles and augmented blocks: a pack holds N blocks at once), with
+    the same optimiser (:class:`~transfer_core.train.loop.NesterovSGD`) and memory format
+    (:func:`~transfer_core.train.models.training_memory_format`). Returns, per model, None or
+    why it failed: a model whose loss becomes NaN or infinite stops counting and its weights
+    are zeroed (its run fails; the others go on). ``failures`` are models that failed earlier:
+    they do not train. ``compile`` runs the forward pass through :func:`compiled_forward`.
     """
     n_models, n = len(members), len(members[0].labels)
     failures = list(failures or [None] * n_models)
     device = members[0].labels.device
-    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
-    total = recipe.epochs * steps_per_epoch
-    peak = (recipe.peak_epoch or recipe.epochs / 5) * steps_per_epoch
+    memory_format = torch.contiguous_format
+    if members[0].source.dim() == 4:  # images: the pack and its batches in one memory format
+        memory_format = training_memory_format(net)
+        net.to(memory_format=memory_format)
+    lr_at = lr_schedule(recipe, n)
     optimizer = make_optimizer(net.parameters(), recipe)
     use_amp = device.type == "cuda"
-    size = members[0].source.shape[-1] - 2 * CROP_PADDING
     for j in (j for j, f in enumerate(failures) if f):
         _quarantine(net, optimizer, j)
     alive = torch.tensor([f is None for f in failures], device=device)
@@ -122,27 +127,21 @@ def train_packed(net: nn.Module, members: list[Member], recipe: Recipe, augment:
     net.train()
     step = 0
     for epoch in range(recipe.epochs):
-        orders = [torch.randperm(n, generator=m.generator).to(device) for m in members]
+        streams = [epoch_batches(m.source, m.labels, recipe.batch_size, m.generator, augment, memory_format, m.rows)
+                   for m in members]
         epoch_loss = torch.zeros(n_models, device=device)
-        for i in range(steps_per_epoch):
-            batches, targets = [], []
-            for m, order in zip(members, orders):
-                idx = order[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-                batch = m.source[idx if m.rows is None else m.rows[idx]]
-                if augment:
-                    batch = batch_flip_lr(batch_crop(batch, size, m.generator), m.generator)
-                batches.append(batch)
-                targets.append(m.labels[idx])
-            x, y = _channels_last(torch.cat(batches, 1)), torch.stack(targets, 1)  # (B, N*C, ...), (B, N)
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * triangular_lr(step, total, peak)
+        for batches in zip(*streams):
+            x = torch.cat([b for b, _ in batches], 1)  # (B, N*C, ...)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=memory_format)
+            y = torch.stack([t for _, t in batches], 1)  # (B, N)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = forward(x).view(len(y), n_models, -1).transpose(1, 2)  # (B, K, N)
                 losses = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing,
                                          reduction="none").mean(0)  # (N,): each model's batch mean
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             torch.where(alive, losses, 0.0).sum().backward()
-            optimizer.step()
+            optimizer.step(lr_at(step))
             epoch_loss += losses.detach().float() * len(y)
             step += 1
         for j, mean_loss in enumerate((epoch_loss / n).tolist()):
@@ -155,13 +154,14 @@ def train_packed(net: nn.Module, members: list[Member], recipe: Recipe, augment:
 
 
 @torch.no_grad()
-def _quarantine(net: nn.Module, optimizer: torch.optim.Optimizer, j: int) -> None:
+def _quarantine(net: nn.Module, optimizer: NesterovSGD, j: int) -> None:
     """Zero model ``j``'s weights, statistics and momentum, so no NaN of it can reach the others."""
     parts = net.member_tensors(j) if isinstance(net, PackedNetwork) else [
         (t, j) for t in net.parameters()]  # a PackedLinear: model j is row j of each tensor
+    momentum = {id(p): buf for p, buf in zip(optimizer.params, optimizer.buffers)}
     for tensor, part in parts:
         tensor[part] = 0
-        buffer = optimizer.state.get(tensor, {}).get("momentum_buffer")
+        buffer = momentum.get(id(tensor))
         if buffer is not None:
             buffer[part] = 0
 
@@ -223,7 +223,7 @@ def _run_group(config, data: TransferData, dd: DeviceData, masks, seeds, source_
         head = nn.Linear(net.feature_dim, n_target) if t.mode == "full" else None
         models.append(_Model(mask, rows.to(device), labels.to(device), generator, net, head))
     n = len(models)
-    packed = PackedNetwork([m.net for m in models]).to(device, memory_format=torch.channels_last)
+    packed = PackedNetwork([m.net for m in models]).to(device)  # train_packed picks the memory format
     for m in models:
         m.net = None  # the pack holds the weights now
     failures = train_packed(packed, [Member(dd.source, m.rows, m.labels, m.generator) for m in models],
@@ -250,8 +250,9 @@ def _run_group(config, data: TransferData, dd: DeviceData, masks, seeds, source_
         z = (feats["train"] - mean.unsqueeze(1)) / std.unsqueeze(1)  # (N, n_train, D)
         head = PackedLinear(torch.zeros(n, n_target, packed.feature_dim, device=device),
                             torch.zeros(n, n_target, device=device))
-        failures = train_packed(head, [Member(z[j], None, y, m.generator) for j, m in enumerate(models)], recipe,
-                                augment=False, failures=failures)
+        with one_cpu_thread(device):  # as train_linear_head trains a head alone
+            failures = train_packed(head, [Member(z[j], None, y, m.generator) for j, m in enumerate(models)],
+                                    recipe, augment=False, failures=failures)
         with torch.no_grad():
             head = PackedLinear(*fold_standardization(head.weight, head.bias, mean, std))
         packed.set_head(head)
