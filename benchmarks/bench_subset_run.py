@@ -1,149 +1,228 @@
-"""Time one `quick` subset run, phase by phase, against a straightforward implementation.
+"""Time one subset run as a user waits for it: the whole process, started from the shell.
 
-The straightforward recipe is what research code usually does: a torchvision DataLoader
-over PIL images with PIL transforms, and fixed-feature transfer that re-runs the frozen
-backbone over the target images in every epoch of head training. Same data, same network,
-same optimiser and schedule, same seeds.
+Ours: ``transfer-core subset-run --profile quick --index I`` (start-up, data loading, MLflow
+logging and the checkpoint included) into one sqlite store that the first run creates, as
+in a fresh clone. The plain recipe: the same work written the way research code usually is,
+also a process of its own: torchvision ``ImageFolder`` over the extracted CIFAR trees, PIL
+transforms (resize, random crop, flip) in a ``DataLoader``, ``torch.optim.SGD``, and a
+fixed-feature probe that re-runs the frozen backbone in every epoch. Both use the same
+config (the profile and ``--set`` overrides): the same classes, images, network, recipe and
+seeds. Runs alternate (ours, plain, ours, plain, ...) so that load hits both alike.
 
-    python benchmarks/bench_subset_run.py [--seeds 2] [--threads 2]
+    TRANSFER_CORE_DATA=../shared/data python benchmarks/bench_subset_run.py [--runs 3] [--skip-plain]
 
-Prints per-phase seconds, target test accuracy, and the speed-up.
+Prints every run's wall time and accuracies, then the median wall times, the speed-up, and
+the load average before and after. Run it on an idle machine: on a busy one, the 2-thread
+training of both contends with everything else.
 """
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
-
-from transfer_core.config import build_config
-from transfer_core.data import load_split, load_transfer_data
-from transfer_core.train.models import build_model
-from transfer_core.data import class_mask
-from transfer_core.train.loop import triangular_lr
-from transfer_core.train import run_subset, source_subset
+REPO = Path(__file__).resolve().parent.parent
+CIFAR100_MEAN, CIFAR100_STD = (0.507, 0.487, 0.441), (0.267, 0.256, 0.276)  # what research code hard-codes
 
 
-class PILDataset(Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.images, self.labels, self.transform = images.permute(0, 2, 3, 1).numpy(), labels.tolist(), transform
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+def ours_command(profile: str, overrides: list[str], index: int, uri: str) -> list[str]:
+    script = Path(sys.executable).parent / "transfer-core"  # the console script, as a user types it
+    head = [str(script)] if script.is_file() else [sys.executable, "-m", "transfer_core.cli"]
+    return head + ["subset-run", "--profile", profile, "--index", str(index), "--tracking-uri", uri,
+                   *[a for o in overrides for a in ("--set", o)]]
 
 
-def sgd_epochs(model, loader_fn, epochs, lr, wd, smoothing, peak_epoch, params=None):
-    params = list(params if params is not None else model.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
-    steps = None
-    step = 0
-    for epoch in range(epochs):
-        for x, y in loader_fn():
-            if steps is None:
-                steps = epochs * math.ceil(loader_fn.n / x.shape[0])
-                peak = (peak_epoch or epochs / 5) * steps / epochs
-            for g in opt.param_groups:
-                g["lr"] = lr * triangular_lr(step, steps, peak)
-            loss = F.cross_entropy(model(x), y, label_smoothing=smoothing)
+def run_ours(profile: str, overrides: list[str], index: int, uri: str, cwd: Path) -> dict:
+    start = time.perf_counter()
+    done = subprocess.run(ours_command(profile, overrides, index, uri), cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"transfer-core subset-run failed:\n{done.stderr[-3000:]}")
+    metrics = dict(re.findall(r"(\w+)=([0-9.]+)", done.stdout.split("FINISHED:", 1)[1]))
+    return {"wall_s": wall, **{k: float(v) for k, v in metrics.items()}}
+
+
+def run_plain(profile: str, overrides: list[str], index: int, threads: int | None) -> dict:
+    command = [sys.executable, __file__, "--plain-worker", "--profile", profile, "--index", str(index),
+               *[a for o in overrides for a in ("--set", o)]]
+    if threads:
+        command += ["--threads", str(threads)]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"the plain recipe failed:\n{done.stderr[-3000:]}")
+    return {"wall_s": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def plain_worker(profile: str, overrides: list[str], index: int, threads: int | None) -> None:
+    """The plain recipe, in this process; prints one JSON line of accuracies and phase times."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from transfer_core.config import build_config, parse_overrides
+    from transfer_core.data import cache_dir, class_mask, load_split, run_seed, sample_per_class
+    from transfer_core.train.models import build_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = build_config(profile, parse_overrides(overrides))
+    d, p, t = config.data, config.pretrain, config.transfer
+    load_split(d.source, "train", d.resolution)  # makes sure the archives are extracted (cached: instant)
+    load_split(d.target, "train", d.resolution)
+    root = cache_dir() / "extracted"
+    seed = run_seed(config.sweep_seed, index)
+    torch.manual_seed(seed)
+    timings = {}
+    start = time.perf_counter()
+    resize = transforms.Resize(d.resolution)
+    normalize = transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)
+    plain = transforms.Compose([resize, transforms.ToTensor(), normalize])
+    augmented = transforms.Compose([resize, transforms.RandomCrop(d.resolution, padding=2, padding_mode="reflect"),
+                                    transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
+
+    # the same images as ours: the kept classes of the sampled source, the target's train/val split
+    source = datasets.ImageFolder(str(root / d.source / "train"), transform=augmented)
+    labels = torch.tensor(source.targets)
+    mask = torch.from_numpy(class_mask(config.sweep_seed, index, len(source.classes), config.alpha))
+    sampled = sample_per_class(labels, d.source_images_per_class, d.split_seed)
+    keep = sampled[mask[labels[sampled]]]
+    relabel = torch.cumsum(mask.long(), 0) - 1
+    source.target_transform = lambda y: int(relabel[y])
+    target = datasets.ImageFolder(str(root / d.target / "train"), transform=plain)
+    order = torch.randperm(len(target), generator=torch.Generator().manual_seed(d.split_seed + 1))
+    if d.target_train_images:
+        order = order[:d.target_train_images]
+    n_val = max(1, int(round(d.val_fraction * len(order))))
+    val_set, train_set = Subset(target, order[:n_val].tolist()), Subset(target, order[n_val:].tolist())
+    test_set = datasets.ImageFolder(str(root / d.target / "test"), transform=plain)
+    source_test = datasets.ImageFolder(str(root / d.source / "test"), transform=plain)
+    source_test.target_transform = source.target_transform
+    held_out = Subset(source_test, [i for i, y in enumerate(source_test.targets) if mask[y]])
+
+    def sgd(params, lr, momentum, wd, epochs, steps_per_epoch, peak_epoch):
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=wd)
+        total, peak = epochs * steps_per_epoch, (peak_epoch or epochs / 5) * steps_per_epoch
+        return opt, torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / (peak + 1) if s < peak else max(0.0, (total - s) / max(1.0, total - peak)))
+
+    net = build_model(p.arch, int(mask.sum()), p.width)
+    loader = DataLoader(Subset(source, keep.tolist()), batch_size=p.batch_size, shuffle=True)
+    opt, schedule = sgd(net.parameters(), p.lr, p.momentum, p.weight_decay, p.epochs, len(loader), p.peak_epoch)
+    net.train()
+    for _ in range(p.epochs):
+        for x, y in loader:
+            loss = F.cross_entropy(net(x), y, label_smoothing=p.label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            step += 1
-
-
-def straightforward_run(config, data, mask, seed):
-    """The baseline: DataLoader + PIL transforms; frozen backbone re-run every head epoch."""
-    torch.manual_seed(seed)
-    p, t = config.pretrain, config.transfer
-    timings = {}
-    start = time.perf_counter()
-    source, kept = source_subset(data.source, mask)
-    mean = (source.images.float().mean((0, 2, 3)) / 255).tolist()
-    std = (source.images.float().std((0, 2, 3)) / 255).tolist()
-    res = config.data.resolution
-    train_tf = transforms.Compose([transforms.RandomCrop(res, padding=2, padding_mode="reflect"),
-                                   transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                                   transforms.Normalize(mean, std)])
-    plain_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-    model = build_model(p.arch, len(kept), p.width)
-    src_ds = PILDataset(source.images, source.labels, train_tf)
-
-    def src_loader():
-        return DataLoader(src_ds, batch_size=p.batch_size, shuffle=True)
-    src_loader.n = len(src_ds)
-    model.train()
-    sgd_epochs(model, src_loader, p.epochs, p.lr, p.weight_decay, p.label_smoothing, p.peak_epoch)
+            schedule.step()
     timings["pretrain_s"] = time.perf_counter() - start
 
+    def accuracy(model, dataset):
+        correct = 0
+        with torch.no_grad():
+            for x, y in DataLoader(dataset, batch_size=1024):
+                correct += (model(x).argmax(1) == y).sum().item()
+        return correct / len(dataset)
+
+    net.eval()
+    source_acc = accuracy(net, held_out)
     start = time.perf_counter()
-    model.eval()
-    for param in model.parameters():
+    for param in net.parameters():
         param.requires_grad_(False)
-    head = nn.Linear(model.feature_dim, data.target_train.n_classes)
-    tgt_ds = PILDataset(data.target_train.images, data.target_train.labels, plain_tf)
-
-    class Probe(nn.Module):
-        def forward(self, x):
+    head = nn.Linear(net.feature_dim, len(target.classes))
+    loader = DataLoader(train_set, batch_size=t.batch_size, shuffle=True)
+    opt, schedule = sgd(head.parameters(), t.lr, 0.9, t.weight_decay, t.epochs, len(loader), 0.0)
+    for _ in range(t.epochs):  # the frozen backbone runs again in every epoch
+        for x, y in loader:
             with torch.no_grad():
-                f = model.features(x)
-            return head(f)
-
-    def tgt_loader():
-        return DataLoader(tgt_ds, batch_size=t.batch_size, shuffle=True)
-    tgt_loader.n = len(tgt_ds)
-    sgd_epochs(Probe(), tgt_loader, t.epochs, t.lr, t.weight_decay, t.label_smoothing, 0.0, head.parameters())
+                features = net.features(x)
+            loss = F.cross_entropy(head(features), y, label_smoothing=t.label_smoothing)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
     timings["transfer_s"] = time.perf_counter() - start
-
     start = time.perf_counter()
-    correct = 0
-    with torch.no_grad():
-        for x, y in DataLoader(PILDataset(data.target_test.images, data.target_test.labels, plain_tf),
-                               batch_size=1024):
-            correct += (head(model.features(x)).argmax(1) == y).sum().item()
+    net.head = head
+    val_acc, test_acc = accuracy(net, val_set), accuracy(net, test_set)
     timings["evaluate_s"] = time.perf_counter() - start
-    return correct / len(data.target_test), timings
+    assert math.isfinite(loss.item())
+    print(json.dumps({"source_acc": source_acc, "target_val_acc": val_acc, "target_test_acc": test_acc, **timings}))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=2, help="runs per implementation")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+def summary(name: str, rows: list[dict]) -> str:
+    walls = [r["wall_s"] for r in rows]
+    phases = " ".join(f"{k} {statistics.median(r[k] for r in rows):.1f}" for k in ("pretrain_s", "transfer_s",
+                                                                                   "evaluate_s"))
+    accs = " ".join(f"{k} {100 * statistics.mean(r[k] for r in rows):.2f}" for k in ("target_val_acc",
+                                                                                    "target_test_acc"))
+    return (f"{name:6s} median {statistics.median(walls):6.1f} s (min {min(walls):.1f}, max {max(walls):.1f}; "
+            f"phases, median: {phases})  mean {accs}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each (models 0..runs-1)")
     parser.add_argument("--profile", default="quick")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a config override k=v")
+    parser.add_argument("--skip-plain", action="store_true", help="time ours only")
+    parser.add_argument("--store", type=Path, default=None, help="folder of the sqlite store (default: a new one)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the plain recipe (default: "
+                                                                   "torch's, as for ours)")
+    parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    config = build_config(args.profile)
-    data = load_transfer_data(config.data)
-    n_classes = data.source.n_classes
-    rows = {"transfer_core": [], "straightforward": []}
-    for seed in range(args.seeds):
-        mask = class_mask(0, seed, n_classes, config.alpha)
-        start = time.perf_counter()
-        result = run_subset(config, data, mask, seed)
-        rows["transfer_core"].append((time.perf_counter() - start, result.metrics["target_test_acc"], result.timings))
-        start = time.perf_counter()
-        acc, timings = straightforward_run(config, data, mask, seed)
-        rows["straightforward"].append((time.perf_counter() - start, acc, timings))
-    print(f"profile={args.profile} threads={args.threads} seeds={args.seeds}")
-    for name, runs in rows.items():
-        total = np.mean([r[0] for r in runs])
-        acc = np.mean([r[1] for r in runs])
-        phases = {k: np.mean([r[2][k] for r in runs]) for k in runs[0][2]}
-        print(f"{name:16s} total {total:6.1f} s  " + "  ".join(f"{k} {v:5.1f}" for k, v in phases.items())
-              + f"  target_test_acc {acc:.4f}")
-    ours = np.mean([r[0] for r in rows["transfer_core"]])
-    base = np.mean([r[0] for r in rows["straightforward"]])
-    gap = 100 * (np.mean([r[1] for r in rows["transfer_core"]]) - np.mean([r[1] for r in rows["straightforward"]]))
-    print(f"speed-up {base / ours:.1f}x   accuracy difference {gap:+.2f} points (transfer_core - straightforward)")
+    if args.plain_worker:
+        plain_worker(args.profile, args.overrides, args.index, args.threads)
+        return
+    if not os.environ.get("TRANSFER_CORE_DATA"):
+        os.environ["TRANSFER_CORE_DATA"] = str(REPO.parent / "shared" / "data")
+    store = args.store or Path(tempfile.mkdtemp(prefix="bench_subset_run_"))
+    store.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{store.resolve() / 'mlflow.db'}"
+    load_before = os.getloadavg()
+    print(f"store {store} ({'new' if not (store / 'mlflow.db').exists() else 'existing'}); "
+          f"command: {' '.join(ours_command(args.profile, args.overrides, 0, uri))}", flush=True)
+    rows: dict[str, list[dict]] = {"ours": [], "plain": []}
+    for index in range(args.runs):
+        rows["ours"].append(run_ours(args.profile, args.overrides, index, uri, store))
+        print(f"ours  index {index}: {rows['ours'][-1]['wall_s']:6.1f} s  " + _metrics(rows["ours"][-1]), flush=True)
+        if not args.skip_plain:
+            rows["plain"].append(run_plain(args.profile, args.overrides, index, args.threads))
+            print(f"plain index {index}: {rows['plain'][-1]['wall_s']:6.1f} s  " + _metrics(rows["plain"][-1]),
+                  flush=True)
+    import torch
+    print(f"\nprofile {args.profile} {' '.join(args.overrides)}; {args.runs} runs each; {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}")
+    print(summary("ours", rows["ours"]) + "  (the first run created the store)")
+    if rows["plain"]:
+        print(summary("plain", rows["plain"]))
+        ratio = statistics.median(r["wall_s"] for r in rows["plain"]) / statistics.median(
+            r["wall_s"] for r in rows["ours"])
+        gap = 100 * (statistics.mean(r["target_test_acc"] for r in rows["ours"])
+                     - statistics.mean(r["target_test_acc"] for r in rows["plain"]))
+        print(f"speed-up {ratio:.1f}x (median wall, plain / ours); test accuracy {gap:+.2f} points (ours - plain)")
+    load_after = os.getloadavg()
+    print("load average before", " ".join(f"{x:.2f}" for x in load_before), "| after",
+          " ".join(f"{x:.2f}" for x in load_after))
+
+
+def _metrics(row: dict) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "wall_s")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,51 @@ def test_report_opens_and_links_every_artifact(planted):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+N_PACKED = 16  # the planted sweep's first models, again in packs of 8
+
+
+def planted_places(runs) -> dict[str, str]:
+    """Where the planted classes come out: the top class on target vertical and on the copied test
+    images, the bottom class on target rings (difference of means on the margin)."""
+    labels, names = runs.target_labels, synthetic.SOURCE_CLASSES
+    means = {name: runs.outputs["margin"][:, labels == synthetic.TARGET_CLASSES.index(name)].astype(float).mean(1)
+             for name in ("vertical", "rings")}
+    means["copies"] = runs.outputs["margin"][:, synthetic.leaked_test_indices().numpy()].astype(float).mean(1)
+    infl = {k: influence.difference_of_means(runs.masks, v[:, None]).influence[0] for k, v in means.items()}
+    return {"vertical": names[int(infl["vertical"].argmax())], "rings": names[int(infl["rings"].argmin())],
+            "copies": names[int(infl["copies"].argmax())]}
+
+
+def test_a_packed_sweep_reads_like_the_unpacked_one_and_finds_the_planted_classes(planted):
+    """The same models trained in packs: the same runs (mask, params, artifacts, tags), nearly the
+    same outputs (packing reorders floating-point work only), the planted classes in the same places."""
+    from transfer_core.sweep import collect_sweep, sweep_with_summary
+
+    client = MlflowClient()
+    summary = sweep_with_summary(build_config("synthetic"), N_PACKED, experiment=EXPERIMENT + "-packed",
+                                 execution=ExecutorSettings(workers=2, pack=8), progress=False)
+    assert summary.complete and summary.sweep_id == planted["sweep_id"]  # same config, same sweep id
+    packed = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
+    alone = collect_sweep(planted["sweep_id"], client.get_experiment_by_name(EXPERIMENT).experiment_id,
+                          progress=False)
+    first = slice(0, N_PACKED)
+    np.testing.assert_array_equal(packed.indices, alone.indices[first])
+    np.testing.assert_array_equal(packed.masks, alone.masks[first])
+    np.testing.assert_array_equal(packed.target_labels, alone.target_labels)
+    assert packed.run_params == alone.run_params[first] and packed.source_classes == alone.source_classes
+    for a, b in zip(packed.run_ids, alone.run_ids[first]):
+        run_a, run_b = client.get_run(a), client.get_run(b)
+        assert sorted(f.path for f in client.list_artifacts(a)) == sorted(f.path for f in client.list_artifacts(b))
+        assert run_a.data.metrics.keys() == run_b.data.metrics.keys()
+        assert run_a.data.tags.keys() - run_b.data.tags.keys() == {"pack_size"}
+        assert run_a.data.tags["pack_size"] == "8" and run_a.data.tags["index"] == run_b.data.tags["index"]
+    for name in ("margin", "correct"):  # per model: about the same outputs (seen: accuracies within 2 points)
+        a, b = packed.outputs[name].astype(float), alone.outputs[name][first].astype(float)
+        assert np.abs(a.mean(1) - b.mean(1)).max() < (0.05 if name == "correct" else 0.5), name
+    assert planted_places(packed) == planted_places(alone) == {"vertical": "helpful", "rings": "misleading",
+                                                                "copies": "leaked"}
+
+
 def test_class_ranking_reads_the_analysis_table(planted):
     columns = ["class_index", "class_name", "influence", "std_error", "ci_low", "ci_high", "split"]
     test_ranking = class_ranking(planted["run"].info.run_id, split="test")

@@ -19,6 +19,7 @@ from transfer_core.counterfactual.report import PLOT_ARTIFACT
 from transfer_core.counterfactual.run import finished_points
 from transfer_core.counterfactual.summary import EvidenceRule, paired_differences
 from transfer_core.data.synthetic import PLANTED, PLANTED_TARGET, SOURCE_CLASSES, TARGET_CLASSES
+from transfer_core.execute import ExecutorSettings
 from transfer_core.track import artifact_path
 
 NAMES = [f"c{i}" for i in range(8)]
@@ -182,9 +183,10 @@ class Grid:
     def __init__(self, config, experiment_id):
         self.config, self.experiment_id = config, experiment_id
 
-    def run(self, plan):
+    def run(self, plan, execution=None):
         return run_counterfactual(self.config, planted_ranking(), plan, experiment="cf-test",
-                                  analysis_run_id="a" * 32, progress=False)
+                                  analysis_run_id="a" * 32, execution=execution or ExecutorSettings(),
+                                  progress=False)
 
 
 def test_grid_runs_are_tagged_child_runs_with_a_report(planted_grid):
@@ -238,10 +240,16 @@ def test_resume_trains_only_missing_points(planted_grid):
     assert again.n_trained == 0 and again.counterfactual_id == runs.counterfactual_id
     assert again.table.run_id.tolist() == runs.table.run_id.tolist()
     grown = CounterfactualPlan(("bottom",), (0, 1, 2), 6)
-    more = runner.run(grown)
+    more = runner.run(grown, ExecutorSettings(pack=3))  # grid points train in packs too
     assert more.n_trained == 6  # only (bottom, k=2) for six seeds
     done = finished_points(MlflowClient(), runner.experiment_id, runs.counterfactual_id)
     assert len(done) == len(plan.points()) + 6
+    packed = [done[("bottom", 2, seed)] for seed in range(6)]
+    assert {run.data.tags["pack_size"] for run in packed} == {"3"} and all(
+        artifact_path(run, "model.pt").is_file() for run in packed)  # kept for the registry, as unpacked points
+    one = done[("bottom", 1, 0)]  # an unpacked point of the same grid logs the same params
+    assert packed[0].data.params.keys() == one.data.params.keys()
+    assert packed[0].data.params["subset.seed"] == one.data.params["subset.seed"]
 
 
 def class_margin(run_id: str, target_class: int) -> float:

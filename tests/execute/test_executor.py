@@ -116,18 +116,21 @@ def test_two_worker_processes_log_through_a_shared_server_that_refuses_a_wrong_p
     assert after == before and len(before) == 3  # the parent and two models: nothing lost, nothing half-made
 
 
-def test_ray_executor_on_a_local_ray_instance(tracking):
+def test_ray_executor_on_a_local_ray_instance_trains_a_pack_in_one_task(tracking):
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = sweep_with_summary(CONFIG, 2, execution=ExecutorSettings("ray", ray_cpus_per_run=1), progress=False)
+        summary = sweep_with_summary(CONFIG, 2, execution=ExecutorSettings("ray", ray_cpus_per_run=1, pack=2),
+                                     progress=False)
     finally:
         ray.shutdown()
     assert summary.complete and summary.n_trained == 2
     runs = finished_children(summary)
     assert sorted(int(r.data.tags["index"]) for r in runs) == [0, 1]
-    assert str(os.getpid()) not in {r.data.tags["claim_pid"] for r in runs}  # trained in Ray workers
+    pids = {r.data.tags["claim_pid"] for r in runs}
+    assert len(pids) == 1 and str(os.getpid()) not in pids  # one Ray task (worker) trained both
+    assert {r.data.tags["pack_size"] for r in runs} == {"2"}
 
 
 def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(tracking):

@@ -20,6 +20,7 @@ from transfer_core.cli import main
 from transfer_core.sweep import collect_sweep
 from transfer_core.config import build_config
 from transfer_core.data import class_mask
+from transfer_core.execute import ExecutorSettings
 from transfer_core.sweep import SweepConflictError, run_sweep, sweep_id_for, sweep_with_summary
 
 REPO = str(Path(__file__).resolve().parents[2])
@@ -120,6 +121,37 @@ def test_sigkill_mid_sweep_then_resume_trains_only_what_is_missing(tracking, tmp
     assert parent.data.metrics["n_trained"] == 3 - len(finished_before)
 
 
+def test_a_killed_pack_loses_only_its_runs_and_a_resume_retrains_exactly_those(tracking, tmp_path):
+    """Packs of 3 of 5 models: SIGKILL while the second pack (2 models) trains, then resume."""
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(sweep_command("--n-models", "5", "--pack", "3"), stdout=log, stderr=subprocess.STDOUT,
+                                env=one_thread_env())
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            runs = sweep_runs()
+            training = [r for r in runs if r.info.status == "RUNNING" and "pack_size" in r.data.tags]
+            if sum(r.info.status == "FINISHED" for r in runs) == 3 and len(training) == 2:
+                proc.send_signal(signal.SIGKILL)  # the second pack has claimed both its models and trains them
+                break
+            time.sleep(0.1)
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-2000:]
+    first = sweep_runs()
+    orphans = {r.info.run_id for r in first if r.info.status == "RUNNING"}
+    finished_before = {r.info.run_id for r in first if r.info.status == "FINISHED"}
+    assert {r.data.tags["pack_size"] for r in first} == {"3", "2"}  # both packs had claimed all their models
+
+    summary = sweep_with_summary(CONFIG, 5, execution=ExecutorSettings(pack=3), progress=False)
+    assert (summary.n_reused, summary.n_trained) == (3, 2)  # exactly the killed pack's models
+    assert_complete_sweep(5)  # 5 FINISHED runs, distinct masks, every other run superseded
+    retrained = [r for r in sweep_runs() if r.info.status == "FINISHED" and r.info.run_id not in finished_before]
+    assert sorted(r.data.tags["index"] for r in retrained) == \
+        sorted(r.data.tags["index"] for r in first if r.info.run_id in orphans)
+    for run_id in orphans:
+        orphan = MlflowClient().get_run(run_id)
+        assert orphan.info.status == "KILLED" and orphan.data.tags["superseded"] == "true"
+
+
 def test_three_sweep_commands_at_once_on_a_new_store_never_train_an_index_twice(new_store, tmp_path):
     """The store does not exist yet: all three processes open (and would create) it at once."""
     procs = [subprocess.Popen(sweep_command("--n-models", "6"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -196,6 +228,9 @@ def free_port() -> int:
     (["--executor", "ray"], "needs Ray, which is not installed"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "cannot reach the MLflow tracking server"),
     (["--n-models", "0"], "Invalid value for '--n-models': 0 is not in the range x>=1"),
+    (["--pack", "0"], "Invalid value for '--pack': 0 is not a positive number of models; give --pack 1 or more"),
+    (["--pack", "abc"], "Invalid value for '--pack': 'abc' is neither a number of models nor auto"),
+    (["--pack", "10000000"], "a pack of 10000000 models needs about"),  # then: "...; use --pack N or less"
 ])
 def test_bad_input_gives_one_clear_error_and_records_nothing(tracking, monkeypatch, args, message):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: `import ray` fails
@@ -204,4 +239,6 @@ def test_bad_input_gives_one_clear_error_and_records_nothing(tracking, monkeypat
     result = CliRunner().invoke(main, ["sweep", *TINY_ARGS, *n_models, "--no-progress", *args])
     assert result.exit_code != 0
     assert message in result.output and "Traceback" not in result.output
+    if "10000000" in args:
+        assert re.search(r"is free; use --pack \d+ or less, or --pack auto", result.output), result.output
     assert sweep_runs() == [] and sweep_runs("sweep") == []

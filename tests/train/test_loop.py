@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transfer_core.train.models import SmallResNet
-from transfer_core.train.loop import DivergenceError, Recipe, batch_crop, batch_flip_lr, train, \
+from transfer_core.train.models import SmallResNet, training_memory_format
+from transfer_core.train.loop import DivergenceError, NesterovSGD, Recipe, batch_crop, batch_flip_lr, train, \
     train_linear_head, triangular_lr
 
 
@@ -38,6 +38,29 @@ def test_triangular_schedule_shape():
     assert all(b <= a for a, b in zip(values[20:], values[21:]))
 
 
+def test_nesterov_sgd_matches_torch_optim_sgd():
+    torch.manual_seed(0)
+    ours = SmallResNet(3, width=4)
+    ours.head.bias.requires_grad_(False)  # a frozen parameter stays out of both optimisers
+    theirs, initial = copy.deepcopy(ours), copy.deepcopy(ours.state_dict())
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))
+    mine = NesterovSGD(ours.parameters(), momentum=0.9, weight_decay=5e-4)
+    reference = torch.optim.SGD([p for p in theirs.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
+                                nesterov=True, weight_decay=5e-4)
+    for lr in (0.1, 0.3, 0.05, 0.0, 0.2):
+        for model, opt in ((ours, mine), (theirs, reference)):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+        for group in reference.param_groups:
+            group["lr"] = lr
+        mine.step(lr)
+        reference.step()
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(ours.head.weight, initial["head.weight"])  # it trained
+    assert torch.equal(ours.head.bias, initial["head.bias"])  # the frozen one did not
+
+
 def _toy(seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(128, 3, 8, 8, generator=gen)
@@ -56,6 +79,19 @@ def test_training_is_deterministic_on_cpu_and_learns():
         weights.append(copy.deepcopy(model.state_dict()))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert losses[-1] < losses[0]
+
+
+def test_narrow_networks_train_in_the_contiguous_format():
+    # torch 2.14's CPU weight gradient of a strided 1x1 convolution with < 8 input channels in
+    # channels_last corrupts the heap: a width-4 network given channels_last images (as
+    # `normalize` makes them) must still train, in the contiguous format
+    assert training_memory_format(SmallResNet(2, width=16)) == torch.channels_last
+    assert training_memory_format(SmallResNet(2, width=4)) == torch.contiguous_format
+    x, y = _toy()
+    model = SmallResNet(2, width=4)
+    train(model, x.contiguous(memory_format=torch.channels_last), y, Recipe(2, 32, 0.1, 5e-4, 0.0),
+          torch.Generator().manual_seed(0))
+    assert model.stem[0].weight.is_contiguous()
 
 
 def test_divergence_is_reported():

@@ -149,7 +149,7 @@ def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root
 @friendly_errors
 def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
                   transfer_params_from, n_models, executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run,
-                  sweep_id, log_checkpoint, progress):
+                  pack, compile_, sweep_id, log_checkpoint, progress):
     """Train N subset runs of one config as one sweep: resumable, parallel, or on Ray.
 
     The sweep is a parent MLflow run with one child run per model index. Interrupt it
@@ -159,7 +159,7 @@ def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_roo
     from transfer_core.track import setup_tracking
     from transfer_core.tune import recipe_from
 
-    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run)
+    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_)
     experiment = experiment or DEFAULT_EXPERIMENT
     setup_tracking(tracking_uri)
     recipe = recipe_from(transfer_params_from, experiment, transfer_mode)
@@ -266,8 +266,8 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
 @progress_option
 @friendly_errors
 def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides, transfer_params_from,
-                           executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, min_seeds,
-                           stability_threshold, data_root, tracking_uri, progress):
+                           executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_,
+                           min_seeds, stability_threshold, data_root, tracking_uri, progress):
     """Retrain without the classes an analysis ranks most detrimental / helpful / at random.
 
     Classes are removed by the analysis's validation ranking (fitted on one half of the
@@ -285,7 +285,7 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
 
     plan = CounterfactualPlan(**given(orders=parse_list(orders, str, "--orders") if orders else None,
                                       ks=parse_list(ks, int, "--ks") if ks else None, n_seeds=seeds))
-    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run)
+    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_)
     experiment = experiment or DEFAULT_EXPERIMENT
     setup_tracking(tracking_uri)
     merged = merge_overrides(overrides)

@@ -16,7 +16,7 @@ import click
 from mlflow.exceptions import MlflowException
 
 from transfer_core.config import DEFAULT_PROFILE, ConfigError, parse_overrides, profile_names
-from transfer_core.execute import EXECUTORS, ExecutorSettings
+from transfer_core.execute import AUTO, EXECUTORS, ExecutorSettings
 from transfer_core.track import DEFAULT_EXPERIMENT
 
 
@@ -45,6 +45,29 @@ class FloatRange(_EmptyIsUnset, click.FloatRange):
 
 class Choice(_EmptyIsUnset, click.Choice):
     pass
+
+
+class _PackCount(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == AUTO or isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        text = str(value).strip().lower()
+        if text == AUTO:
+            return AUTO
+        try:
+            number = int(text)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of models nor auto; give e.g. --pack 8, or --pack auto",
+                      param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not a positive number of models; give --pack 1 or more, or --pack auto", param, ctx)
+        return number
+
+
+class PackCount(_EmptyIsUnset, _PackCount):
+    """A positive number of models per pack, or ``auto``."""
 
 
 TEXT = Text()
@@ -137,13 +160,23 @@ def executor_options(fn):
         click.option("--ray-cpus-per-run", type=FloatRange(0, min_open=True), default=None,
                      show_default=d("ray_cpus_per_run"), help="CPUs each Ray task reserves."),
         click.option("--ray-gpus-per-run", type=FloatRange(0), default=None, show_default=d("ray_gpus_per_run"),
-                     help="GPUs each Ray task reserves; a fraction (0.25) lets several small models share one card."),
+                     help="GPUs each Ray task (one pack) reserves; a fraction (0.25) lets several small packs share "
+                          "one card, 1 with --pack N trains N models on each GPU."),
+        click.option("--pack", type=PackCount(), default=None, show_default=d("pack"),
+                     help="Models trained at once as one network on one device (grouped convolutions; each model "
+                          "keeps its own weights, batches and seed, and is its own run). auto: as many as fit in the "
+                          "GPU's free memory, and 1 on a CPU, where packing does not pay. A pack that cannot fit is "
+                          "refused with the largest that can."),
+        click.option("--compile/--no-compile", "compile_", default=None, show_default="no-compile",
+                     help="torch.compile packed training (once per process; for GPUs)."),
     ])
 
 
-def execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run) -> ExecutorSettings:
+def execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack=None,
+                       compile_=None) -> ExecutorSettings:
     return ExecutorSettings(**given(executor=executor, workers=workers, ray_address=ray_address,
-                                    ray_cpus_per_run=ray_cpus_per_run, ray_gpus_per_run=ray_gpus_per_run))
+                                    ray_cpus_per_run=ray_cpus_per_run, ray_gpus_per_run=ray_gpus_per_run, pack=pack,
+                                    compile=compile_))
 
 
 def transfer_params_option(fn):

@@ -24,7 +24,7 @@ from transfer_core.counterfactual.grid import CounterfactualPlan, counterfactual
 from transfer_core.counterfactual.report import log_report, report_note
 from transfer_core.counterfactual.summary import SELECT_METRIC, EvidenceRule, Selection
 from transfer_core.data import load_split, validation_halves
-from transfer_core.execute import ExecutorSettings, Job, Task, run_tasks
+from transfer_core.execute import ExecutorSettings, Job, Task, resolve_pack, run_tasks
 from transfer_core.track import (DEFAULT_EXPERIMENT, VAL_OUTPUTS_ARTIFACT, artifact_path, describe_step,
                                  get_experiment_id, latest_run, run_config, run_filter, search_all, set_tags)
 from transfer_core.track.claims import settle_parent
@@ -90,6 +90,7 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
     ranked = ranking_order(ranking, names)
     client = MlflowClient()
     experiment_id = get_experiment_id(experiment)
+    pack = resolve_pack(config, execution, data_root)  # a pack that cannot fit is refused before anything is recorded
     cf_id = counterfactual_id(config, ranked, analysis_run_id)
     common = {"counterfactual_id": cf_id, "analysis_run_id": analysis_run_id or "",
               "source_sweep_id": source_sweep_id or ""}
@@ -104,8 +105,11 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
     log.info("counterfactual %s: %d of %d runs already FINISHED", cf_id, len(plan.points()) - len(todo),
              len(plan.points()))
     job = Job(config, experiment, tracking_uri or mlflow.get_tracking_uri(),
-              None if data_root is None else str(data_root), log_checkpoint=True)
-    outcomes = run_tasks(job, grid_tasks(plan, todo, ranked, config.sweep_seed, cf_id, parent, common),
+              None if data_root is None else str(data_root), log_checkpoint=True, pack=pack, compile=execution.compile)
+    tasks = grid_tasks(plan, todo, ranked, config.sweep_seed, cf_id, parent, common)
+    if pack > 1:  # points that keep as many classes pack together (their step counts and heads match)
+        tasks.sort(key=lambda task: sum(task.mask))
+    outcomes = run_tasks(job, tasks,
                          execution, n_total=len(plan.points()), n_done=len(plan.points()) - len(todo),
                          progress=progress, desc=f"counterfactual {cf_id}")
     failed = [o for o in outcomes if o.status == "failed"]

@@ -8,8 +8,8 @@ from transfer_core.data.digest import class_digests, set_digest, subset_digest
 from transfer_core.data.images import ImageSet, channel_stats, resize
 from transfer_core.data.loading import (DataError, TransferData, cache_dir, load_split, load_transfer_data,
                                         resolve_data_root, sample_per_class, validation_halves)
-from transfer_core.data.subsets import check_mask, class_mask, n_kept, run_seed
+from transfer_core.data.subsets import check_mask, class_mask, class_rows, n_kept, run_seed
 
 __all__ = ["ImageSet", "TransferData", "DataError", "load_split", "load_transfer_data", "cache_dir",
-           "resolve_data_root", "sample_per_class", "resize", "channel_stats", "class_mask", "check_mask", "n_kept",
-           "run_seed", "validation_halves", "class_digests", "subset_digest", "set_digest"]
+           "resolve_data_root", "sample_per_class", "resize", "channel_stats", "class_mask", "class_rows", "check_mask",
+           "n_kept", "run_seed", "validation_halves", "class_digests", "subset_digest", "set_digest"]

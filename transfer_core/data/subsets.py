@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from transfer_core.config import ConfigError
 
@@ -46,3 +47,19 @@ def check_mask(mask: np.ndarray, n_classes: int) -> np.ndarray:
 def run_seed(sweep_seed: int, index: int) -> int:
     """Training seed of model ``index``: distinct per model, reproducible per sweep."""
     return int(np.random.default_rng([int(sweep_seed), int(index), 7]).integers(2**31 - 1))
+
+
+def class_rows(labels: torch.Tensor, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The examples of the kept classes of ``mask``, in their original order.
+
+    Args:
+        labels: ``(N,)`` int64 class ids; mask: ``(n_classes,)`` bool.
+    Returns:
+        ``rows (n,)`` indices into ``labels``, ascending; ``relabelled (n,)`` their labels as
+        0..k-1 in the order of the kept class ids; ``kept (k,)`` the kept class ids.
+    """
+    kept = torch.from_numpy(np.flatnonzero(mask))
+    rows = torch.isin(labels, kept).nonzero().squeeze(1)
+    relabel = torch.full((len(mask),), -1, dtype=torch.long)
+    relabel[kept] = torch.arange(len(kept))
+    return rows, relabel[labels[rows]], kept

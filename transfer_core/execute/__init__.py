@@ -6,11 +6,14 @@
 
 A :class:`Task` is one model named by its key tags; :func:`run_tasks` claims each task
 through the tracking store and trains it on local worker processes or a Ray cluster, so
-two commands at once never train the same model twice.
+two commands at once never train the same model twice. With ``ExecutorSettings(pack=N)``
+a worker trains up to N claimed models at once as one network (:mod:`~transfer_core.execute.packs`).
 """
-from transfer_core.execute.executor import EXECUTORS, ExecutorSettings, check_executor, drive, make_executor, run_tasks
+from transfer_core.execute.executor import (AUTO, EXECUTORS, ExecutorSettings, check_executor, drive, make_executor,
+                                            run_tasks)
+from transfer_core.execute.packs import resolve_pack
 from transfer_core.execute.runner import SubsetRunner
 from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, threads_per_worker
 
-__all__ = ["EXECUTORS", "ExecutorSettings", "check_executor", "drive", "make_executor", "run_tasks", "SubsetRunner",
-           "ExecutionError", "Job", "Outcome", "Task", "threads_per_worker"]
+__all__ = ["AUTO", "EXECUTORS", "ExecutorSettings", "check_executor", "drive", "make_executor", "run_tasks",
+           "resolve_pack", "SubsetRunner", "ExecutionError", "Job", "Outcome", "Task", "threads_per_worker"]

@@ -2,8 +2,11 @@
 
 ``local``  ``workers`` processes on this machine (in-process when 1), each with
            ``cores // workers`` torch threads (:mod:`transfer_core.execute.local`).
-``ray``    each task is a Ray task with ``num_cpus`` / fractional ``num_gpus``, on a local Ray
+``ray``    each pack is a Ray task with ``num_cpus`` / (fractional) ``num_gpus``, on a local Ray
            instance or a cluster (:mod:`transfer_core.execute.ray_cluster`).
+
+Tasks go to workers in packs of up to ``pack`` models, trained together as one network on
+one device (:mod:`transfer_core.execute.packs`); with ``pack = 1`` each model trains alone.
 
 Every attempt claims its task through the tracking store first, so executors and commands
 may overlap freely: a task another live process holds is checked again later, with a growing
@@ -12,6 +15,7 @@ random delay, until it is FINISHED there or free to train here.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import time
 from collections import deque
@@ -23,6 +27,13 @@ from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task
 
 EXECUTORS = ("local", "ray")
 BUSY_RETRY_S = (3.0, 60.0)  # first and longest wait before re-checking a task another process holds
+AUTO = "auto"  # --pack auto: as many models per pack as fit in the device's memory (1 on a CPU)
+
+
+def check_pack(pack) -> None:
+    if pack != AUTO and (isinstance(pack, bool) or not isinstance(pack, int) or pack < 1):
+        raise ExecutionError(f"--pack must be a positive number of models or auto, got {pack!r}; use --pack 1 to "
+                             "train each model alone, or --pack auto")
 
 
 def check_executor(executor: str, workers: int = 1) -> None:
@@ -45,9 +56,12 @@ class ExecutorSettings:
     """Where tasks train; validated at construction.
 
     ``local``: ``workers`` processes on this machine, each with ``cores // workers`` torch
-    threads (one worker trains in this process). ``ray``: one Ray task per model with
-    ``ray_cpus_per_run`` CPUs and ``ray_gpus_per_run`` GPUs (a fraction lets models share a
+    threads (one worker trains in this process). ``ray``: one Ray task per pack with
+    ``ray_cpus_per_run`` CPUs and ``ray_gpus_per_run`` GPUs (a fraction lets packs share a
     card), on the cluster at ``ray_address`` (``$RAY_ADDRESS``, else a new local instance).
+    ``pack``: models trained at once as one network, or ``"auto"`` (as many as fit in the
+    device's memory on a GPU, 1 on a CPU; see :func:`transfer_core.execute.packs.resolve_pack`).
+    ``compile``: ``torch.compile`` packed training, once per process.
     """
 
     executor: str = "local"
@@ -55,9 +69,12 @@ class ExecutorSettings:
     ray_address: str | None = None
     ray_cpus_per_run: float = 1.0
     ray_gpus_per_run: float = 0.0
+    pack: int | str = AUTO
+    compile: bool = False
 
     def __post_init__(self):
         check_executor(self.executor, self.workers)
+        check_pack(self.pack)
         if self.ray_cpus_per_run <= 0 or self.ray_gpus_per_run < 0:
             raise ExecutionError(f"Ray resources per run must be positive CPUs and >= 0 GPUs, got "
                                  f"{self.ray_cpus_per_run} CPUs and {self.ray_gpus_per_run} GPUs")
@@ -73,10 +90,12 @@ def make_executor(job: Job, settings: ExecutorSettings, n_tasks: int | None = No
 
 
 def drive(executor, tasks: list[Task], n_total: int | None = None, n_done: int = 0, progress: bool = True,
-          desc: str = "train") -> list[Outcome]:
+          desc: str = "train", pack: int = 1) -> list[Outcome]:
     """Run every task to an end (trained, done elsewhere, or failed); returns those outcomes.
 
-    The progress bar counts ``n_done`` (already FINISHED) of ``n_total`` (default: all tasks).
+    Tasks are submitted in packs of up to ``pack``, in order; a task another process holds
+    waits and joins a later pack. The progress bar counts ``n_done`` (already FINISHED) of
+    ``n_total`` (default: all tasks).
     """
     todo, waiting = deque(tasks), []  # waiting: heap of (monotonic time to retry, tie-break, task)
     waits: dict[Task, float] = {}
@@ -90,25 +109,25 @@ def drive(executor, tasks: list[Task], n_total: int | None = None, n_done: int =
             while waiting and waiting[0][0] <= now:
                 todo.append(heapq.heappop(waiting)[2])
             while todo and in_flight < executor.capacity:
-                executor.submit(todo.popleft())
+                executor.submit(tuple(todo.popleft() for _ in range(min(pack, len(todo)))))
                 in_flight += 1
             if not in_flight:
                 time.sleep(max(0.0, waiting[0][0] - now))
                 continue
-            outcome = executor.poll(timeout=1.0)
-            if outcome is None:
+            results = executor.poll(timeout=1.0)
+            if results is None:
                 continue
             in_flight -= 1
-            if outcome.status == "busy":
-                wait = min(BUSY_RETRY_S[1], 2 * waits.get(outcome.task, BUSY_RETRY_S[0] / 2))
-                waits[outcome.task] = wait
-                tie += 1
-                heapq.heappush(waiting, (time.monotonic() + wait * random.uniform(0.7, 1.3), tie, outcome.task))
-                bar.set_postfix(counts, waiting=len(waiting), refresh=True)
-                continue
-            outcomes.append(outcome)
-            counts[outcome.status] += 1
-            bar.update(1)
+            for outcome in results:
+                if outcome.status == "busy":
+                    wait = min(BUSY_RETRY_S[1], 2 * waits.get(outcome.task, BUSY_RETRY_S[0] / 2))
+                    waits[outcome.task] = wait
+                    tie += 1
+                    heapq.heappush(waiting, (time.monotonic() + wait * random.uniform(0.7, 1.3), tie, outcome.task))
+                    continue
+                outcomes.append(outcome)
+                counts[outcome.status] += 1
+                bar.update(1)
             bar.set_postfix(counts, waiting=len(waiting), refresh=True)
     finally:
         bar.close()
@@ -118,11 +137,11 @@ def drive(executor, tasks: list[Task], n_total: int | None = None, n_done: int =
 def run_tasks(job: Job, tasks: list[Task], settings: ExecutorSettings = ExecutorSettings(), *,
               n_total: int | None = None, n_done: int = 0, progress: bool = True,
               desc: str = "train") -> list[Outcome]:
-    """Train ``tasks`` on a new executor (see :class:`ExecutorSettings`), then close it."""
+    """Train ``tasks`` on a new executor (see :class:`ExecutorSettings`), in packs of ``job.pack``; then close it."""
     if not tasks:
         return []
-    runner = make_executor(job, settings, len(tasks))
+    runner = make_executor(job, settings, math.ceil(len(tasks) / job.pack))
     try:
-        return drive(runner, tasks, n_total, n_done, progress, desc)
+        return drive(runner, tasks, n_total, n_done, progress, desc, job.pack)
     finally:
         runner.close()

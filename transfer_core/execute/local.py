@@ -1,10 +1,10 @@
 """The local executor: worker processes on this machine, or this process when there is one worker.
 
-Each worker is a spawned process that loads the data once and trains the tasks it is sent,
-with ``cores // workers`` torch threads so that workers do not oversubscribe the cores. Each
-worker has its own inbox, so the task of a worker that dies is known: it is reported failed
-(its claim goes stale and the next command retrains it), and the worker is replaced only
-when there is more work.
+Each worker is a spawned process that loads the data once and trains the packs of tasks it
+is sent, with ``cores // workers`` torch threads so that workers do not oversubscribe the
+cores. Each worker has its own inbox, so the pack of a worker that dies is known: its tasks
+are reported failed (their claims go stale and the next command retrains them), and the
+worker is replaced only when there is more work.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import queue
 import time
 from collections import deque
 
-from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt, make_runner, one_line, \
+from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt_pack, make_runner, one_line, \
     threads_per_worker
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,10 @@ class LocalExecutor:
     def __init__(self, job: Job, workers: int):
         self.job, self.capacity = job, workers
         self.threads = threads_per_worker(workers)
-        self._inline: deque[Task] = deque()
+        self._inline: deque[tuple[Task, ...]] = deque()
         self._procs: dict[int, mp.Process] = {}
         self._inboxes: dict[int, object] = {}
-        self._current: dict[int, Task | None] = {}  # the task each worker trains, None when idle
+        self._current: dict[int, tuple[Task, ...] | None] = {}  # the pack each worker trains, None when idle
         self._restarts = 0
         if workers == 1:
             self.runner, self.heartbeat = make_runner(job, self.threads)
@@ -67,9 +67,9 @@ class LocalExecutor:
                 raise ExecutionError(payload)
             ready += kind == "ready"
 
-    def submit(self, task: Task) -> None:
+    def submit(self, pack: tuple[Task, ...]) -> None:
         if not self._procs:
-            self._inline.append(task)
+            self._inline.append(pack)
             return
         idle = [w for w, current in self._current.items() if current is None]
         wid = next((w for w in idle if self._procs[w].is_alive()), idle[0])
@@ -79,12 +79,13 @@ class LocalExecutor:
                 raise ExecutionError(f"worker processes keep dying (last exit code {self._procs[wid].exitcode}); "
                                      "check memory use, or lower --workers")
             self._start_worker(wid)
-        self._current[wid] = task
-        self._inboxes[wid].put(task)
+        self._current[wid] = pack
+        self._inboxes[wid].put(pack)
 
-    def poll(self, timeout: float) -> Outcome | None:
+    def poll(self, timeout: float) -> list[Outcome] | None:
+        """The outcomes of one finished pack, or None when none finished within ``timeout``."""
         if not self._procs:
-            return attempt(self.runner, self.job, self._inline.popleft(), self.heartbeat)
+            return attempt_pack(self.runner, self.job, self._inline.popleft(), self.heartbeat)
         try:
             kind, wid, payload = self._results.get(timeout=timeout)
         except queue.Empty:
@@ -96,15 +97,16 @@ class LocalExecutor:
             return payload
         return None  # "ready" from a replacement worker
 
-    def _check_workers(self) -> Outcome | None:
-        """A worker that died (killed, out of memory) loses only its current task: report it failed."""
+    def _check_workers(self) -> list[Outcome] | None:
+        """A worker that died (killed, out of memory) loses only its current pack: report its tasks failed."""
         for wid, proc in self._procs.items():
-            task = self._current[wid]
-            if task is None or proc.is_alive():
+            pack = self._current[wid]
+            if pack is None or proc.is_alive():
                 continue
-            log.warning("worker %d died with exit code %s while training %s", wid, proc.exitcode, task.name)
+            log.warning("worker %d died with exit code %s while training %s", wid, proc.exitcode,
+                        ", ".join(task.name for task in pack))
             self._current[wid] = None
-            return Outcome(task, "failed", error=f"worker process died (exit code {proc.exitcode})")
+            return [Outcome(task, "failed", error=f"worker process died (exit code {proc.exitcode})") for task in pack]
         return None
 
     def close(self) -> None:
@@ -122,13 +124,13 @@ class LocalExecutor:
 
 
 def _worker_main(wid: int, job: Job, threads: int, inbox, results) -> None:
-    """A worker process: load the data once, then train the tasks it is sent until told to stop."""
+    """A worker process: load the data once, then train the packs it is sent until told to stop."""
     try:
         runner, heartbeat = make_runner(job, threads)
     except Exception as exc:  # reported to the parent, which stops with this sentence
         results.put(("init_error", wid, f"a worker process could not start: {one_line(exc)}"))
         return
     results.put(("ready", wid, os.getpid()))
-    while (task := inbox.get()) is not None:
-        results.put(("outcome", wid, attempt(runner, job, task, heartbeat)))
+    while (pack := inbox.get()) is not None:
+        results.put(("outcome", wid, attempt_pack(runner, job, pack, heartbeat)))
     heartbeat.stop()

@@ -1,14 +1,15 @@
-"""The Ray executor: each task (a sweep's model, a grid point) is one Ray task with its CPU and GPU share.
+"""The Ray executor: each pack of tasks (sweep models, grid points) is one Ray task with its CPU and GPU share.
 
 Ray is an optional extra (``pip install 'transfer-core[ray]'``); this module imports it only
-when an executor is made. Ray tasks run :func:`transfer_core.execute.tasks.attempt`, so they
-claim their work through the tracking store like local workers do.
+when an executor is made. Ray tasks run :func:`transfer_core.execute.tasks.attempt_pack`, so
+they claim their work through the tracking store like local workers do. With ``--pack N``
+and ``--ray-gpus-per-run 1``, one Ray task trains N models on one GPU.
 """
 from __future__ import annotations
 
 import os
 
-from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt, make_runner, one_line
+from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt_pack, make_runner, one_line
 
 RAY_MISSING = ("the ray executor needs Ray, which is not installed; run pip install 'transfer-core[ray]' "
                "or use --executor local")
@@ -16,12 +17,17 @@ CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFL
 _RAY_RUNNERS: dict = {}  # per Ray worker process: data loaded once, reused by later tasks of the same job
 
 
-def _ray_attempt(job: Job, task: Task, threads: int) -> Outcome:
+def _ray_attempt(job: Job, pack: tuple[Task, ...], threads: int) -> list[Outcome]:
     if job not in _RAY_RUNNERS:
         _RAY_RUNNERS.clear()
-        _RAY_RUNNERS[job] = make_runner(job, threads)
+        runner, heartbeat = make_runner(job, threads)
+        if job.pack > 1:  # this task's own device: refuse a pack that cannot fit before claiming anything
+            from transfer_core.train import pack_budget
+            n_source_test = 0 if runner.source_test is None else len(runner.source_test)
+            pack_budget(job.config, runner.data, runner.device, n_source_test=n_source_test).check(job.pack)
+        _RAY_RUNNERS[job] = runner, heartbeat
     runner, heartbeat = _RAY_RUNNERS[job]
-    return attempt(runner, job, task, heartbeat)
+    return attempt_pack(runner, job, pack, heartbeat)
 
 
 def credentials_env() -> dict | None:
@@ -35,7 +41,7 @@ def credentials_env() -> dict | None:
 
 
 class RayExecutor:
-    """Each task is one Ray task with ``cpus`` CPUs and ``gpus`` (possibly fractional) GPUs."""
+    """Each pack of tasks is one Ray task with ``cpus`` CPUs and ``gpus`` (possibly fractional) GPUs."""
 
     def __init__(self, job: Job, address: str | None, cpus: float = 1.0, gpus: float = 0.0):
         try:
@@ -64,18 +70,18 @@ class RayExecutor:
         self._threads = max(1, int(cpus))
         self._refs: dict = {}
 
-    def submit(self, task: Task) -> None:
-        self._refs[self._remote.remote(self.job, task, self._threads)] = task
+    def submit(self, pack: tuple[Task, ...]) -> None:
+        self._refs[self._remote.remote(self.job, pack, self._threads)] = pack
 
-    def poll(self, timeout: float) -> Outcome | None:
+    def poll(self, timeout: float) -> list[Outcome] | None:
         ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
         if not ready:
             return None
-        task = self._refs.pop(ready[0])
+        pack = self._refs.pop(ready[0])
         try:
             return self.ray.get(ready[0])
-        except Exception as exc:  # the task's worker crashed; its claim goes stale and is retried later
-            return Outcome(task, "failed", error=f"Ray task failed: {one_line(exc)}")
+        except Exception as exc:  # the task's worker crashed; its claims go stale and are retried later
+            return [Outcome(task, "failed", error=f"Ray task failed: {one_line(exc)}") for task in pack]
 
     def close(self) -> None:
         for ref in self._refs:

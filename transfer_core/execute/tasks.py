@@ -1,11 +1,13 @@
-"""Jobs, tasks and one attempt at a task: what every executor runs, wherever it runs.
+"""Jobs, tasks and one attempt at a pack of tasks: what every executor runs, wherever it runs.
 
 A :class:`Job` is what a worker needs to train models of one config (it builds a
 :class:`~transfer_core.execute.runner.SubsetRunner` once). A :class:`Task` is one model: its
 kept classes, its training seed, and the *key* tags that name it (``sweep_id`` + ``index``
 for a sweep's model; ``counterfactual_id`` + ``order`` + ``k`` + ``seed`` for a grid point).
-:func:`attempt` claims the key through the tracking store (:mod:`transfer_core.track.claims`)
-and trains only if this process gets it, so executors and commands may overlap freely.
+Executors hand workers *packs*: tuples of up to ``Job.pack`` tasks. :func:`attempt_pack`
+claims each task's key through the tracking store (:mod:`transfer_core.track.claims`) and
+trains the ones this process gets, together (:mod:`transfer_core.execute.packs`) or, with
+``Job.pack == 1``, one at a time; so executors and commands may overlap freely.
 """
 from __future__ import annotations
 
@@ -36,6 +38,13 @@ class Job:
     tracking_uri: str
     data_root: str | None = None
     log_checkpoint: bool = False
+    pack: int = 1  # models trained at once as one packed network (1: each alone, through run_subset)
+    compile: bool = False  # torch.compile the packed network (once per process)
+
+    @property
+    def packed(self) -> bool:
+        """Whether models train through the packed trainer (even a pack of one)."""
+        return self.pack > 1 or self.compile
 
 
 @dataclass(frozen=True)
@@ -100,8 +109,8 @@ def make_runner(job: Job, threads: int):
     return runner, Heartbeat(runner.client)
 
 
-def attempt(runner, job: Job, task: Task, heartbeat: Heartbeat) -> Outcome:
-    """Claim ``task`` and, if this process gets it, train and log it as a child of its parent run."""
+def claim(runner, task: Task) -> Outcome | tuple[str, dict[str, str]]:
+    """Claim ``task`` through the tracking store: ``(run_id, tags)`` of our claim, or the Outcome if we did not."""
     client, experiment_id = runner.client, runner.experiment_id
     try:
         # Read-only look first, so waiting on a task another process trains writes nothing.
@@ -117,9 +126,45 @@ def attempt(runner, job: Job, task: Task, heartbeat: Heartbeat) -> Outcome:
     except Exception as exc:  # the store failed us (locked, unreachable): nothing trained, retried next time
         log.warning("could not claim %s: %s", task.name, one_line(exc))
         return Outcome(task, "failed", error=f"claim failed: {one_line(exc)}")
-    if state != "claimed":
-        return Outcome(task, state)
-    heartbeat.hold(run_id)
+    return (run_id, tags) if state == "claimed" else Outcome(task, state)
+
+
+def attempt_pack(runner, job: Job, tasks: tuple[Task, ...], heartbeat: Heartbeat) -> list[Outcome]:
+    """Claim each task and train the ones this process gets, each logged as a child of its parent run.
+
+    Returns one Outcome per task, in order. With ``job.packed`` the claimed tasks train together
+    (:func:`transfer_core.execute.packs.train_pack`); otherwise one by one. A process killed
+    meanwhile loses only the runs it had claimed: they are left RUNNING, and the next command
+    supersedes and retrains them.
+    """
+    outcomes: dict[Task, Outcome] = {}
+    claimed: list[tuple[Task, str, dict[str, str]]] = []
+    for task in tasks:
+        got = claim(runner, task)
+        if isinstance(got, Outcome):
+            outcomes[task] = got
+        else:
+            claimed.append((task, *got))
+    for _, run_id, _ in claimed:
+        heartbeat.hold(run_id)
+    try:
+        if job.packed and claimed:
+            from transfer_core.execute.packs import train_pack
+            start = time.perf_counter()
+            errors = train_pack(runner, job, claimed)
+            wall = time.perf_counter() - start
+            for (task, run_id, _), error in zip(claimed, errors):
+                outcomes[task] = Outcome(task, "trained", run_id, wall) if error is None else \
+                    Outcome(task, "failed", run_id, wall, error)
+        for task, run_id, tags in ([] if job.packed else claimed):
+            outcomes[task] = _train_one(runner, job, task, run_id, tags)
+    finally:
+        for _, run_id, _ in claimed:
+            heartbeat.release(run_id)
+    return [outcomes[task] for task in tasks]
+
+
+def _train_one(runner, job: Job, task: Task, run_id: str, tags: dict[str, str]) -> Outcome:
     start = time.perf_counter()
     mask = None if task.mask is None else np.array(task.mask, dtype=bool)
     try:
@@ -128,6 +173,4 @@ def attempt(runner, job: Job, task: Task, heartbeat: Heartbeat) -> Outcome:
     except Exception as exc:  # the runner has marked the run FAILED; the next command retries it
         log.warning("%s failed: %s", task.name, one_line(exc))
         return Outcome(task, "failed", run_id, time.perf_counter() - start, one_line(exc))
-    finally:
-        heartbeat.release(run_id)
     return Outcome(task, "trained", run_id, time.perf_counter() - start)

@@ -26,7 +26,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from transfer_core.config import ConfigError, RunConfig
-from transfer_core.execute import ExecutorSettings, Job, Task, run_tasks
+from transfer_core.execute import ExecutorSettings, Job, Task, resolve_pack, run_tasks
 from transfer_core.sweep.collect import check_sweep_id, finished_runs
 from transfer_core.track import (DEFAULT_EXPERIMENT, describe_step, get_experiment_id, log_metrics, run_filter,
                                  search_all, setup_tracking)
@@ -151,7 +151,7 @@ def sweep_with_summary(config: RunConfig, n_models: int, *, experiment: str = DE
                        progress: bool = True) -> SweepSummary:
     """Run (or resume, or grow) the sweep of ``config`` to ``n_models`` FINISHED runs.
 
-    ``execution`` says where models train; ``tune_run_id`` (the tune run whose recipe
+    ``execution`` says where models train, and how many at once (``pack``); ``tune_run_id`` (the tune run whose recipe
     ``config`` carries) is recorded on the parent run.
     """
     started = time.monotonic()
@@ -160,6 +160,7 @@ def sweep_with_summary(config: RunConfig, n_models: int, *, experiment: str = DE
     params = sweep_params(config, extra_params)
     sweep_id = check_sweep_id(sweep_id) if sweep_id else sweep_id_for(config, extra_params)
     uri = setup_tracking(tracking_uri)
+    pack = resolve_pack(config, execution, data_root)  # a pack that cannot fit is refused before anything is recorded
     client = MlflowClient()
     experiment_id = get_experiment_id(experiment)
     parent = resolve_parent(client, experiment_id, sweep_id, params, invocation_run_id,
@@ -169,7 +170,8 @@ def sweep_with_summary(config: RunConfig, n_models: int, *, experiment: str = DE
     todo = [i for i in range(n_models) if i not in done]
     n_reused = n_models - len(todo)
     log.info("sweep %s: parent run %s, %d of %d models already FINISHED", sweep_id, parent, n_reused, n_models)
-    job = Job(config, experiment, uri, None if data_root is None else str(data_root), log_checkpoint)
+    job = Job(config, experiment, uri, None if data_root is None else str(data_root), log_checkpoint, pack,
+              execution.compile)
     outcomes = run_tasks(job, sweep_tasks(sweep_id, parent, todo), execution, n_total=n_models, n_done=n_reused,
                          progress=progress, desc=sweep_id)
     summary = summarise(client, experiment_id, sweep_id, parent, n_models, n_reused, outcomes, started)

@@ -67,6 +67,18 @@ def build_model(arch: str, n_classes: int, width: int) -> nn.Module:
     return ARCHITECTURES[arch](n_classes, width)
 
 
+def training_memory_format(model: nn.Module) -> torch.memory_format:
+    """channels_last (faster convolutions on CPU), unless a strided convolution has fewer than 8
+    input channels: torch 2.14's CPU weight gradient of such a convolution in channels_last
+    corrupts the heap (``resnet_small`` with a width below 8). Channels are counted per group,
+    so a packed network (:mod:`~transfer_core.train.packing`, grouped convolutions) trains in
+    the format its members train in alone."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and module.in_channels // module.groups < 8:
+            return torch.contiguous_format
+    return torch.channels_last
+
+
 class Normalized(nn.Module):
     """Wraps a network so it takes uint8 or [0, 255] float images ``(N, 3, R, R)`` directly.
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from transfer_core.config import ConfigError, RunConfig
 from transfer_core.data import ImageSet, TransferData
-from transfer_core.data import check_mask
+from transfer_core.data import check_mask, class_rows
 from transfer_core.train.loop import Recipe, infer, normalize, pick_device, seed_everything, train, \
     train_linear_head
 from transfer_core.train.models import Normalized, build_model
@@ -34,14 +34,11 @@ class SubsetRunResult:
 
 def source_subset(source: ImageSet, class_mask: np.ndarray) -> tuple[ImageSet, torch.Tensor]:
     """Images of the kept classes, relabelled 0..k-1; also returns kept class ids ``(k,)``."""
-    kept = torch.from_numpy(np.flatnonzero(class_mask))
-    index = torch.isin(source.labels, kept).nonzero().squeeze(1)
+    index, labels, kept = class_rows(source.labels, class_mask)
     if len(index) == 0:
         raise ConfigError("the class subset has no source images; check data.source and the mask")
     subset = source.select(index)
-    relabel = torch.full((source.n_classes,), -1, dtype=torch.long)
-    relabel[kept] = torch.arange(len(kept))
-    subset.labels = relabel[subset.labels]
+    subset.labels = labels
     return subset, kept
 
 
@@ -53,8 +50,7 @@ def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: tor
     (:attr:`TransferData.source_norm`), the same whatever classes are kept.
     """
     p = config.pretrain
-    model = build_model(p.arch, n_classes, p.width)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = build_model(p.arch, n_classes, p.width).to(device)
     x = normalize(source.images, *norm, device)
     train(model, x, source.labels.to(device), Recipe.from_section(p), generator)
     return model
@@ -80,19 +76,33 @@ def transfer(config: RunConfig, backbone: nn.Module, norm: tuple, data: Transfer
            features are computed once and a linear head is trained on them.
     full:  a new head is attached and every weight trains, with augmentation.
     """
+    return transfer_and_score(config, backbone, norm, data, generator, device, on_epoch)[0]
+
+
+def transfer_and_score(config: RunConfig, backbone: nn.Module, norm: tuple, data: TransferData,
+                       generator: torch.Generator, device, on_epoch=None,
+                       score: tuple[ImageSet, ...] = ()) -> tuple[nn.Module, list[torch.Tensor]]:
+    """:func:`transfer`, then the logits ``(N_i, n_target)`` of every image set in ``score``.
+
+    In fixed mode the scored sets go through the frozen backbone in the same pass as the
+    training images, and the trained head is applied to those features: the backbone runs
+    once per image. In full mode the fine-tuned network scores them afterwards.
+    """
     t = config.transfer
     n_target = data.target_train.n_classes
     recipe = Recipe.from_section(t)
-    x = normalize(data.target_train.images, *norm, device)
     y = data.target_train.labels.to(device)
     if t.mode == "fixed":
-        features = frozen_features(backbone, x)
-        backbone.head = train_linear_head(features, y, n_target, recipe, generator, on_epoch=on_epoch)
-    else:
-        backbone.head = nn.Linear(backbone.feature_dim, n_target).to(device)
-        train(backbone, x, y, recipe, generator, on_epoch=on_epoch)
+        train_features, *scored = (frozen_features(backbone, normalize(s.images, *norm, device))
+                                   for s in (data.target_train, *score))
+        backbone.head = train_linear_head(train_features, y, n_target, recipe, generator, on_epoch=on_epoch)
+        with torch.no_grad():
+            return backbone.eval(), [backbone.head(f) for f in scored]
+    backbone.head = nn.Linear(backbone.feature_dim, n_target).to(device)
+    train(backbone, normalize(data.target_train.images, *norm, device), y, recipe, generator, on_epoch=on_epoch)
     backbone.eval()
-    return backbone
+    model = Normalized(backbone, *norm).to(device)
+    return backbone, [evaluate_split(model, s, device) for s in score]
 
 
 def evaluate_split(model: Normalized, images: ImageSet, device) -> torch.Tensor:
@@ -107,7 +117,8 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
 
     Metrics: ``source_acc`` (held-out source images of the kept classes, if ``source_test``
     is given), ``target_val_acc``, ``target_test_acc``; per-example outputs on the target
-    validation and test splits. Timings: seconds per phase.
+    validation and test splits. Timings: seconds per phase; in fixed mode the backbone's pass
+    over the validation and test images counts to ``transfer_s`` (see :func:`transfer_and_score`).
     """
     device = device or pick_device()
     class_mask = check_mask(class_mask, data.source.n_classes)
@@ -125,13 +136,14 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
         metrics["source_acc"] = accuracy(evaluate_split(source_model, held_out, device), held_out.labels)
 
     start = time.perf_counter()
-    net = transfer(config, net, norm, data, generator, device, on_epoch=on_epoch)
+    net, (val_logits, test_logits) = transfer_and_score(config, net, norm, data, generator, device, on_epoch,
+                                                        score=(data.target_val, data.target_test))
     model = Normalized(net, *norm).to(device).eval()
     timings["transfer_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    val_outputs = per_example_outputs(evaluate_split(model, data.target_val, device), data.target_val.labels)
-    outputs = per_example_outputs(evaluate_split(model, data.target_test, device), data.target_test.labels)
+    val_outputs = per_example_outputs(val_logits, data.target_val.labels)
+    outputs = per_example_outputs(test_logits, data.target_test.labels)
     metrics["target_val_acc"] = float(val_outputs["correct"].mean())
     metrics["target_test_acc"] = float(outputs["correct"].mean())
     timings["evaluate_s"] = time.perf_counter() - start

@@ -5,7 +5,6 @@ seed, so trials differ only in their hyperparameters (common random numbers).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import tempfile
 from dataclasses import dataclass
@@ -106,10 +105,9 @@ class TrialFitter:
         report = on_epoch or (lambda epoch, loss, acc: None)
         if config.transfer.mode == "fixed":
             train_features, val_features = self.features
-            with _one_cpu_thread(self.device):
-                head = train_linear_head(train_features, self.y_train, self.data.target_train.n_classes,
-                                         Recipe.from_section(config.transfer), generator, val_features=val_features,
-                                         on_val=lambda e, loss, logits: report(e, loss, accuracy(logits, self.y_val)))
+            head = train_linear_head(train_features, self.y_train, self.data.target_train.n_classes,
+                                     Recipe.from_section(config.transfer), generator, val_features=val_features,
+                                     on_val=lambda e, loss, logits: report(e, loss, accuracy(logits, self.y_val)))
             with torch.no_grad():
                 return accuracy(head(val_features), self.y_val)
         net = copy.deepcopy(self.backbone.net)
@@ -123,21 +121,6 @@ class TrialFitter:
         transfer(config, net, self.backbone.norm, self.data, generator, self.device,
                  on_epoch=after_epoch if on_epoch else None)
         return accuracy(infer(net.eval(), self.x_val), self.y_val)
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """A linear head's steps are too small for intra-op threads: on CPU they only add
-    synchronisation (measured 50x slower with 2 threads on a busy 2-core machine)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def log_backbone(client: MlflowClient, run_id: str, backbone: Backbone, config: RunConfig) -> None:
