@@ -1,103 +1,129 @@
-"""Sweep costs on this machine: tracking overhead per run, and throughput with 1 and 2 workers.
+"""Sweep throughput from the shell, and the tracking cost per run as a store fills up.
 
-Overhead: one `quick` subset run is computed without tracking (``run_subset``), then
-everything a sweep adds around it is timed on its own, against a sqlite store: the
-read-only look, the claim (create run + contest search), logging params/metrics and the
-three artifacts, and ending the run. Reported as seconds and as % of the run's compute.
+``throughput`` (default): ``transfer-core sweep --profile quick --n-models N --workers W`` in a
+new store, timed from the shell as a user waits for it (worker start, data loading, the
+parent run's summary included), for each ``--workers`` value in turn; prints models/hour.
+``--workers 2 1`` compares the thread policies of a 2-core machine: 2 workers of 1 torch
+thread each against 1 worker (in the command's process) with 2 threads.
 
-Throughput: ``run_sweep`` of N `quick` models with ``--workers 1`` and ``--workers 2`` in fresh
-stores, wall time from the call to its return (data loading and process start included).
+``overhead``: everything a sweep does around one model's computation (the read-only look,
+the claim and its contest search, logging params, metrics and the outputs, ending the run),
+through the real :func:`transfer_core.execute.tasks.attempt_pack` with the training replaced by
+a stored result of a `quick` run's shape, for ``--runs`` models into one store: seconds per
+run in bins of 100, to see whether it grows with the store.
 
-    TRANSFER_CORE_DATA=../shared/data python benchmarks/bench_sweep.py [--profile quick] [--n-models 4]
+    TRANSFER_CORE_DATA=../shared/data python benchmarks/bench_sweep.py [--n-models 100] [--workers 2 1]
+    TRANSFER_CORE_DATA=../shared/data python benchmarks/bench_sweep.py overhead [--runs 600]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import mlflow
-import numpy as np
-from mlflow.tracking import MlflowClient
-
-from transfer_core.track.claims import Heartbeat, claim_tags, contest, is_live
-from transfer_core.config import build_config, parse_overrides
-from transfer_core.execute import SubsetRunner
-from transfer_core.data import run_seed
-from transfer_core.sweep import sweep_with_summary
-from transfer_core.track import log_subset_result
-from transfer_core.train import run_subset
+REPO = Path(__file__).resolve().parent.parent
 
 
-def use_store(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+def sweep_command(profile: str, overrides: list[str], n_models: int, workers: int, uri: str) -> list[str]:
+    script = Path(sys.executable).parent / "transfer-core"  # the console script, as a user types it
+    head = [str(script)] if script.is_file() else [sys.executable, "-m", "transfer_core.cli"]
+    return head + ["sweep", "--profile", profile, "--n-models", str(n_models), "--workers", str(workers),
+                   "--tracking-uri", uri, "--no-progress", *[a for o in overrides for a in ("--set", o)]]
 
 
-def overhead(config, repeats: int, folder: Path) -> dict:
-    use_store(folder)
+def throughput(args) -> None:
+    for workers in args.workers:
+        store = Path(tempfile.mkdtemp(prefix=f"bench_sweep_w{workers}_"))
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        command = sweep_command(args.profile, args.overrides, args.n_models, workers, uri)
+        load = os.getloadavg()
+        print(f"{time.strftime('%Y-%m-%d %H:%M')} load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+              f"running {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=store, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            sys.exit(f"the sweep failed:\n{done.stderr[-3000:]}")
+        line = done.stdout.strip().splitlines()[-1]
+        median = re.search(r"median ([0-9.]+) s", line)
+        load = os.getloadavg()
+        print(f"workers {workers}: {args.n_models} models in {wall:.1f} s = {3600 * args.n_models / wall:.0f} "
+              f"models/hour ({wall / args.n_models:.2f} s a model; median wall per run in its worker "
+              f"{median.group(1) if median else '?'} s); load average after {load[0]:.2f} {load[1]:.2f} "
+              f"{load[2]:.2f}\n  {line}", flush=True)
+
+
+def overhead(args) -> None:
+    import numpy as np
+    import torch
+
+    import transfer_core.execute.runner as runner_module
+    from transfer_core.config import build_config, parse_overrides
+    from transfer_core.execute import Job, SubsetRunner
+    from transfer_core.execute.tasks import attempt_pack
+    from transfer_core.sweep.sweep import sweep_tasks
+    from transfer_core.track import setup_tracking
+    from transfer_core.track.claims import Heartbeat
+    from transfer_core.train import SubsetRunResult, build_model, Normalized
+
+    store = Path(tempfile.mkdtemp(prefix="bench_sweep_overhead_"))
+    os.chdir(store)
+    uri = setup_tracking(f"sqlite:///{store / 'mlflow.db'}")
+    config = build_config(args.profile, parse_overrides(",".join(args.overrides)))
     runner = SubsetRunner(config, "bench-overhead")
-    client, sweep_id = runner.client, "sweep-overhead"
-    heartbeat = Heartbeat(client)
-    compute, tracking = [], []
-    for index in range(repeats):
-        mask = runner.mask_for(index)
-        start = time.perf_counter()
-        result = run_subset(config, runner.data, mask, run_seed(config.sweep_seed, index), runner.source_test,
-                            runner.device)
-        compute.append(time.perf_counter() - start)
+    data, rng = runner.data, np.random.default_rng(0)
 
+    def outputs(n: int) -> dict:
+        return {"margin": rng.normal(size=n).astype(np.float32), "prob": rng.random(n).astype(np.float32),
+                "correct": rng.random(n) < 0.45, "pred": rng.integers(0, 10, n).astype(np.int16)}
+
+    model = Normalized(build_model(config.pretrain.arch, 10, config.pretrain.width), *data.source_norm)
+
+    def stored_result(config, data, class_mask, seed, *args, **kwargs) -> SubsetRunResult:
+        return SubsetRunResult(class_mask, model, outputs(len(data.target_test)), outputs(len(data.target_val)),
+                               {"source_acc": 0.27, "target_val_acc": 0.44, "target_test_acc": 0.44},
+                               {"pretrain_s": 0.0, "transfer_s": 0.0, "evaluate_s": 0.0})
+
+    runner_module.run_subset = stored_result  # no training: only what the sweep adds around it
+    client = runner.client
+    parent = client.create_run(runner.experiment_id, tags={"transfer_core.kind": "sweep",
+                                                           "sweep_id": "sweep-overhead"}).info.run_id
+    job, heartbeat = Job(config, "bench-overhead", uri), Heartbeat(client)
+    times = []
+    for task in sweep_tasks("sweep-overhead", parent, list(range(args.runs))):
         start = time.perf_counter()
-        key = key_filter(sweep_id, index)
-        assert not any(is_live(r) for r in client.search_runs([runner.experiment_id], key))
-        run_id = runner.create_run(index, sweep_id, None, extra_tags=claim_tags())
-        assert contest(client, runner.experiment_id, run_id, key) == "claimed"
-        heartbeat.hold(run_id)
-        log_subset_result(client, run_id, config, result, index, run_seed(config.sweep_seed, index),
-                          runner.source_class_names, runner.data.target_test.labels, log_checkpoint=False)
-        heartbeat.release(run_id)
-        client.set_terminated(run_id, status="FINISHED")
-        tracking.append(time.perf_counter() - start)
+        (outcome,) = attempt_pack(runner, job, (task,), heartbeat)
+        times.append(time.perf_counter() - start)
+        if outcome.status != "trained":
+            sys.exit(f"{task.name}: {outcome.status} {outcome.error}")
     heartbeat.stop()
-    compute_s, tracking_s = float(np.median(compute)), float(np.median(tracking))
-    return {"compute_s": compute_s, "tracking_s": tracking_s, "overhead_pct": 100 * tracking_s / compute_s,
-            "compute_all_s": [round(c, 2) for c in compute], "tracking_all_s": [round(t, 3) for t in tracking]}
+    load = os.getloadavg()
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, torch threads {torch.get_num_threads()}, load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; tracking seconds per run (look, claim, log, end), "
+          f"{args.profile} shapes:")
+    for first in range(0, args.runs, 100):
+        chunk = np.array(times[first:first + 100])
+        print(f"  runs {first:4d}-{first + len(chunk) - 1:4d}: median {np.median(chunk):.3f} s, "
+              f"p90 {np.percentile(chunk, 90):.3f} s")
 
 
-def throughput(config, n_models: int, workers: int, folder: Path) -> dict:
-    use_store(folder)
-    start = time.perf_counter()
-    summary = sweep_with_summary(config, n_models, experiment="bench-throughput", workers=workers, progress=False)
-    wall = time.perf_counter() - start
-    assert summary.complete
-    return {"workers": workers, "n_models": n_models, "wall_s": wall, "runs_per_min": 60 * n_models / wall,
-            "run_wall_median_s": summary.run_wall_median_s}
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=["throughput", "overhead"], default="throughput")
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--set", dest="overrides", default="", help="overrides, e.g. pretrain.epochs=4")
-    parser.add_argument("--repeats", type=int, default=3, help="runs for the overhead measurement")
-    parser.add_argument("--n-models", type=int, default=4, help="models per throughput measurement")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a config override k=v")
+    parser.add_argument("--n-models", type=int, default=100, help="models per throughput measurement")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts to time, in turn")
+    parser.add_argument("--runs", type=int, default=600, help="runs logged by the overhead measurement")
     args = parser.parse_args()
-    config = build_config(args.profile, parse_overrides(args.overrides))
-    with tempfile.TemporaryDirectory() as tmp:
-        if not args.skip_overhead:
-            result = overhead(config, args.repeats, Path(tmp) / "overhead")
-            print(json.dumps({"overhead": {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}}),
-                  flush=True)
-        for workers in args.workers:
-            result = throughput(config, args.n_models, workers, Path(tmp) / f"workers{workers}")
-            print(json.dumps({"throughput": {k: round(v, 2) if isinstance(v, float) else v
-                                             for k, v in result.items()}}), flush=True)
+    if not os.environ.get("TRANSFER_CORE_DATA"):
+        os.environ["TRANSFER_CORE_DATA"] = str(REPO.parent / "shared" / "data")
+    throughput(args) if args.mode == "throughput" else overhead(args)
 
 
 if __name__ == "__main__":

@@ -247,9 +247,12 @@ def test_resume_trains_only_missing_points(planted_grid):
     packed = [done[("bottom", 2, seed)] for seed in range(6)]
     assert {run.data.tags["pack_size"] for run in packed} == {"3"} and all(
         artifact_path(run, "model.pt").is_file() for run in packed)  # kept for the registry, as unpacked points
-    one = done[("bottom", 1, 0)]  # an unpacked point of the same grid logs the same params
-    assert packed[0].data.params.keys() == one.data.params.keys()
+    one = done[("bottom", 1, 0)]  # an unpacked point of the same grid logs the same params and inputs
+    assert packed[0].data.params.keys() == one.data.params.keys() and packed[0].data.params["k"] == "2"
     assert packed[0].data.params["subset.seed"] == one.data.params["subset.seed"]
+    contexts = [{tag.value for i in run.inputs.dataset_inputs for tag in i.tags if tag.key == "mlflow.data.context"}
+                for run in (packed[0], one)]
+    assert contexts[0] == contexts[1] == {"pretrain", "transfer", "validation", "evaluation"}
 
 
 def class_margin(run_id: str, target_class: int) -> float:

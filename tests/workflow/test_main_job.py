@@ -105,7 +105,8 @@ def test_experiments_are_training_experiments_and_step_runs_say_what_they_did(ma
     assert written == {"0", client.get_experiment_by_name("transfer_core").experiment_id}  # `mlflow run` used Default
     for experiment_id in written:
         assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
-    main = client.search_runs(list(written), "tags.`transfer_core.kind` = 'main'")[0]
+    main = client.search_runs(list(written), "tags.`transfer_core.kind` = 'main'",
+                              order_by=["attributes.start_time ASC"])[0]  # the first, made under `mlflow run`
     assert main.info.run_name == "main-transfer_core" and "report.html" in main.data.tags["mlflow.note.content"]
     for step, prefix in STEP_NAMES.items():  # each was adopted from `mlflow run`: no random names left
         run = client.get_run(main.data.tags[f"step.{step}"])
@@ -171,6 +172,7 @@ def test_the_champion_served_over_rest_gives_the_in_process_logits(main_job, sco
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
         model = mlflow.pytorch.load_model(uri)
+        classes = mlflow.models.get_model_info(uri).metadata["target_classes"]
     finally:
         mlflow.set_tracking_uri(None)
     images = np.random.default_rng(1).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
@@ -187,7 +189,7 @@ def test_the_champion_served_over_rest_gives_the_in_process_logits(main_job, sco
     picture = np.asarray(Image.open(work / "cat.png").convert("RGB").resize((16, 16), Image.BILINEAR))
     with torch.no_grad():
         local = model(torch.from_numpy(picture.transpose(2, 0, 1).copy())[None]).numpy()
-    assert done.stdout.split()[-1] == str(int(local.argmax(1)[0]))
+    assert done.stdout.split()[-1] == classes[int(local.argmax(1)[0])]  # the snippet prints the class name
 
 
 @pytest.mark.parametrize("payload, says", [

@@ -89,14 +89,15 @@ def train_pack(runner, job, claimed: list[tuple]) -> list[str | None]:
         log.warning("a pack of %d models failed: %s", len(claimed), one_line(exc))
         results = [exc] * len(claimed)
     errors = []
-    for (task, run_id, _), index, seed, result in zip(claimed, indices, seeds, results):
+    for (task, run_id, _), index, seed, mask, result in zip(claimed, indices, seeds, masks, results):
         if isinstance(result, BaseException):
             mark_failed(client, run_id, result)
             errors.append(one_line(result))
             continue
         try:
             with run_scope(client, run_id):
-                log_subset_result(client, run_id, config, result, index, seed, runner.data, job.log_checkpoint)
+                log_subset_result(client, run_id, config, result, index, seed, runner.data, job.log_checkpoint,
+                                  runner.datasets.inputs(mask), dict(task.params))
         except Exception as exc:  # run_scope has marked the run FAILED; the next command retries it
             log.warning("%s failed: %s", task.name, one_line(exc))
             errors.append(one_line(exc))
