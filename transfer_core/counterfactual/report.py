@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from transfer_core.counterfactual.grid import FULL, ORDERS
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, select, summarize
-from transfer_core.track import describe_run, log_metrics
+from transfer_core.track import describe_step, log_metrics
 
 TABLE_ARTIFACT = "counterfactual_runs.csv"
 SUMMARY_ARTIFACT = "counterfactual_summary.csv"
@@ -54,8 +54,13 @@ def report_note(table: pd.DataFrame, selection: Selection) -> str:
 
 
 def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True,
-               rule: EvidenceRule = EvidenceRule(), ranking_split_half: float = float("nan")) -> Selection:
-    """Write the tables, plot and selection to the parent run; end it FINISHED if ``finish``."""
+               rule: EvidenceRule = EvidenceRule(), ranking_split_half: float = float("nan"),
+               name: str | None = None, invocation_run_id: str | None = None) -> Selection:
+    """Write the tables, plot, selection and description to the parent run; end it FINISHED if ``finish``.
+
+    ``name`` renames the parent; an ``invocation_run_id`` (the ``mlflow run`` run, when it is
+    another run) gets the same name and a pointer to the parent (:func:`describe_step`).
+    """
     summary = summarize(table)
     selection = select(table, rule)
     selection.ranking_split_half = ranking_split_half
@@ -74,7 +79,7 @@ def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = T
               "select_diff_ci_high": selection.select_diff_ci_high, "pruned_is_champion": float(selection.is_champion)}
     log_metrics(client, parent_run_id, values)
     client.set_tag(parent_run_id, "selection", selection.describe()[:4900])
-    describe_run(client, parent_run_id, report_note(table, selection))
+    describe_step(client, parent_run_id, report_note(table, selection), name, invocation_run_id)
     if finish:
         client.set_terminated(parent_run_id, status="FINISHED")
     return selection

@@ -21,11 +21,11 @@ from mlflow.tracking import MlflowClient
 from transfer_core.analysis import class_ranking, find_analysis_run
 from transfer_core.config import ConfigError, RunConfig, build_config, with_overrides
 from transfer_core.counterfactual.grid import CounterfactualPlan, counterfactual_id, ranking_order, removal_set
-from transfer_core.counterfactual.report import log_report, report_note
+from transfer_core.counterfactual.report import log_report
 from transfer_core.counterfactual.summary import SELECT_METRIC, EvidenceRule, Selection
 from transfer_core.data import load_split, validation_halves
 from transfer_core.execute import ExecutorSettings, Job, Task, resolve_pack, run_tasks
-from transfer_core.track import (DEFAULT_EXPERIMENT, VAL_OUTPUTS_ARTIFACT, artifact_path, describe_step,
+from transfer_core.track import (DEFAULT_EXPERIMENT, VAL_OUTPUTS_ARTIFACT, artifact_path,
                                  get_experiment_id, latest_run, run_config, run_filter, search_all, set_tags)
 from transfer_core.track.claims import settle_parent
 from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, SUBSET_RUN
@@ -205,9 +205,8 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, a
     split_half = analysis.data.metrics.get("selection_split_half_spearman", float("nan"))
     set_tags(client, runs.parent_run_id, {"ranking_split": "validation-ranking-half",
                                           "ranking_split_half": f"{split_half:.4f}"})
-    selection = log_report(client, runs.parent_run_id, runs.table, rule=rule, ranking_split_half=split_half)
-    describe_step(client, runs.parent_run_id, report_note(runs.table, selection), run_name(runs.counterfactual_id),
-                  invocation_run_id)
+    selection = log_report(client, runs.parent_run_id, runs.table, rule=rule, ranking_split_half=split_half,
+                           name=run_name(runs.counterfactual_id), invocation_run_id=invocation_run_id)
     warnings = stability_warning(split_half, stability_threshold, analysis.info.run_id)
     return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id, warnings)
 
