@@ -18,7 +18,7 @@ from typing import Any
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "profiles"
 DEFAULT_PROFILE = "quick"
-ARCHS = ("resnet_small", "resnet18")
+ARCHS = ("resnet_small", "resnet_small_grid", "resnet18")
 TRANSFER_MODES = ("fixed", "full")
 TOP_LEVEL_SECTION = "subset"  # how alpha and sweep_seed are spelled as params: subset.alpha
 

@@ -4,7 +4,7 @@
 # interruption and it trains only what is missing. The last step writes docs/results/RESULTS.md,
 # the tables and figures the README's "Results" section quotes.
 #
-#   bash experiments/cifar100_to_cifar10/run.sh              # 2-core CPU: ~1.6 h (300 models)
+#   bash experiments/cifar100_to_cifar10/run.sh              # 2-core CPU: 500 models, about 75 min
 #   PROFILE=cifar N_MODELS=2000 WORKERS=1 bash .../run.sh    # one GPU, full-resolution profile
 #   EXECUTOR=ray RAY_ADDRESS=auto N_MODELS=7540 bash .../run.sh   # a Ray cluster (see README "Sweeps")
 #
@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "${WORKDIR:-$ROOT}"  # mlruns/ (store, artifacts, Optuna journals) lives here
 EXPERIMENT=${EXPERIMENT:-cifar100_to_cifar10}
 PROFILE=${PROFILE:-quick}
-N_MODELS=${N_MODELS:-300}
+N_MODELS=${N_MODELS:-500}
 WORKERS=${WORKERS:-2}
 EXECUTOR=${EXECUTOR:-local}
 TUNE_TRIALS=${TUNE_TRIALS:-16}

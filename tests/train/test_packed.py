@@ -22,7 +22,7 @@ from transfer_core.data import class_mask, class_rows, load_split, load_transfer
 from transfer_core.train import normalize, run_subset
 from transfer_core.train.loop import CROP_PADDING, Recipe, infer, train
 from transfer_core.train.memory import PackBudget, pack_budget, step_bytes
-from transfer_core.train.models import ResNet18, SmallResNet, build_model
+from transfer_core.train.models import ResNet18, SmallResNet, SmallResNetGrid, build_model
 from transfer_core.train.packed import Member, packed_infer, run_pack, train_packed
 from transfer_core.train.packing import PackedNetwork
 
@@ -60,7 +60,8 @@ def _nets(cls, n, *args):
     return nets
 
 
-@pytest.mark.parametrize("cls, args, n, size", [(SmallResNet, (5, 4), 3, 12), (ResNet18, (3, 64), 2, 32)])
+@pytest.mark.parametrize("cls, args, n, size", [(SmallResNet, (5, 4), 3, 12), (SmallResNetGrid, (5, 4), 3, 12),
+                                                 (ResNet18, (3, 64), 2, 32)])
 def test_a_packed_network_computes_what_each_network_computes_alone(cls, args, n, size):
     nets = _nets(cls, n, *args)
     packed = PackedNetwork(nets)
