@@ -38,7 +38,7 @@ ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 
 @dataclass(frozen=True)
 class MainSettings:
-    """Parameters of the ``main`` entry point (defaults: the quick job, under 15 min on 2 cores)."""
+    """Parameters of the ``main`` entry point (defaults: the quick job, about 10 min on 2 idle cores; BENCHMARKS.md)."""
 
     profile: str = DEFAULT_PROFILE
     experiment: str = DEFAULT_EXPERIMENT
