@@ -4,7 +4,7 @@
 # interruption and it trains only what is missing. The last step writes docs/results/RESULTS.md,
 # the tables and figures the README's "Results" section quotes.
 #
-#   bash experiments/cifar100_to_cifar10/run.sh              # 2-core CPU: 500 models, about 75 min
+#   bash experiments/cifar100_to_cifar10/run.sh              # 2-core CPU: 500 models (the sweep alone 55 min)
 #   PROFILE=cifar N_MODELS=2000 WORKERS=1 bash .../run.sh    # one GPU, full-resolution profile
 #   EXECUTOR=ray RAY_ADDRESS=auto N_MODELS=7540 bash .../run.sh   # a Ray cluster (see README "Sweeps")
 #
