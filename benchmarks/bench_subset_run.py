@@ -62,6 +62,25 @@ def run_plain(profile: str, overrides: list[str], index: int, threads: int | Non
     return {"wall_s": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+def extracted_trees(*names: str) -> Path:
+    """A folder holding ``<name>/{train,test}/<class>/<image>`` for each CIFAR name: the data root's
+    own trees, else the archives extracted once under the cache (as a plain recipe's user does)."""
+    from transfer_core.data import cache_dir, resolve_data_root
+
+    root = resolve_data_root(None)
+    if root is None:
+        sys.exit("set TRANSFER_CORE_DATA to the folder holding cifar10.tar.gz and cifar100.tar.gz")
+    if all((root / name / "train").is_dir() for name in names):
+        return root
+    extracted = cache_dir() / "extracted"
+    for name in names:
+        if not (extracted / f".{name}.done").exists():
+            extracted.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["tar", "-xzf", str(root / f"{name}.tar.gz"), "-C", str(extracted)], check=True)
+            (extracted / f".{name}.done").touch()
+    return extracted
+
+
 def plain_worker(profile: str, overrides: list[str], index: int, threads: int | None) -> None:
     """The plain recipe, in this process; prints one JSON line of accuracies and phase times."""
     import math
@@ -73,16 +92,14 @@ def plain_worker(profile: str, overrides: list[str], index: int, threads: int | 
     from torchvision import datasets, transforms
 
     from transfer_core.config import build_config, parse_overrides
-    from transfer_core.data import cache_dir, class_mask, load_split, run_seed, sample_per_class
+    from transfer_core.data import class_mask, run_seed, sample_per_class
     from transfer_core.train.models import build_model
 
     if threads:
         torch.set_num_threads(threads)
     config = build_config(profile, parse_overrides(overrides))
     d, p, t = config.data, config.pretrain, config.transfer
-    load_split(d.source, "train", d.resolution)  # makes sure the archives are extracted (cached: instant)
-    load_split(d.target, "train", d.resolution)
-    root = cache_dir() / "extracted"
+    root = extracted_trees(d.source, d.target)
     seed = run_seed(config.sweep_seed, index)
     torch.manual_seed(seed)
     timings = {}

@@ -39,15 +39,29 @@ def test_imagefolder_decodes_pixels_exactly_and_caches(tmp_path, monkeypatch):
 
 def test_cifar_from_archive_and_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / "cache"))
-    _write_tree(tmp_path / "src" / "cifar10", per_class=2, split="train")
+    arrays = _write_tree(tmp_path / "src" / "cifar10", per_class=2, split="train")
+    _write_tree(tmp_path / "src" / "cifar10", classes=("ant", "bee", "cat"), per_class=1, split="test")
     root = tmp_path / "root"
     root.mkdir()
     with tarfile.open(root / "cifar10.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "src" / "cifar10", arcname="cifar10")
-    ds = load_split("cifar10", "train", 16, data_root=root)
-    assert ds.images.shape == (4, 3, 16, 16)
+    ds = load_split("cifar10", "train", 32, data_root=root)  # read from the archive, never extracted
+    assert ds.class_names == ["ant", "bee"] and ds.file_names == list(arrays)
+    for image, name in zip(ds.images, ds.file_names):
+        assert np.array_equal(image.permute(1, 2, 0).numpy(), arrays[name])
+    assert not (tmp_path / "cache" / "extracted").exists()
+    assert len(list((tmp_path / "cache" / "tensors").glob("cifar10-*-32px-*.pt"))) == 2  # one pass: both splits
+    (root / "cifar10.tar.gz").rename(root / "moved")
+    assert load_split("cifar10", "test", 32, data_root=root).class_names == ["ant", "bee", "cat"]  # from the cache
+    (root / "moved").rename(root / "cifar10.tar.gz")
+    assert load_split("cifar10", "train", 16, data_root=root).images.shape == (4, 3, 16, 16)
+
+    train_only = tmp_path / "train_only"
+    train_only.mkdir()
+    with tarfile.open(train_only / "cifar10.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10" / "train", arcname="cifar10/train")
     with pytest.raises(DataError, match="has no cifar10/test/ folder"):
-        load_split("cifar10", "test", 16, data_root=root)
+        load_split("cifar10", "test", 8, data_root=train_only)
 
     (root / "cifar100.tar.gz").write_bytes(b"not a gzip file at all")
     with pytest.raises(DataError, match="corrupt or unreadable"):
@@ -60,6 +74,32 @@ def test_cifar_from_archive_and_errors(tmp_path, monkeypatch):
     (tmp_path / "tree2" / "train" / "x").mkdir(parents=True)
     with pytest.raises(DataError, match="no images found"):
         load_split(f"imagefolder:{tmp_path / 'tree2'}", "train", 16)
+
+
+@pytest.mark.parametrize("suffix, options", [(".png", {}), (".bmp", {}), (".jpg", {"quality": 90})])
+def test_every_format_decodes_as_pil_decodes_it(tmp_path, monkeypatch, suffix, options):
+    """torchvision decodes PNG and JPEG; BMP falls back to PIL. The naive reference: PIL, image by image."""
+    monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    for c in ("ant", "bee"):
+        (tmp_path / "tree" / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                tmp_path / "tree" / "train" / c / f"{c}_{i}{suffix}", **options)
+    ds = load_split(f"imagefolder:{tmp_path / 'tree'}", "train", 8)
+    for image, name in zip(ds.images, ds.file_names):
+        with Image.open(tmp_path / "tree" / "train" / f"{name}{suffix}") as img:
+            expected = np.asarray(img.convert("RGB"))
+        diff = np.abs(image.permute(1, 2, 0).numpy().astype(int) - expected.astype(int)).max()
+        assert diff <= (2 if suffix == ".jpg" else 0), name  # JPEG decoders may round an IDCT differently
+
+
+def test_a_broken_image_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / "cache"))
+    _write_tree(tmp_path / "tree", per_class=1)
+    (tmp_path / "tree" / "train" / "bee" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="could not decode image 'broken.png'"):
+        load_split(f"imagefolder:{tmp_path / 'tree'}", "train", 16)
 
 
 def test_sample_per_class_and_target_split():
