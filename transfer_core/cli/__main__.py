@@ -1,5 +1,3 @@
-import sys
+from transfer_core.cli import run
 
-from transfer_core.cli.commands import main
-
-sys.exit(main())
+run()
