@@ -90,7 +90,7 @@ def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, 
     The transferred model of the first of a few runs that logged a checkpoint, else a backbone
     pretrained here once on every source class with the sweep's recipe.
     """
-    from transfer_core.train import infer, normalize, pick_device, pretrain
+    from transfer_core.train import fused_for_inference, infer, normalize, pick_device, pretrain
 
     device = pick_device(device)
     client = MlflowClient()
@@ -101,14 +101,15 @@ def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, 
             continue
         if Path(path).is_file():
             model = load_checkpoint(path).to(device)
-            return lambda x: infer(model.net.features, (x.to(device).float() - model.mean) / model.std).cpu()
+            extract = fused_for_inference(model.net, "features")
+            return lambda x: infer(extract, (x.to(device).float() - model.mean) / model.std).cpu()
     source = load_split(config.data.source, "train", config.data.resolution, data_root)
     source = source.select(sample_per_class(source.labels, config.data.source_images_per_class,
                                             config.data.split_seed))
     norm = channel_stats(source.images)
     net = pretrain(config, source, source.n_classes, torch.Generator().manual_seed(seed), device, norm)
-    net.eval()
-    return lambda x: infer(net.features, normalize(x, *norm, device)).cpu()
+    extract = fused_for_inference(net, "features")
+    return lambda x: infer(extract, normalize(x, *norm, device)).cpu()
 
 
 def write_class_influence(ctx: Context) -> None:

@@ -9,7 +9,7 @@ No tracking here: :mod:`transfer_core.execute` wraps :func:`run_subset` in an ML
 from transfer_core.train.loop import (DivergenceError, NesterovSGD, Recipe, infer, normalize, pick_device,
                                       seed_everything, train, train_linear_head)
 from transfer_core.train.memory import PackBudget, pack_budget
-from transfer_core.train.models import Normalized, build_model
+from transfer_core.train.models import Normalized, build_model, fused_for_inference
 from transfer_core.train.outputs import OUTPUT_NAMES, accuracy, load_outputs, per_example_outputs, save_outputs
 from transfer_core.train.packed import DeviceData, run_pack, train_packed
 from transfer_core.train.packing import PackedLinear, PackedNetwork
@@ -17,7 +17,8 @@ from transfer_core.train.subset import (SubsetRunResult, evaluate_split, frozen_
                                         source_subset, transfer, transfer_and_score)
 
 __all__ = ["DivergenceError", "NesterovSGD", "Recipe", "infer", "normalize", "pick_device", "seed_everything", "train",
-           "train_linear_head", "Normalized", "build_model", "OUTPUT_NAMES", "accuracy", "load_outputs",
+           "train_linear_head", "Normalized", "build_model", "fused_for_inference", "OUTPUT_NAMES", "accuracy",
+           "load_outputs",
            "per_example_outputs", "save_outputs", "SubsetRunResult", "evaluate_split", "frozen_features",
            "pretrain", "run_subset", "source_subset", "transfer", "transfer_and_score", "PackBudget", "pack_budget",
            "DeviceData", "run_pack", "train_packed", "PackedLinear", "PackedNetwork"]

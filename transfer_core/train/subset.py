@@ -16,7 +16,7 @@ from transfer_core.data import ImageSet, TransferData
 from transfer_core.data import check_mask, class_rows
 from transfer_core.train.loop import Recipe, infer, normalize, pick_device, seed_everything, train, \
     train_linear_head
-from transfer_core.train.models import Normalized, build_model
+from transfer_core.train.models import Normalized, build_model, fused_for_inference
 from transfer_core.train.outputs import accuracy, per_example_outputs
 
 
@@ -56,16 +56,18 @@ def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: tor
     return model
 
 
-def frozen_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Features ``(N, D)`` of normalised images ``x (N, 3, R, R)`` under the frozen backbone.
+def frozen_features(backbone: nn.Module, *images: torch.Tensor) -> list[torch.Tensor]:
+    """Features ``(N_i, D)`` of each batch of normalised images ``(N_i, 3, R, R)`` under the frozen backbone.
 
     Freezes ``backbone`` in place: eval mode (BatchNorm statistics do not move) and no
     gradients. Fixed-feature transfer computes these once and trains only a head on them.
+    The passes use a copy with BatchNorm folded into the convolutions (:func:`fused_for_inference`).
     """
     backbone.eval()
     for param in backbone.parameters():
         param.requires_grad_(False)
-    return infer(backbone.features, x)
+    extract = fused_for_inference(backbone, "features")
+    return [infer(extract, x) for x in images]
 
 
 def transfer(config: RunConfig, backbone: nn.Module, norm: tuple, data: TransferData,
@@ -93,8 +95,8 @@ def transfer_and_score(config: RunConfig, backbone: nn.Module, norm: tuple, data
     recipe = Recipe.from_section(t)
     y = data.target_train.labels.to(device)
     if t.mode == "fixed":
-        train_features, *scored = (frozen_features(backbone, normalize(s.images, *norm, device))
-                                   for s in (data.target_train, *score))
+        train_features, *scored = frozen_features(backbone, *(normalize(s.images, *norm, device)
+                                                              for s in (data.target_train, *score)))
         backbone.head = train_linear_head(train_features, y, n_target, recipe, generator, on_epoch=on_epoch)
         with torch.no_grad():
             return backbone.eval(), [backbone.head(f) for f in scored]
@@ -106,9 +108,8 @@ def transfer_and_score(config: RunConfig, backbone: nn.Module, norm: tuple, data
 
 
 def evaluate_split(model: Normalized, images: ImageSet, device) -> torch.Tensor:
-    """Logits ``(N, C)`` of ``model`` (which normalises internally) on uint8 images."""
-    model.eval()
-    return infer(model, images.images.to(device))
+    """Logits ``(N, C)`` of ``model`` (which normalises internally) on uint8 images; leaves ``model`` in eval mode."""
+    return infer(fused_for_inference(model), images.images.to(device))
 
 
 def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, seed: int,

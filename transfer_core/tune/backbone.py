@@ -95,9 +95,8 @@ class TrialFitter:
         self.features = None
         if runner.config.transfer.mode == "fixed":
             frozen = copy.deepcopy(backbone.net)
-            self.features = (frozen_features(frozen, normalize(self.data.target_train.images, *backbone.norm,
-                                                               self.device)),
-                             frozen_features(frozen, self.x_val))
+            self.features = tuple(frozen_features(
+                frozen, normalize(self.data.target_train.images, *backbone.norm, self.device), self.x_val))
 
     def fit(self, config: RunConfig, on_epoch: Callable[[int, float, float], None] | None = None) -> float:
         """Transfer with ``config.transfer``; ``on_epoch(epoch, loss, val_acc)`` after each epoch."""
