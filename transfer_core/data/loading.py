@@ -3,7 +3,8 @@
 Following airbench, a dataset is one ``uint8`` image tensor ``(N, 3, R, R)`` plus an
 ``int64`` label tensor ``(N,)``; a class subset is an index into those tensors. Each
 (dataset, split, resolution) is decoded once into ``<cache>/tensors/*.pt`` and loaded from
-there afterwards.
+there afterwards; CIFAR splits are also cached at their own 32 px, so that another
+resolution (the analysis's duplicate search reads 32 px) costs a resize, not a decode.
 
 Dataset specs:
   ``cifar10`` / ``cifar100``     an ImageFolder tree ``<root>/<name>/{train,test}/<class>/``
@@ -97,8 +98,13 @@ def load_split(spec: str, split: str, resolution: int, data_root=None) -> ImageS
     cached = _cache_file(spec, root, split, resolution)
     if cached.is_file():
         return ImageSet(**torch.load(cached, weights_only=False))
-    if spec in CIFAR_NAMES:
+    native = _cache_file(spec, root, split, "native")
+    if native.is_file():  # decoded before at another resolution: resizing is all that is left
+        splits = {split: ImageSet(**torch.load(native, weights_only=False))}
+    elif spec in CIFAR_NAMES:  # small images: their decoded pixels are cached too (30 MB for 10,000)
         splits = _decode_cifar(spec, split, root)
+        for name, images in splits.items():
+            _save(images, _cache_file(spec, root, name, "native"))
     elif spec.startswith("imagefolder:"):
         splits = {split: _decode_folder(_imagefolder_split(Path(spec.split(":", 1)[1]), split))}
     else:
@@ -110,7 +116,7 @@ def load_split(spec: str, split: str, resolution: int, data_root=None) -> ImageS
     return splits[split]
 
 
-def _cache_file(spec: str, root: Path | None, split: str, resolution: int) -> Path:
+def _cache_file(spec: str, root: Path | None, split: str, resolution: int | str) -> Path:
     key = hashlib.sha256(f"{CACHE_VERSION}|{spec}|{root}|{split}|{resolution}".encode()).hexdigest()[:16]
     label = spec.replace(":", "_").replace("/", "_")[-40:]
     return cache_dir() / "tensors" / f"{label}-{split}-{resolution}px-{key}.pt"
