@@ -149,8 +149,11 @@ def end_process(code: int) -> NoReturn:
     Waits for non-daemon threads, runs the ``atexit`` handlers (logging, multiprocessing,
     mlflow) and flushes the standard streams, then ``os._exit(code)``: freeing the modules of
     torch and mlflow took 1.4 s of every process (BENCHMARKS.md, "Start-up and exit"), and a
-    sweep, a counterfactual grid and the main job start many.
+    sweep, a counterfactual grid and the main job start many. Under a profiler or a tracer
+    (``python -m cProfile``, coverage), which write their data at exit, it exits normally.
     """
+    if sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler or coverage writes its data at exit
+        sys.exit(code)
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and thread is not threading.current_thread() and not thread.daemon:
             thread.join()
