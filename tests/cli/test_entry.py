@@ -50,3 +50,11 @@ def test_python_dash_m_uses_the_same_entry_point():
     done = subprocess.run([sys.executable, "-m", "transfer_core.cli", "subset-run", "--profile", "no-such-profile"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "unknown profile 'no-such-profile'" in done.stderr
+
+
+def test_under_a_profiler_the_process_exits_normally_so_the_profile_is_written(tmp_path):
+    profile = tmp_path / "cli.prof"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "transfer_core.cli", "--help"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert profile.stat().st_size > 0
