@@ -77,7 +77,7 @@ def main() -> None:
         result = tune(config, settings, experiment="bench-tuning", profile=args.profile, progress=False)
         study_s = time.perf_counter() - start
         runner = SubsetRunner(config, "bench-tuning")
-        tuned = with_overrides(config, result.best_params).validate()
+        tuned = with_overrides(config, result.best_params)
         start = time.perf_counter()
         first = 0 if index is None else index + 1
         scores = held_out_scores(runner, {"default": config, "tuned": tuned}, range(first, first + args.held_out))
