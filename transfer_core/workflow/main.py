@@ -38,7 +38,10 @@ ENTRY_POINT_TAG = "mlflow.project.entryPoint"
 
 @dataclass(frozen=True)
 class MainSettings:
-    """Parameters of the ``main`` entry point (defaults: the quick job, about 10 min on 2 idle cores; BENCHMARKS.md)."""
+    """Parameters of the ``main`` entry point.
+
+    Defaults: the quick job, 10.6 min from a brand-new clone on 2 idle cores (BENCHMARKS.md).
+    """
 
     profile: str = DEFAULT_PROFILE
     experiment: str = DEFAULT_EXPERIMENT
