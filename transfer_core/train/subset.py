@@ -56,17 +56,22 @@ def pretrain(config: RunConfig, source: ImageSet, n_classes: int, generator: tor
     return model
 
 
-def frozen_features(backbone: nn.Module, *images: torch.Tensor) -> list[torch.Tensor]:
-    """Features ``(N_i, D)`` of each batch of normalised images ``(N_i, 3, R, R)`` under the frozen backbone.
-
-    Freezes ``backbone`` in place: eval mode (BatchNorm statistics do not move) and no
-    gradients. Fixed-feature transfer computes these once and trains only a head on them.
-    The passes use a copy with BatchNorm folded into the convolutions (:func:`fused_for_inference`).
-    """
+def frozen_extractor(backbone: nn.Module) -> nn.Module:
+    """Freeze ``backbone`` in place (eval mode, so BatchNorm statistics do not move; no gradients)
+    and return a module mapping normalised images ``(N, 3, R, R)`` to its features ``(N, D)``:
+    a copy with BatchNorm folded into the convolutions (:func:`fused_for_inference`)."""
     backbone.eval()
     for param in backbone.parameters():
         param.requires_grad_(False)
-    extract = fused_for_inference(backbone, "features")
+    return fused_for_inference(backbone, "features")
+
+
+def frozen_features(backbone: nn.Module, *images: torch.Tensor) -> list[torch.Tensor]:
+    """Features ``(N_i, D)`` of each batch of normalised images ``(N_i, 3, R, R)`` under the frozen backbone.
+
+    Fixed-feature transfer computes these once and trains only a head on them; see :func:`frozen_extractor`.
+    """
+    extract = frozen_extractor(backbone)
     return [infer(extract, x) for x in images]
 
 
@@ -95,8 +100,9 @@ def transfer_and_score(config: RunConfig, backbone: nn.Module, norm: tuple, data
     recipe = Recipe.from_section(t)
     y = data.target_train.labels.to(device)
     if t.mode == "fixed":
-        train_features, *scored = frozen_features(backbone, *(normalize(s.images, *norm, device)
-                                                              for s in (data.target_train, *score)))
+        extract = frozen_extractor(backbone)  # one split normalised at a time: peak memory stays one split's
+        train_features, *scored = (infer(extract, normalize(s.images, *norm, device))
+                                   for s in (data.target_train, *score))
         backbone.head = train_linear_head(train_features, y, n_target, recipe, generator, on_epoch=on_epoch)
         with torch.no_grad():
             return backbone.eval(), [backbone.head(f) for f in scored]
