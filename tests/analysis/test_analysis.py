@@ -72,6 +72,11 @@ def test_analysis_run_is_tagged_and_reported(planted):
     assert f"report: {report}" in planted["output"] and report.is_file()
     matrix = np.load(planted["artifacts"] / "influence_matrix.npy")
     assert matrix.shape == (400, 10) and matrix.dtype == np.float32
+    from transfer_core.config import build_config
+    from transfer_core.data import load_transfer_data, validation_digests
+    val = load_transfer_data(build_config("synthetic").data).target_val  # the halves a counterfactual must match
+    assert {k: run.data.tags[k] for k in ("validation_digest", "ranking_half_digest", "selection_half_digest")} \
+        == validation_digests(val, 0)
 
 
 def test_helpful_class_is_the_top_positive_for_its_target_class(planted):

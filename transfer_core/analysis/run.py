@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -31,12 +32,14 @@ from transfer_core.analysis import influence
 from transfer_core.analysis.artifacts import RANKING_ARTIFACT, REPORT_ARTIFACT, SELECTION_ARTIFACT, write_artifacts
 from transfer_core.analysis.estimate import AnalysisOptions
 from transfer_core.config import ConfigError, RunConfig, from_params
+from transfer_core.data import load_transfer_data, validation_digests
 from transfer_core.sweep import collect_sweep, find_sweeps
 from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_run_of_kind,
                                  latest_run, log_metrics, log_new_params, run_filter, run_scope, search_all, set_tags)
 from transfer_core.track.runs import ANALYSIS, SUBSET_RUN, SWEEP
 
 INPUTS_TAG = "analysis_inputs"  # hash of the analysed run ids and the options: equal hash, equal analysis
+INPUTS_VERSION = 2  # 2: the run records the digests of the validation split and its halves
 
 
 def compatibility_fields() -> list[str]:
@@ -86,8 +89,24 @@ def resolve_sweep(experiment_id: str, experiment: str, sweep_id: str | None) -> 
 
 def inputs_hash(run_ids: list[str], options: AnalysisOptions) -> str:
     """What an analysis is a function of: the set of runs and the options (seeds included)."""
-    key = json.dumps([sorted(run_ids), asdict(options)], sort_keys=True)
+    key = json.dumps([sorted(run_ids), asdict(options), INPUTS_VERSION], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def validation_record(config: RunConfig, val_labels: np.ndarray | None, data_root=None) -> dict[str, str]:
+    """Digests of the validation split the runs scored and of its two halves (tags of the analysis run).
+
+    A later step that chooses on the selection half compares them with its own and refuses to go
+    on when they differ (:func:`transfer_core.data.validation_digests`). Empty when the runs
+    recorded no validation outputs.
+    """
+    if val_labels is None:
+        return {}
+    val = load_transfer_data(config.data, data_root).target_val
+    if not np.array_equal(val.labels.numpy(), np.asarray(val_labels)):
+        raise ConfigError("the validation split that this data root gives differs from the one the sweep's runs "
+                          "scored; point --data-root at the data the sweep used")
+    return validation_digests(val, config.data.split_seed)
 
 
 def _result(client: MlflowClient, run_id: str, sweep_id: str, reused: bool = False) -> AnalysisResult:
@@ -122,7 +141,8 @@ def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptio
             return _result(client, found.info.run_id, sweep_id, reused=True)
     parent = latest_run(client, experiment_id, SWEEP, status=None, sweep_id=sweep_id)
     tags = {KIND_TAG: ANALYSIS, "sweep_id": sweep_id, MLFLOW_RUN_NAME: f"analysis-{sweep_id}", INPUTS_TAG: key,
-            "sweep_parent_run_id": parent.info.run_id if parent is not None else ""}
+            "sweep_parent_run_id": parent.info.run_id if parent is not None else "",
+            **validation_record(config, runs.val_labels, data_root)}
     if run_id is None:
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
     else:

@@ -5,6 +5,10 @@ source (one pass over the images), so the digest of any mask costs microseconds:
 
     digests = class_digests(source)                 # (n_classes,) hex strings
     subset_digest(digests, mask)                    # same kept classes and images -> same digest
+
+The validation split and its two halves (:func:`~transfer_core.data.loading.validation_halves`)
+have digests too (:func:`validation_digests`): a step that chooses on one half checks that its
+half is the one another step recorded, instead of recomputing it silently.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 
 from transfer_core.data.images import ImageSet
+from transfer_core.data.loading import validation_halves
 
 DIGEST_CHARS = 12  # hex characters kept: 48 bits, like the tool's other ids (MLflow allows up to 36)
 
@@ -45,3 +50,23 @@ def set_digest(images: ImageSet) -> str:
     h = hashlib.sha256("\0".join(images.class_names).encode() + b"\0")
     _update(h, images.images, images.labels)
     return h.hexdigest()[:DIGEST_CHARS]
+
+
+def half_digest(validation_digest: str, half: str, members: np.ndarray) -> str:
+    """Digest of one half (``"ranking"`` or ``"selection"``) of a validation split, from the split's digest
+    and the half's members ``(n_val,)`` bool."""
+    h = hashlib.sha256(f"{validation_digest}|{half}|".encode())
+    h.update(np.packbits(np.asarray(members, dtype=bool)).tobytes())
+    return h.hexdigest()[:DIGEST_CHARS]
+
+
+def validation_digests(val: ImageSet, split_seed: int) -> dict[str, str]:
+    """Digests of the validation split and of its ranking and selection halves.
+
+    ``{"validation_digest", "ranking_half_digest", "selection_half_digest"}``: a half's digest
+    changes with any image or label of the split, and with which examples fall in that half.
+    """
+    whole = set_digest(val)
+    ranking = validation_halves(val.labels.numpy(), split_seed)
+    return {"validation_digest": whole, "ranking_half_digest": half_digest(whole, "ranking", ranking),
+            "selection_half_digest": half_digest(whole, "selection", ~ranking)}
