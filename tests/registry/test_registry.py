@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from transfer_core.config import ConfigError, build_config
 from transfer_core.counterfactual import CounterfactualPlan, run_counterfactual
 from transfer_core.track.runs import COUNTERFACTUAL as PARENT_KIND
-from transfer_core.counterfactual import SELECTION_ARTIFACT, log_report
+from transfer_core.counterfactual import RULE_VERSION, SELECTION_ARTIFACT, log_report
 from transfer_core.registry import CHAMPION, latest_counterfactual_run, model_name, register_champion
 from transfer_core.data.synthetic import SOURCE_CLASSES
 from transfer_core.track import KIND_TAG
@@ -77,11 +77,13 @@ def grid(tmp_path_factory):
     mlflow.set_tracking_uri(None)
 
 
-def parent_with(runner, selection) -> str:
-    """A counterfactual parent run carrying ``selection`` (to drive both branches of the logic)."""
+def parent_with(runner, selection, plan: dict | None = None) -> str:
+    """A hand-made counterfactual run carrying ``selection`` and, when given, a plan record."""
     client = runner.client
-    run_id = client.create_run(runner.experiment_id, tags={KIND_TAG: PARENT_KIND, "source_sweep_id": "sweep-x",
-                                                           "analysis_run_id": "b" * 32}).info.run_id
+    tags = {KIND_TAG: PARENT_KIND, "source_sweep_id": "sweep-x", "analysis_run_id": "b" * 32}
+    if plan is not None:
+        tags["plan"] = json.dumps(plan)
+    run_id = client.create_run(runner.experiment_id, tags=tags).info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / SELECTION_ARTIFACT).write_text(selection.to_json())
         client.log_artifacts(run_id, tmp)
@@ -122,28 +124,55 @@ def test_no_real_effect_keeps_the_full_source_champion_and_says_why(grid):
     assert "includes zero" in MlflowClient().get_model_version("null", version.version).description
 
 
-def test_too_few_seeds_are_refused_naming_the_command_that_adds_them(grid):
+def test_too_few_seeds_are_refused_naming_the_command_that_makes_a_new_plan(grid):
     runner, runs, selection, _, _ = grid
-    two = replace(selection, n_seeds=2)
-    with pytest.raises(ConfigError, match=r"has 2 seed\(s\) per point.*transfer-core counterfactual --analysis "
-                                          r"b{32} --seeds 3"):
-        register_champion(parent_with(runner, two))
+    plan = {**runs.plan, "n_seeds": 2}
+    with pytest.raises(ConfigError, match=r"has 2 seed\(s\) per point.*fixed in the plan.*`transfer-core "
+                                          r"counterfactual --analysis misleading --ks 0,1 --seeds 3`"):
+        register_champion(parent_with(runner, replace(selection, n_seeds=2), plan))
+
+
+def test_a_selection_from_before_plans_were_records_is_refused_naming_the_command(grid):
+    """A stale selection.json (no plan, no look; here even claiming a pruned champion) is never trusted."""
+    runner, runs, selection, _, _ = grid
+    stale = replace(selection, is_champion=True, rule_version=0, look=0)
+    with pytest.raises(ConfigError, match=r"was made before plans and looks were recorded.*redo it with "
+                                          r"`transfer-core counterfactual --analysis b{32}`"):
+        register_champion(parent_with(runner, stale), name="stale")
+    assert MlflowClient().search_registered_models("name = 'stale'") == []
+
+
+def test_register_recomputes_the_gate_instead_of_trusting_the_stored_file(grid, tmp_path):
+    """The null grid's selection.json rewritten to claim a pruned champion: register recomputes from the
+    runs (no interval above zero) and registers the full source, saying the stored file disagreed."""
+    runner, _, _, _, (null_runs, null_selection) = grid
+    client = MlflowClient()
+    forged = replace(null_selection, is_champion=True, reason="forged")
+    (tmp_path / SELECTION_ARTIFACT).write_text(forged.to_json())
+    client.log_artifact(null_runs.parent_run_id, str(tmp_path / SELECTION_ARTIFACT))
+    try:
+        result = register_champion(null_runs.parent_run_id, name="forged")
+    finally:
+        (tmp_path / SELECTION_ARTIFACT).write_text(null_selection.to_json())
+        client.log_artifact(null_runs.parent_run_id, str(tmp_path / SELECTION_ARTIFACT))
+    assert not result.pruned and "the decision recomputed from its runs is what counts" in result.message
+    version = client.get_model_version_by_alias("forged", CHAMPION)
+    assert version.tags["pruned"] == "false" and version.tags["gate_rule"] == str(RULE_VERSION)
+    assert version.tags["source_run_id"] == null_selection.full_run_id
 
 
 def test_pruned_champion_round_trip_in_a_fresh_process(grid):
     runner, runs, selection, uri, _ = grid
-    pruned = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], is_champion=True,
-                     model_run_id=runs.table.run_id[runs.table.k == 1].iloc[0])
-    result = register_champion(parent_with(runner, pruned))
+    result = register_champion(runs.parent_run_id)
     assert result.pruned and result.name == "reg_test-target" and "pruned source is champion" in result.message
     client = MlflowClient()
     version = client.get_model_version_by_alias(result.name, CHAMPION)
     assert str(version.version) == result.version
     tags = version.tags
-    assert json.loads(tags["removed_classes"]) == [SOURCE_CLASSES[-1]] and tags["k"] == "1"
-    assert tags["source_sweep_id"] == "sweep-x" and tags["analysis_run_id"] == "b" * 32
-    assert tags["source_run_id"] == pruned.model_run_id and tags["pruned"] == "true"
-    for key in ("val_acc", "test_acc", "full_val_acc", "full_test_acc", "test_diff_vs_full"):
+    assert json.loads(tags["removed_classes"]) == ["misleading"] and tags["k"] == "1"
+    assert tags["analysis_run_id"] == "misleading" and tags["look"] == "1"
+    assert tags["source_run_id"] == selection.model_run_id and tags["pruned"] == "true"
+    for key in ("val_acc", "test_acc", "full_val_acc", "full_test_acc", "test_diff_vs_full", "look_alpha"):
         float(tags[key])
     assert "fine-tuned" in client.get_registered_model(result.name).description
 
@@ -153,33 +182,19 @@ def test_pruned_champion_round_trip_in_a_fresh_process(grid):
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded["type"] == "Normalized" and loaded["is_module"]  # the module itself, not a GraphModule
     assert loaded["small_batch"] == [7, 4]  # any batch size: no shapes fixed at export
-    logged = client.get_run(pruned.model_run_id).data.metrics["target_test_acc"]
+    logged = client.get_run(selection.model_run_id).data.metrics["target_test_acc"]
     assert loaded["acc"] == pytest.approx(logged, abs=1e-6)  # the logged test accuracy, reproduced
     assert float(tags["test_acc"]) == pytest.approx(logged, abs=1e-6)
     assert loaded["classes"] == runner.data.target_test.class_names
 
 
-def test_full_source_is_champion_when_pruning_does_not_win_on_validation(grid):
-    runner, runs, selection, _, _ = grid
-    losing = replace(selection, order="bottom", k=1, removed=[SOURCE_CLASSES[-1]], is_champion=False,
-                     reason="the best pruned source did not beat the full source; so the full source is champion",
-                     model_run_id=runs.table.run_id[runs.table.k == 1].iloc[0])
-    result = register_champion(parent_with(runner, losing), name="fallback")
-    assert not result.pruned and "so the full source is champion" in result.message
-    version = MlflowClient().get_model_version_by_alias("fallback", CHAMPION)
-    assert version.tags["pruned"] == "false" and version.tags["k"] == "0"
-    assert version.tags["source_run_id"] == losing.full_run_id
-    assert json.loads(version.tags["removed_classes"]) == []
-
-
-def test_registering_again_reuses_the_version(grid):
-    runner, _, selection, _, _ = grid
-    run_id = parent_with(runner, selection)
-    first = register_champion(run_id, name="again")
-    second = register_champion(run_id, name="again")
+def test_registering_again_reuses_the_version_after_recomputing(grid):
+    runner, runs, _, _, _ = grid
+    first = register_champion(runs.parent_run_id, name="again")
+    second = register_champion(runs.parent_run_id, name="again")
     assert second.version == first.version and "reused" in second.message
     assert len(MlflowClient().search_model_versions("name = 'again'")) == 1
-    assert latest_counterfactual_run("reg test") == run_id
+    assert MlflowClient().get_run(latest_counterfactual_run("reg test")).data.tags[KIND_TAG] == PARENT_KIND
 
 
 def test_bad_runs_are_refused_clearly(grid):

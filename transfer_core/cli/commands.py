@@ -273,9 +273,14 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
     Classes are removed by the analysis's validation ranking (fitted on one half of the
     validation split); the other half chooses k and must show the gain before a pruned source
     is champion; test accuracy is reported, never used to choose. Each (order, k, seed) is one
-    child run of a counterfactual parent run, which gets a plot of target test accuracy against
-    k, tables and the selection. Rerunning the same command trains only the missing points; two
-    commands at once share the grid without training a point twice.
+    child run of a counterfactual run, which gets a plot of target test accuracy against k,
+    tables, paired tests and the selection. Rerunning the same command trains only the missing
+    points; two commands at once share the grid without training a point twice.
+
+    The plan (orders, ks, seeds) is fixed when it starts. Another plan on the same analysis is
+    another counterfactual run: it reuses the points already trained, and it is another look at
+    the selection half, which may spend a smaller share of the error rate (README, "Every look
+    counts"). The command refuses settings that carve another validation split than the analysis's.
     """
     from transfer_core.counterfactual import CounterfactualPlan, counterfactual_from_analysis
     from transfer_core.counterfactual.summary import EvidenceRule
@@ -301,7 +306,8 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
     runs = outcome.runs
     click.echo(f"counterfactual {runs.counterfactual_id} (run {runs.parent_run_id}) of analysis "
                f"{outcome.analysis_run_id}: {len(runs.table)} runs ({runs.n_trained} trained here, "
-               f"{len(runs.table) - runs.n_trained} reused or trained elsewhere)\n{outcome.selection.describe()}")
+               f"{len(runs.table) - runs.n_trained} reused or trained elsewhere); look "
+               f"{outcome.selection.look} at the selection half\n{outcome.selection.describe()}")
 
 
 @main.command("register")
@@ -317,9 +323,11 @@ def register_command(experiment, counterfactual_run_id, name, min_seeds, stabili
                      tracking_uri):
     """Register the champion target model (alias `champion`) in the MLflow Model Registry.
 
-    The pruned source's model becomes champion only when its paired gain on the held-out half
-    of the validation split has a confidence interval above zero over at least --min-seeds
-    seeds; otherwise the full-source model does, and the command says why in one sentence.
+    The decision is recomputed from the counterfactual's logged runs, never read from a stored
+    flag: the pruned source's model becomes champion only when its paired gain on the held-out
+    half of the validation split has a confidence interval above zero, over at least --min-seeds
+    seeds fixed in the plan, at the level its look at that half may spend; otherwise the
+    full-source model does, and the command says why in one sentence.
     """
     from transfer_core.counterfactual.summary import EvidenceRule
     from transfer_core.registry import latest_counterfactual_run, register_champion

@@ -10,8 +10,17 @@ the full source minus ``k`` classes and transferred to the target, as one MLflow
 
 ``k = 0`` is the full source; its runs (order tag ``full``) are shared by all orders.
 Seed ``s`` trains every point with the same training seed, so differences between
-orders and from the full source are paired per seed. :mod:`transfer_core.counterfactual.run`
-trains the grid; a point with a FINISHED run of the same counterfactual id is never retrained.
+orders and from the full source are paired per seed.
+
+Two ids, two records:
+
+- the **grid** (:func:`grid_id`) is every point that a ranking can ask for: the config it
+  retrains with, the ranking and the analysis run. A point is trained once per grid: a
+  FINISHED run of the same grid, order, k and seed is never retrained, whichever plan asked.
+- a **plan** (:class:`CounterfactualPlan`, :func:`plan_id`) is what one command asked for: its
+  orders, ks and seeds, fixed before anything trains, on the validation split and halves the
+  analysis recorded. Another plan on the same analysis is another counterfactual run, never an
+  overwrite (see :mod:`transfer_core.counterfactual.gate` for how plans count as looks).
 """
 from __future__ import annotations
 
@@ -107,7 +116,24 @@ def removal_set(order: str, k: int, seed: int, ranked: np.ndarray, random_seed: 
     raise ConfigError(f"unknown removal order {order!r}; choose from {', '.join(ORDERS)}")
 
 
-def counterfactual_id(config: RunConfig, ranked: np.ndarray, analysis_run_id: str | None) -> str:
-    """Stable id of (config, ranking, analysis run): the same command resumes the same grid."""
+def grid_id(config: RunConfig, ranked: np.ndarray, analysis_run_id: str | None) -> str:
+    """Stable id of (config, ranking, analysis run): every plan on them shares its trained points."""
     key = json.dumps([config.config_hash(), ranked.tolist(), analysis_run_id or ""])
-    return "cf-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    return "grid-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def plan_record(plan: CounterfactualPlan, grid: str, analysis_run_id: str | None,
+                validation: dict[str, str]) -> dict:
+    """What a plan is, as stored on its run (tag ``plan``): a validated plan, its grid, and the
+    digests of the validation split and halves it ranks and selects on."""
+    return {"orders": list(plan.orders), "ks": list(plan.ks), "n_seeds": plan.n_seeds, "grid_id": grid,
+            "analysis_run_id": analysis_run_id or "", **validation}
+
+
+def plan_id(record: dict) -> str:
+    """``cf-<10 hex>`` of a :func:`plan_record`: the same command resumes the same plan, another plan is new."""
+    return "cf-" + hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def plan_from_record(record: dict) -> CounterfactualPlan:
+    return CounterfactualPlan(tuple(record["orders"]), tuple(int(k) for k in record["ks"]), int(record["n_seeds"]))

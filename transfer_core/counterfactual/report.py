@@ -1,4 +1,9 @@
-"""The report of a counterfactual grid on its parent run: tables, the accuracy-vs-k plot, the selection."""
+"""The report of a counterfactual plan on its run: tables, the accuracy-vs-k plot, the paired contrasts, the selection.
+
+Reporting shows the plan's results on the selection half, so it is a *look* at that half: the
+first report stamps the run (:func:`~transfer_core.counterfactual.gate.record_shown`) and the
+selection uses the level that look may spend (see :mod:`~transfer_core.counterfactual.summary`).
+"""
 from __future__ import annotations
 
 import tempfile
@@ -7,14 +12,16 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from transfer_core.counterfactual.gate import look_of, read_plan, record_shown
 from transfer_core.counterfactual.grid import FULL, ORDERS
-from transfer_core.counterfactual.summary import EvidenceRule, Selection, select, summarize
+from transfer_core.counterfactual.summary import EvidenceRule, Selection, contrasts, select, summarize
 from transfer_core.track import describe_step, log_metrics
 
 TABLE_ARTIFACT = "counterfactual_runs.csv"
 SUMMARY_ARTIFACT = "counterfactual_summary.csv"
 PLOT_ARTIFACT = "counterfactual_accuracy.png"
 SELECTION_ARTIFACT = "selection.json"
+CONTRASTS_ARTIFACT = "counterfactual_contrasts.csv"
 
 
 def plot_accuracy(summary: pd.DataFrame, path) -> None:
@@ -41,33 +48,42 @@ def plot_accuracy(summary: pd.DataFrame, path) -> None:
 
 
 def report_note(table: pd.DataFrame, selection: Selection) -> str:
-    """The grid's description in the MLflow UI: what was retrained, where the figures are, the pick."""
+    """The plan's description in the MLflow UI: what was retrained, where the figures are, the pick."""
     orders = ", ".join(o for o in ORDERS if o in set(table.order))
     ks = ", ".join(str(k) for k in sorted(set(table.k)))
-    return (f"Counterfactual grid (tag `analysis_run_id`: the ranking it checks): {len(table)} child runs "
-            f"retrained on the full source minus k classes (orders {orders}; k = {ks}; "
-            f"{table.seed.nunique()} seeds), each with params `order`, `k`, `seed`. Figure: "
-            f"`{PLOT_ARTIFACT}`; tables: `{SUMMARY_ARTIFACT}`, `{TABLE_ARTIFACT}`; the pick, chosen on "
-            f"the validation selection half (`{SELECTION_ARTIFACT}`): {selection.describe()}. To chart it "
-            "from the runs table: Chart view, group by params `order` and `k`, add a scatter chart of "
-            "`target_test_acc` against param `k`: one point per (order, k), the mean over seeds.")
+    earlier = (f"; earlier looks at the same selection half: {', '.join(f'`{r}`' for r in selection.earlier_looks)}"
+               if selection.earlier_looks else "")
+    return (f"Counterfactual plan (tag `analysis_run_id`: the ranking it checks; tag `plan`: what it asked for): "
+            f"{len(table)} runs retrained on the full source minus k classes (orders {orders}; k = {ks}; "
+            f"{table.seed.nunique()} seeds; points another plan of the same grid trained first stay that plan's "
+            f"children), each with params `order`, `k`, `seed`. Figure: `{PLOT_ARTIFACT}`; tables: "
+            f"`{SUMMARY_ARTIFACT}`, `{TABLE_ARTIFACT}`, paired tests `{CONTRASTS_ARTIFACT}`; the pick, chosen on "
+            f"the validation selection half (`{SELECTION_ARTIFACT}`, look {selection.look}{earlier}): "
+            f"{selection.describe()}. To chart it from the runs table: Chart view, group by params `order` and `k`, "
+            "add a scatter chart of `target_test_acc` against param `k`: one point per (order, k), the mean over "
+            "seeds.")
 
 
 def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True,
                rule: EvidenceRule = EvidenceRule(), ranking_split_half: float = float("nan"),
                name: str | None = None, invocation_run_id: str | None = None) -> Selection:
-    """Write the tables, plot, selection and description to the parent run; end it FINISHED if ``finish``.
+    """Write the tables, plot, contrasts, selection and description to the plan's run; end it FINISHED if ``finish``.
 
-    ``name`` renames the parent; an ``invocation_run_id`` (the ``mlflow run`` run, when it is
-    another run) gets the same name and a pointer to the parent (:func:`describe_step`).
+    The run must carry its plan record (as :func:`~transfer_core.counterfactual.run.run_counterfactual`
+    writes it). ``name`` renames the run; an ``invocation_run_id`` (the ``mlflow run`` run, when
+    it is another run) gets the same name and a pointer to it (:func:`describe_step`).
     """
+    run = client.get_run(parent_run_id)
+    record_shown(client, run)
+    look, earlier = look_of(client, client.get_run(parent_run_id), read_plan(run))
     summary = summarize(table)
-    selection = select(table, rule)
+    selection = select(table, rule, look, earlier)
     selection.ranking_split_half = ranking_split_half
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         table.to_csv(tmp / TABLE_ARTIFACT, index=False)
         summary.to_csv(tmp / SUMMARY_ARTIFACT, index=False)
+        contrasts(table).to_csv(tmp / CONTRASTS_ARTIFACT, index=False)
         plot_accuracy(summary, tmp / PLOT_ARTIFACT)
         (tmp / SELECTION_ARTIFACT).write_text(selection.to_json())
         client.log_artifacts(parent_run_id, str(tmp))
@@ -76,7 +92,8 @@ def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = T
               "full_test_acc": selection.full_test_acc, "test_diff": selection.test_diff,
               "test_diff_ci_low": selection.diff_ci_low, "test_diff_ci_high": selection.diff_ci_high,
               "select_diff": selection.select_diff, "select_diff_ci_low": selection.select_diff_ci_low,
-              "select_diff_ci_high": selection.select_diff_ci_high, "pruned_is_champion": float(selection.is_champion)}
+              "select_diff_ci_high": selection.select_diff_ci_high, "pruned_is_champion": float(selection.is_champion),
+              "look": selection.look}
     log_metrics(client, parent_run_id, values)
     client.set_tag(parent_run_id, "selection", selection.describe()[:4900])
     describe_step(client, parent_run_id, report_note(table, selection), name, invocation_run_id)

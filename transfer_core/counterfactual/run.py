@@ -1,12 +1,13 @@
-"""The ``counterfactual`` step: from an analysis run to a finished, reported grid.
+"""The ``counterfactual`` step: from an analysis run to a finished, reported plan.
 
 Resolves the analysis run (latest FINISHED when not given), its class ranking and the
-config its sweep was trained with, trains every missing grid point
-(:mod:`~transfer_core.counterfactual.grid`) through the one executor
-(:mod:`transfer_core.execute`), and logs the report (:mod:`~transfer_core.counterfactual.report`)
-on the grid's parent run. Every point is claimed through the tracking store, so two
-commands on the same grid never train a point twice, and ``executor="ray"`` spreads the
-grid over a Ray cluster.
+config its sweep was trained with; checks that this config gives the validation split and
+halves the analysis ranked on (their digests, recorded by the analysis), and refuses before
+recording anything when it does not; trains every missing point of the plan's grid
+(:mod:`~transfer_core.counterfactual.grid`) through the one executor (:mod:`transfer_core.execute`),
+and logs the report (:mod:`~transfer_core.counterfactual.report`) on the plan's run. Every point
+is claimed through the tracking store, so two commands on the same grid never train a point
+twice, and ``executor="ray"`` spreads the grid over a Ray cluster.
 """
 from __future__ import annotations
 
@@ -20,93 +21,123 @@ from mlflow.tracking import MlflowClient
 
 from transfer_core.analysis import class_ranking, find_analysis_run
 from transfer_core.config import ConfigError, RunConfig, build_config, with_overrides
-from transfer_core.counterfactual.grid import CounterfactualPlan, counterfactual_id, ranking_order, removal_set
+from transfer_core.counterfactual.gate import PLAN_TAG, finished_points, grid_table
+from transfer_core.counterfactual.grid import (CounterfactualPlan, grid_id, plan_id, plan_record, ranking_order,
+                                               removal_set)
 from transfer_core.counterfactual.report import log_report
-from transfer_core.counterfactual.summary import SELECT_METRIC, EvidenceRule, Selection
-from transfer_core.data import load_split, validation_halves
+from transfer_core.counterfactual.summary import EvidenceRule, Selection
+from transfer_core.data import load_split, load_transfer_data, validation_digests
 from transfer_core.execute import ExecutorSettings, Job, Task, resolve_pack, run_tasks
-from transfer_core.track import (DEFAULT_EXPERIMENT, VAL_OUTPUTS_ARTIFACT, artifact_path,
-                                 get_experiment_id, latest_run, run_config, run_filter, search_all, set_tags)
+from transfer_core.track import DEFAULT_EXPERIMENT, get_experiment_id, latest_run, run_config, set_tags
 from transfer_core.track.claims import settle_parent
 from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, SUBSET_RUN
 
 log = logging.getLogger(__name__)
-METRICS = ("target_val_acc", "target_test_acc", "source_acc")
+VALIDATION_KEYS = ("validation_digest", "ranking_half_digest", "selection_half_digest")
 
 
 @dataclass
 class CounterfactualRuns:
-    """What :func:`run_counterfactual` returns: the parent run and one row per grid point."""
+    """What :func:`run_counterfactual` returns: the plan's run and one row per point."""
 
     parent_run_id: str
-    counterfactual_id: str
-    table: pd.DataFrame  # order, k, seed, run_id, removed, target_val_acc, target_test_acc, source_acc
+    counterfactual_id: str  # the plan's id, cf-<hash>
+    grid_id: str  # the grid its points belong to, grid-<hash>, shared by every plan on the same ranking
+    table: pd.DataFrame  # order, k, seed, run_id, removed, target_val_acc, target_test_acc, source_acc, select_acc
     class_names: list[str]
     n_trained: int  # runs trained by this call (the rest were reused or trained by another command)
+    plan: dict  # the plan record (grid.plan_record)
 
 
-def finished_points(client: MlflowClient, experiment_id: str, cf_id: str) -> dict[tuple[str, int, int], object]:
-    """FINISHED runs of counterfactual ``cf_id`` keyed by (order, k, seed); the oldest wins."""
-    runs = search_all(client, [experiment_id], run_filter(COUNTERFACTUAL_RUN, "FINISHED", counterfactual_id=cf_id),
-                      order_by=["attributes.start_time ASC"])
-    done = {}
-    for run in runs:
-        t = run.data.tags
-        done.setdefault((t["order"], int(t["k"]), int(t["seed"])), run)
-    return done
-
-
-def grid_tasks(plan: CounterfactualPlan, points: list[tuple[str, int, int]], ranked: np.ndarray, random_seed: int,
-               cf_id: str, parent_run_id: str, common: dict[str, str]) -> list[Task]:
+def grid_tasks(points: list[tuple[str, int, int]], ranked: np.ndarray, random_seed: int, grid: str,
+               parent_run_id: str, common: dict[str, str]) -> list[Task]:
     """One task per grid point: the full source minus the point's removed classes, seed index = seed."""
     tasks = []
     for order, k, seed in points:
         removed = removal_set(order, k, seed, ranked, random_seed)
         mask = np.ones(len(ranked), dtype=bool)
         mask[removed] = False
-        key = (("counterfactual_id", cf_id), ("order", order), ("k", str(k)), ("seed", str(seed)))
+        key = (("grid_id", grid), ("order", order), ("k", str(k)), ("seed", str(seed)))
         tags = (*common.items(), ("removed", json.dumps(removed.tolist())[:4900]))
         params = (("order", order), ("k", str(k)), ("seed", str(seed)))  # params: the UI's charts can plot them
-        tasks.append(Task(COUNTERFACTUAL_RUN, key, seed, f"{cf_id}-{order}-k{k}-s{seed}", parent_run_id,
+        tasks.append(Task(COUNTERFACTUAL_RUN, key, seed, point_name(order, k, seed, grid), parent_run_id,
                           tuple(mask.tolist()), tags, params))
     return tasks
 
 
+def point_name(order: str, k: int, seed: int, grid: str) -> str:
+    """A grid point's run name, what tells points apart first: ``bottom k25 s0 · grid-16d2``."""
+    return f"{order} k{k} s{seed} · {grid[:9]}"
+
+
+def check_validation(config: RunConfig, expected: dict[str, str] | None, analysis_run_id: str | None,
+                     data_root=None) -> dict[str, str]:
+    """The digests of ``config``'s validation split and halves; refused when they differ from ``expected``.
+
+    ``expected`` are the digests the analysis recorded (tags). A config that carves another
+    validation split (another ``data.split_seed``, ``val_fraction`` or ``target_train_images``,
+    another data root) would select on images the ranking may have seen, so it is refused.
+    """
+    val = load_transfer_data(config.data, data_root).target_val
+    found = validation_digests(val, config.data.split_seed)
+    if expected is None:
+        return found
+    missing = [k for k in VALIDATION_KEYS if not expected.get(k)]
+    if missing:
+        raise ConfigError(f"analysis run {analysis_run_id} records no digest of its validation split and halves, so "
+                          "the halves it ranked on cannot be checked; analyse the sweep again with this version "
+                          "(`transfer-core analyze --recompute`) and use that analysis")
+    if any(found[k] != expected[k] for k in VALIDATION_KEYS):
+        d = config.data
+        raise ConfigError(f"this counterfactual's validation split or halves (data.split_seed={d.split_seed}, "
+                          f"val_fraction={d.val_fraction}, target_train_images={d.target_train_images}: validation "
+                          f"{found['validation_digest']}) are not the ones analysis {analysis_run_id} ranked on "
+                          f"(validation {expected['validation_digest']}); drop the --profile or --set that changes "
+                          "data.* (or the other --data-root), so the selection half is the analysis's own")
+    return found
+
+
 def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: CounterfactualPlan, *,
                        experiment: str = DEFAULT_EXPERIMENT, analysis_run_id: str | None = None,
+                       expected_validation: dict[str, str] | None = None,
                        source_sweep_id: str | None = None, invocation_run_id: str | None = None,
                        execution: ExecutorSettings = ExecutorSettings(), data_root=None,
                        tracking_uri: str | None = None, progress: bool = True) -> CounterfactualRuns:
-    """Train every missing grid point of ``ranking`` (a ``class_influence.csv`` table) and log it.
+    """Train every missing point of the plan on ``ranking`` (a ``class_influence.csv`` table) and log it.
 
-    Each point keeps its transferred model (``model.pt``) so the registry can log the chosen
-    one without retraining. Points that fail are retried by the next call; this one raises
-    after the others have run.
+    The plan (orders, ks, seeds, analysis run, validation digests) is a record: the same plan
+    resumes its run; another plan is another run, whose points reuse the FINISHED points of the
+    same grid. ``expected_validation`` are the digests the analysis recorded; the config's own
+    must equal them (:func:`check_validation`). Each point keeps its transferred model
+    (``model.pt``) so the registry can log the chosen one without retraining. Points that fail
+    are retried by the next call; this one raises after the others have run.
     """
     import mlflow
 
     names = load_split(config.data.source, "train", config.data.resolution, data_root).class_names
     plan = plan.validate(len(names))
     ranked = ranking_order(ranking, names)
+    validation = check_validation(config, expected_validation, analysis_run_id, data_root)
     client = MlflowClient()
     experiment_id = get_experiment_id(experiment)
     pack = resolve_pack(config, execution, data_root)  # a pack that cannot fit is refused before anything is recorded
-    cf_id = counterfactual_id(config, ranked, analysis_run_id)
-    common = {"counterfactual_id": cf_id, "analysis_run_id": analysis_run_id or "",
-              "source_sweep_id": source_sweep_id or ""}
+    grid = grid_id(config, ranked, analysis_run_id)
+    record = plan_record(plan, grid, analysis_run_id, validation)
+    cf_id = plan_id(record)
+    common = {"grid_id": grid, "analysis_run_id": analysis_run_id or "", "source_sweep_id": source_sweep_id or ""}
     parent = settle_parent(client, experiment_id, COUNTERFACTUAL, {"counterfactual_id": cf_id},
                            params=config.to_params(), run_name=run_name(cf_id), invocation_run_id=invocation_run_id,
-                           extra_tags={k: v for k, v in common.items() if k != "counterfactual_id"})
+                           extra_tags={**common, **validation, PLAN_TAG: json.dumps(record, sort_keys=True)})
     client.update_run(parent, status="RUNNING")
     set_tags(client, parent, {"orders": ",".join(plan.orders), "ks": ",".join(map(str, plan.ks)),
                               "n_seeds": plan.n_seeds})
-    done = finished_points(client, experiment_id, cf_id)
+    done = finished_points(client, experiment_id, grid)
     todo = [p for p in plan.points() if p not in done]
-    log.info("counterfactual %s: %d of %d runs already FINISHED", cf_id, len(plan.points()) - len(todo),
-             len(plan.points()))
+    log.info("counterfactual %s (grid %s): %d of %d runs already FINISHED", cf_id, grid,
+             len(plan.points()) - len(todo), len(plan.points()))
     job = Job(config, experiment, tracking_uri or mlflow.get_tracking_uri(),
               None if data_root is None else str(data_root), log_checkpoint=True, pack=pack, compile=execution.compile)
-    tasks = grid_tasks(plan, todo, ranked, config.sweep_seed, cf_id, parent, common)
+    tasks = grid_tasks(todo, ranked, config.sweep_seed, grid, parent, common)
     if pack > 1:  # points that keep as many classes pack together (their step counts and heads match)
         tasks.sort(key=lambda task: sum(task.mask))
     outcomes = run_tasks(job, tasks,
@@ -118,27 +149,8 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
         raise ConfigError(f"counterfactual {cf_id}: {len(failed)} of {len(todo)} runs failed (first: "
                           f"{failed[0].task.name}: "
                           f"{failed[0].error}); run the same command again to retry them")
-    done = finished_points(client, experiment_id, cf_id)
-    rows = []
-    for order, k, seed in plan.points():
-        run = done[(order, k, seed)]
-        removed = removal_set(order, k, seed, ranked, config.sweep_seed)
-        rows.append({"order": order, "k": k, "seed": seed, "run_id": run.info.run_id,
-                     "removed": ";".join(names[i] for i in removed),
-                     **{m: run.data.metrics.get(m, np.nan) for m in METRICS},
-                     SELECT_METRIC: selection_half_accuracy(run, config.data.split_seed)})
-    return CounterfactualRuns(parent, cf_id, pd.DataFrame(rows), names,
-                              sum(o.status == "trained" for o in outcomes))
-
-
-def selection_half_accuracy(run, split_seed: int) -> float:
-    """A run's accuracy on the selection half of the validation split (the half no ranking was fitted on)."""
-    path = artifact_path(run, VAL_OUTPUTS_ARTIFACT)
-    if not path.is_file():
-        return float("nan")
-    with np.load(path) as npz:
-        correct, labels = npz["correct"], npz["labels"]
-    return float(correct[~validation_halves(labels, split_seed)].mean())
+    return CounterfactualRuns(parent, cf_id, grid, grid_table(client, experiment_id, record), names,
+                              sum(o.status == "trained" for o in outcomes), record)
 
 
 def sweep_config(client: MlflowClient, experiment_id: str, sweep_id: str) -> RunConfig:
@@ -198,10 +210,11 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, a
         raise ConfigError(f"analysis run {analysis.info.run_id} names no sweep_id, so its recipe is unknown; "
                           "pass --profile")
     ranking = class_ranking(analysis.info.run_id, "validation")
+    expected = {k: analysis.data.tags.get(k, "") for k in VALIDATION_KEYS}
     runs = run_counterfactual(config, ranking, plan, experiment=experiment,
-                              analysis_run_id=analysis.info.run_id, source_sweep_id=sweep_id,
-                              invocation_run_id=invocation_run_id, execution=execution, data_root=data_root,
-                              progress=progress)
+                              analysis_run_id=analysis.info.run_id, expected_validation=expected,
+                              source_sweep_id=sweep_id, invocation_run_id=invocation_run_id, execution=execution,
+                              data_root=data_root, progress=progress)
     split_half = analysis.data.metrics.get("selection_split_half_spearman", float("nan"))
     set_tags(client, runs.parent_run_id, {"ranking_split": "validation-ranking-half",
                                           "ranking_split_half": f"{split_half:.4f}"})

@@ -8,8 +8,19 @@ Who decides what, so that nothing is scored on the examples it was chosen on:
 - the *selection half* (``select_acc``: each run's accuracy on it) chooses k among the
   pruned sources and must show the gain: a pruned source is the champion only when its
   paired selection-half gain over the full source has a confidence interval above zero, over
-  at least ``min_seeds`` seeds, at a level Bonferroni-corrected for the number of candidates;
+  at least ``min_seeds`` seeds fixed in the plan, at the level the plan's *look* may spend;
 - the test split only scores the choice (``test_diff``), and chooses nothing.
+
+**Every look counts** (champion rule version :data:`RULE_VERSION`). Every plan whose results were
+shown on a selection half is a look at it, numbered in the order they were first shown. Look
+``j`` may spend ``alpha / 2**j`` of the family-wise error ``alpha = 1 - confidence`` (half, then
+a quarter, ...), split evenly over its candidates (Bonferroni), so however many plans look at
+one half (more seeds, other ks, another analysis of the same data), the chance that any of them
+makes a false champion stays below ``alpha``.
+
+The claims a report makes about the controls (:func:`contrasts`) are paired tests too: top -
+random, bottom - random, bottom - top and each order minus the full source, per k, each family
+Bonferroni-corrected over its ks.
 """
 from __future__ import annotations
 
@@ -23,6 +34,7 @@ from scipy import stats
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual.grid import FULL
 
+RULE_VERSION = 2  # 2: looks on a selection half are counted and share the error rate; seeds fixed per plan
 CANDIDATE_ORDERS = ("bottom",)  # pruning candidates: removing detrimental classes; top and random are controls
 SELECT_METRIC = "select_acc"  # accuracy on the selection half of the validation split
 
@@ -78,6 +90,12 @@ class EvidenceRule:
         if not 0.5 < self.confidence < 1:
             raise ConfigError(f"--confidence must be in (0.5, 1), got {self.confidence}")
 
+    def look_alpha(self, look: int) -> float:
+        """The family-wise error look ``look`` (1, 2, ...) on one selection half may spend: ``alpha / 2**look``."""
+        if look < 1:
+            raise ValueError(f"looks are numbered from 1, got {look}")
+        return (1 - self.confidence) / 2 ** look
+
 
 @dataclass
 class Selection:
@@ -114,6 +132,10 @@ class Selection:
     n_candidates: int = 0
     reason: str = ""
     ranking_split_half: float = np.nan  # split-half Spearman of the ranking that chose the removals
+    rule_version: int = 0  # the champion rule that decided (RULE_VERSION); 0: written before looks were counted
+    look: int = 0  # this plan's look at its selection half (1 = the first)
+    look_alpha: float = np.nan  # the family-wise error this look may spend, shared by its candidates
+    earlier_looks: list = field(default_factory=list)  # counterfactual run ids that looked at the half before
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -121,9 +143,11 @@ class Selection:
 
     @classmethod
     def from_json(cls, text: str) -> "Selection":
+        """Read a ``selection.json``; one written by an older rule reads with ``rule_version`` 0 and no champion."""
         values = json.loads(text)
-        if "beats_full" in values:  # written before champions needed evidence
-            values["is_champion"] = values.pop("beats_full")
+        if "beats_full" in values:  # written before champions needed evidence: never a champion now
+            values.pop("beats_full")
+            values["is_champion"] = False
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -135,7 +159,8 @@ class Selection:
         return f"{self.reason}; candidate: remove the {self.k} {self.order} classes; {test}"
 
 
-def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule()) -> Selection:
+def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule(), look: int = 1,
+           earlier_looks: list[str] | tuple = ()) -> Selection:
     """Choose k on the selection half of validation, and make the pruned source champion only on evidence.
 
     ``table`` has one row per run: order, k, seed, run_id, removed, target_val_acc,
@@ -143,7 +168,8 @@ def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule()) -> Selectio
     random removals are controls. The candidate with the highest mean ``select_acc`` is chosen
     (ties to the smaller k). It becomes champion when its paired ``select_acc`` gain over the
     full source, over at least ``rule.min_seeds`` seeds, has a t-interval above zero at level
-    ``1 - (1 - rule.confidence) / n_candidates``; otherwise the full source is champion.
+    ``1 - rule.look_alpha(look) / n_candidates``, ``look`` being this plan's look at the
+    selection half (``earlier_looks``: the plans that looked before); otherwise the full source is champion.
     """
     if SELECT_METRIC not in table:
         raise ConfigError("the grid's runs have no selection-half accuracy; rerun the counterfactual with this "
@@ -153,10 +179,14 @@ def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule()) -> Selectio
     full_runs = table[table.order == FULL]
     candidates = summary[summary.order.isin(CANDIDATE_ORDERS) & (summary.k > 0)]
     n_seeds = int(full.n_seeds)
-    level = 1 - (1 - rule.confidence) / max(1, len(candidates))
+    alpha = rule.look_alpha(look)
+    level = 1 - alpha / max(1, len(candidates))
     common = dict(full_val_acc=float(full.val_mean), full_test_acc=float(full.test_mean),
                   full_select_acc=float(full.select_mean), level=level, n_candidates=len(candidates),
-                  full_run_id=str(full_runs.loc[full_runs[SELECT_METRIC].idxmax(), "run_id"]))
+                  full_run_id=str(full_runs.loc[full_runs[SELECT_METRIC].idxmax(), "run_id"]),
+                  rule_version=RULE_VERSION, look=look, look_alpha=alpha, earlier_looks=list(earlier_looks))
+    spent = (f"look {look} at this selection half, which may spend {alpha:.2%} of the {1 - rule.confidence:.0%} "
+             f"error rate, Bonferroni over {len(candidates)} candidate{'s' if len(candidates) != 1 else ''}")
     if candidates.empty:
         return Selection(FULL, 0, [], n_seeds, float(full.val_mean), float(full.test_mean), test_diff=0.0,
                          diff_ci_low=np.nan, diff_ci_high=np.nan, is_champion=False,
@@ -173,14 +203,13 @@ def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule()) -> Selectio
                                    f"{rule.min_seeds}), so the full source is champion")
     elif low > 0:
         evidence, reason = True, (f"the pruned source is champion: removing the {best.k} most detrimental classes "
-                                  f"raised selection-half validation accuracy by {mean:+.4f} ({level:.1%} CI "
-                                  f"[{low:+.4f}, {high:+.4f}] over {len(gain)} seeds, Bonferroni over "
-                                  f"{len(candidates)} candidates)")
+                                  f"raised selection-half validation accuracy by {mean:+.4f} ({level:.2%} CI "
+                                  f"[{low:+.4f}, {high:+.4f}] over {len(gain)} seeds; {spent})")
     else:
         evidence, reason = False, (f"the best pruned source (remove the {best.k} most detrimental classes) did not "
                                    f"beat the full source on the held-out validation half: gain {mean:+.4f}, "
-                                   f"{level:.1%} CI [{low:+.4f}, {high:+.4f}] over {len(gain)} seeds includes zero, "
-                                   "so the full source is champion")
+                                   f"{level:.2%} CI [{low:+.4f}, {high:+.4f}] over {len(gain)} seeds includes zero "
+                                   f"({spent}), so the full source is champion")
     removed = runs.iloc[0]["removed"]
     return Selection(
         order=best.order, k=int(best.k), removed=removed.split(";") if isinstance(removed, str) and removed else [],
@@ -189,3 +218,50 @@ def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule()) -> Selectio
         model_run_id=str(runs.loc[runs[SELECT_METRIC].idxmax(), "run_id"]), select_acc=float(best.select_mean),
         select_diff=float(mean), select_diff_ci_low=float(low), select_diff_ci_high=float(high), reason=reason,
         **common)
+
+
+CONTRASTS = (  # (name, minuend order, subtrahend order, what an interval away from zero would show)
+    ("top - random", "top", "random", "removing the most helpful classes costs more than removing random ones"),
+    ("bottom - random", "bottom", "random",
+     "removing the most detrimental classes helps more than removing random ones"),
+    ("bottom - top", "bottom", "top", "the ranking separates helpful from detrimental classes"),
+    ("bottom - full", "bottom", FULL, "removing the most detrimental classes changes accuracy"),
+    ("top - full", "top", FULL, "removing the most helpful classes changes accuracy"),
+    ("random - full", "random", FULL, "removing random classes changes accuracy"),
+)
+
+
+def paired_contrast(table: pd.DataFrame, first: str, second: str, k: int, metric: str) -> np.ndarray:
+    """``metric`` of (first, k) minus that of (second, k) per seed present in both ``(n_seeds,)``; FULL is k = 0."""
+    def values(order):
+        rows = table[(table.order == FULL)] if order == FULL else table[(table.order == order) & (table.k == k)]
+        return rows.set_index("seed")[metric]
+    a, b = values(first), values(second)
+    seeds = a.index.intersection(b.index)
+    return (a[seeds] - b[seeds]).to_numpy(float)
+
+
+def contrasts(table: pd.DataFrame, metric: str = "target_test_acc", confidence: float = 0.95) -> pd.DataFrame:
+    """Paired tests of the controls, one row per (contrast, k > 0) whose orders the grid has.
+
+    Columns: ``contrast``, ``k``, ``n_seeds``, ``mean``, ``ci_low``, ``ci_high``, ``level`` and
+    ``sign`` (+1 / -1 when the interval lies above / below zero, else 0). Each contrast is a family
+    over its ks, Bonferroni-corrected: ``level = 1 - (1 - confidence) / n_ks``. Differences are
+    paired by seed, so an interval away from zero needs a consistent difference, not just different means.
+    """
+    orders = set(table.order)
+    ks = sorted(int(k) for k in set(table.k) if k > 0)
+    rows = []
+    for name, first, second, _ in CONTRASTS:
+        if first not in orders or second not in orders:
+            continue
+        family = [k for k in ks if (table[(table.order == first) & (table.k == k)].size or first == FULL)
+                  and (table[(table.order == second) & (table.k == k)].size or second == FULL)]
+        level = 1 - (1 - confidence) / max(1, len(family))
+        for k in family:
+            diff = paired_contrast(table, first, second, k, metric)
+            mean, low, high = t_interval(diff, level)
+            sign = 1 if low > 0 else -1 if high < 0 else 0
+            rows.append({"contrast": name, "k": k, "n_seeds": len(diff), "mean": mean, "ci_low": low,
+                         "ci_high": high, "level": level, "sign": sign})
+    return pd.DataFrame(rows, columns=["contrast", "k", "n_seeds", "mean", "ci_low", "ci_high", "level", "sign"])

@@ -3,7 +3,7 @@
 A :class:`Job` is what a worker needs to train models of one config (it builds a
 :class:`~transfer_core.execute.runner.SubsetRunner` once). A :class:`Task` is one model: its
 kept classes, its training seed, and the *key* tags that name it (``sweep_id`` + ``index``
-for a sweep's model; ``counterfactual_id`` + ``order`` + ``k`` + ``seed`` for a grid point).
+for a sweep's model; ``grid_id`` + ``order`` + ``k`` + ``seed`` for a grid point).
 Executors hand workers *packs*: tuples of up to ``Job.pack`` tasks. :func:`attempt_pack`
 claims each task's key through the tracking store (:mod:`transfer_core.track.claims`) and
 trains the ones this process gets, together (:mod:`transfer_core.execute.packs`) or, with

@@ -1,8 +1,11 @@
 """The MLflow Model Registry: register the target model of the best (pruned) source.
 
 The champion is the fine-tuned target model of the pruned source that a counterfactual
-run chose on validation accuracy, if it beats the full source on validation; otherwise
-the full-source model is registered as champion, and the version says so.
+plan chose on the validation selection half, when the evidence rule holds; otherwise the
+full-source model is registered as champion, and the version says so. The decision is
+recomputed here from the plan's logged runs and its look at the selection half
+(:func:`transfer_core.counterfactual.recompute_selection`), never read from ``selection.json``;
+the rule's version is recorded on the model version (tag ``gate_rule``).
 
 The model is logged in MLflow's ``pickle`` format, not the default ``pt2``: ``pt2``
 (torch.export) loads back as a GraphModule with the traced input shape baked in, while
@@ -28,9 +31,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from transfer_core.config import ConfigError
-from transfer_core.counterfactual import SELECTION_ARTIFACT, Selection
+from transfer_core.counterfactual import (RULE_VERSION, SELECTION_ARTIFACT, EvidenceRule, Selection, read_plan,
+                                          recompute_selection)
 from transfer_core.counterfactual.run import STABILITY_THRESHOLD, stability_warning
-from transfer_core.counterfactual.summary import EvidenceRule
 from transfer_core.data import load_split
 from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, describe_run, existing_experiment,
                                  get_run_of_kind, latest_run, load_checkpoint, quote, run_config, set_tags)
@@ -63,13 +66,23 @@ class Registration:
 
 
 def read_selection(client: MlflowClient, counterfactual_run_id: str):
-    """The counterfactual run and its :class:`Selection`, with clear errors."""
+    """The counterfactual run and the :class:`Selection` it stored when it reported, with clear errors."""
     run = get_run_of_kind(client, counterfactual_run_id, COUNTERFACTUAL, "transfer-core counterfactual")
     path = artifact_path(run, SELECTION_ARTIFACT)
     if not path.is_file():
         raise ConfigError(f"counterfactual run {counterfactual_run_id} has no {SELECTION_ARTIFACT}; it did not "
                           "finish: rerun `transfer-core counterfactual`")
     return run, Selection.from_json(path.read_text())
+
+
+def _disagreement(stored: Selection, recomputed: Selection) -> str:
+    """A sentence when the stored selection differs from the recomputed one (which is what counts)."""
+    if (stored.is_champion, stored.k, stored.model_run_id if stored.is_champion else stored.full_run_id) == (
+            recomputed.is_champion, recomputed.k,
+            recomputed.model_run_id if recomputed.is_champion else recomputed.full_run_id):
+        return ""
+    return (f" (its stored {SELECTION_ARTIFACT} said {'pruned' if stored.is_champion else 'full'} source, k="
+            f"{stored.k}; the decision recomputed from its runs is what counts)")
 
 
 def _version_tags(selection: Selection, model_run, counterfactual_run, pruned: bool) -> dict[str, str]:
@@ -92,15 +105,19 @@ def _version_tags(selection: Selection, model_run, counterfactual_run, pruned: b
         "select_diff_ci": f"[{selection.select_diff_ci_low:+.6f}, {selection.select_diff_ci_high:+.6f}]",
         "evidence_level": f"{selection.level:.4f}",
         "ranking_split_half": f"{selection.ranking_split_half:.4f}",
+        "gate_rule": str(RULE_VERSION), "look": str(selection.look), "look_alpha": f"{selection.look_alpha:.6f}",
     }
 
 
-def _existing_version(client: MlflowClient, name: str, counterfactual_run_id: str):
+def _existing_version(client: MlflowClient, name: str, counterfactual_run_id: str, chosen_run_id: str):
+    """The latest version registered from this counterfactual run, under the current rule, of the same model."""
     try:
         found = client.search_model_versions(f"name = {quote(name)} and "
                                              f"tags.counterfactual_run_id = {quote(counterfactual_run_id)}")
     except mlflow.exceptions.MlflowException:  # no such registered model yet
         return None
+    found = [v for v in found if v.tags.get("gate_rule") == str(RULE_VERSION)
+             and v.tags.get("source_run_id") == chosen_run_id]
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
@@ -109,29 +126,36 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
                       stability_threshold: float = STABILITY_THRESHOLD) -> Registration:
     """Log and register the champion model chosen by a counterfactual run; set alias ``champion``.
 
-    The pruned source is champion only on evidence (see :mod:`transfer_core.counterfactual.summary`);
-    a grid with fewer than ``rule.min_seeds`` seeds cannot give it and is refused, naming the
-    command that adds seeds. Idempotent: a version already registered from this counterfactual
-    run is reused. ``run_id`` is the run to log the model in (e.g. ``mlflow run``'s); default a new run.
+    The pruned source is champion only on evidence (see :mod:`transfer_core.counterfactual.summary`),
+    recomputed from the plan's runs and its look at the selection half. A plan with fewer than
+    ``rule.min_seeds`` seeds cannot give it and is refused, naming the command that makes a new
+    plan; so is a counterfactual run made before plans were records. Idempotent: a version
+    registered from this counterfactual run with the same recomputed decision is reused.
+    ``run_id`` is the run to log the model in (e.g. ``mlflow run``'s); default a new run.
     """
     if not 0 <= stability_threshold <= 1:
         raise ConfigError(f"--stability-threshold must be a Spearman correlation in [0, 1], got {stability_threshold}")
     client = MlflowClient()
-    cf_run, selection = read_selection(client, counterfactual_run_id)
-    if selection.n_seeds < rule.min_seeds:
-        analysis = cf_run.data.tags.get("analysis_run_id", "ANALYSIS_RUN_ID")
-        raise ConfigError(f"counterfactual run {counterfactual_run_id} has {selection.n_seeds} seed(s) per point, too "
-                          f"few for the confidence interval a champion needs (at least {rule.min_seeds}); add seeds "
-                          f"with `transfer-core counterfactual --analysis {analysis} --seeds {rule.min_seeds}` "
-                          "(it trains only the new ones), then register again")
+    cf_run, stored = read_selection(client, counterfactual_run_id)
+    record = read_plan(cf_run)  # a run from before plans were records is refused, naming the command that redoes it
+    if int(record["n_seeds"]) < rule.min_seeds:
+        analysis = record.get("analysis_run_id") or "ANALYSIS_RUN_ID"
+        raise ConfigError(f"counterfactual run {counterfactual_run_id} has {record['n_seeds']} seed(s) per point, too "
+                          f"few for the confidence interval a champion needs (at least {rule.min_seeds}, fixed in the "
+                          f"plan); run a new plan with `transfer-core counterfactual --analysis {analysis} --ks "
+                          f"{','.join(map(str, record['ks']))} --seeds {rule.min_seeds}` (it reuses the points "
+                          "trained, and counts as another look at the selection half), then register that run")
+    selection, _ = recompute_selection(client, cf_run, rule)
+    selection.ranking_split_half = stored.ranking_split_half
     experiment = client.get_experiment(cf_run.info.experiment_id).name
     name = name or model_name(experiment)
     pruned = selection.is_champion
-    message = selection.describe()
+    message = selection.describe() + _disagreement(stored, selection)
     warnings = stability_warning(selection.ranking_split_half, stability_threshold,
                                  cf_run.data.tags.get("analysis_run_id", "?"))
-    existing = _existing_version(client, name, counterfactual_run_id)
-    if existing is not None:
+    chosen_run_id = selection.model_run_id if pruned else selection.full_run_id
+    existing = _existing_version(client, name, counterfactual_run_id, chosen_run_id)
+    if existing is not None:  # the same decision, recomputed now, was registered before: point the alias at it
         client.set_registered_model_alias(name, CHAMPION, existing.version)
         if run_id is not None:  # a fresh `mlflow run` of this step: point it at the reused version
             set_tags(client, run_id, {KIND_TAG: REGISTER, "counterfactual_run_id": counterfactual_run_id,

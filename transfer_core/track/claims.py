@@ -1,7 +1,7 @@
 """Claiming work through the tracking store, so no model is trained twice at once.
 
 A *key* is a set of tags that names one piece of work: ``sweep_id`` + ``index`` for a
-sweep's model, ``counterfactual_id`` + ``order`` + ``k`` + ``seed`` for a grid point, or
+sweep's model, ``grid_id`` + ``order`` + ``k`` + ``seed`` for a grid point, or
 just ``sweep_id`` for the parent run of a sweep.
 
 The protocol needs nothing but a tracking store whose writes are visible to later reads

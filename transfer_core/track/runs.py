@@ -60,11 +60,15 @@ def run_filter(kind: str | None = None, status: str | None = None, **tags) -> st
     return " and ".join(parts)
 
 
-def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by=None) -> list:
-    """Every run matching ``filter_string``: one query, paged when there are more than 50,000."""
+def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by=None,
+               view_type: int = ViewType.ACTIVE_ONLY) -> list:
+    """Every run matching ``filter_string``: one query, paged when there are more than 50,000.
+
+    ``view_type=ViewType.ALL`` includes deleted runs (for what must count even when deleted).
+    """
     runs, token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string, ViewType.ACTIVE_ONLY,
+        page = client.search_runs(experiment_ids, filter_string, view_type,
                                   SEARCH_MAX_RESULTS_THRESHOLD, order_by, token)
         runs.extend(page)
         token = page.token
@@ -72,10 +76,10 @@ def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: s
             return runs
 
 
-def all_experiment_ids(client: MlflowClient) -> list[str]:
+def all_experiment_ids(client: MlflowClient, view_type: int = ViewType.ACTIVE_ONLY) -> list[str]:
     ids, token = [], None
     while True:
-        page = client.search_experiments(ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        page = client.search_experiments(view_type, max_results=1000, page_token=token)
         ids.extend(e.experiment_id for e in page)
         token = page.token
         if not token:
