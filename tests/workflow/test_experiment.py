@@ -74,6 +74,8 @@ def test_results_name_the_runs_and_show_every_figure(experiment):
     for picture in pictures:
         assert (work / "results" / picture).stat().st_size > 1000
     assert (work / "results" / "grid_automobile.png").is_file()
+    ranking = pd.read_csv(work / "results" / "class_influence_validation.csv")  # what chose the removals
+    assert set(ranking.split) == {"validation-ranking-half"} and len(ranking) == 100
     client = MlflowClient()
     assert client.get_run(run_id(text, "analysis")).data.tags["transfer_core.kind"] == "analysis"
     assert client.get_run(run_id(text, "counterfactual")).data.tags["transfer_core.kind"] == "counterfactual"
@@ -86,7 +88,7 @@ def test_accuracy_is_the_mean_of_the_logged_full_source_runs(experiment):
     client = MlflowClient()
     parent = client.get_run(run_id(text, "counterfactual"))
     children = client.search_runs([parent.info.experiment_id], "tags.`transfer_core.kind` = 'counterfactual_run' and "
-                                  f"tags.counterfactual_id = '{parent.data.tags['counterfactual_id']}'")
+                                  f"tags.grid_id = '{parent.data.tags['grid_id']}'")
     full = [r.data.metrics["target_test_acc"] for r in children if r.data.tags["order"] == "full"]
     assert len(full) == 3
     row = re.search(r"\| full source \(k = 0\) \| 3 \| [^|]+ \| ([0-9.]+) \[", text).group(1)
@@ -114,3 +116,26 @@ def test_the_known_cifar_duplicate_is_published_with_its_file_names(experiment):
     text = results(experiment[0])
     assert re.search(r"\| truck/pickup_truck_s_000169\S* \| 9609 \| pickup_truck/pickup_truck_s_000169\S* \| "
                      r"1\.0 \(exact\) \|", text)
+
+
+def test_verdicts_are_paired_tests_and_the_champion_row_is_the_registered_model(experiment):
+    """Each claim names its paired test, interval level and correction; the registered version is shown
+    as itself (one seed), with the accuracies of that one run; the known copy names the method that found it."""
+    text = results(experiment[0])
+    verdicts = text[text.index("## Verdicts"):text.index("## Top classes")]
+    for claim in ("costs more than removing random ones", "helps more than removing random ones",
+                  "separates helpful from detrimental", "improves transfer", "less helpful than the average class"):
+        assert claim in verdicts
+    assert verdicts.count("(Bonferroni over 1 k)") >= 4
+    assert "paired top - random in test points over 3 seeds" in verdicts
+    assert "truck/pickup_truck_s_000169` by " in verdicts
+    client = MlflowClient()
+    parent = client.get_run(run_id(text, "counterfactual"))
+    version = client.get_model_version_by_alias("ci_cifar-target", "champion")
+    model_run = client.get_run(version.tags["source_run_id"])
+    line = re.search(r"The registered champion itself is one model.*version (\d+) \((.*), seed (\d+), run `(\w+)`\): "
+                     r"validation selection half ([0-9.]+)%, test ([0-9.]+)%", text)
+    assert line.group(1) == str(version.version) and line.group(4) == model_run.info.run_id
+    assert line.group(3) == model_run.data.tags["seed"]
+    assert float(line.group(6)) == pytest.approx(100 * model_run.data.metrics["target_test_acc"], abs=0.005)
+    assert version.tags["counterfactual_run_id"] == parent.info.run_id

@@ -9,9 +9,14 @@ whose recipe the sweep used, and writes into ``out_dir``:
 - ``subpopulation_example.png``: one sub-population (target examples grouped under the
   source class that most influences them) next to images of that source class;
 - ``RESULTS.md``: every table the README's results section quotes, each naming the run and
-  artifact it comes from, so every number can be traced to a logged MLflow run.
+  artifact it comes from, so every number can be traced to a logged MLflow run; and the
+  verdicts, each written from the test that fits its claim (:func:`verdicts`): paired
+  contrasts per k with their correction, the champion gate, and which method found each leak.
 
-Sign convention: positive influence = including the source class helps the target.
+Sign convention: positive influence = including the source class helps the target. Every model
+keeps exactly half the classes, so the difference-of-means influences average to about zero:
+a "detrimental" class is one *less helpful than the average class*; whether removing it helps in
+absolute terms is what the counterfactual tests (bottom - full).
 """
 from __future__ import annotations
 
@@ -28,8 +33,10 @@ from transfer_core.analysis import find_analysis_run
 from transfer_core.analysis.findings import ALL
 from transfer_core.analysis.influence import runs_for_reliability
 from transfer_core.config import ConfigError
-from transfer_core.counterfactual import FULL, SELECTION_ARTIFACT, SUMMARY_ARTIFACT, Selection
-from transfer_core.registry import read_selection
+from transfer_core.counterfactual import (CONTRASTS, CONTRASTS_ARTIFACT, FULL, SELECTION_ARTIFACT, SUMMARY_ARTIFACT,
+                                          Selection, read_plan)
+from transfer_core.counterfactual.gate import selection_half_accuracy
+from transfer_core.registry import CHAMPION, model_name, read_selection
 from transfer_core.sweep import TUNE_RUN_TAG
 from transfer_core.track import artifact_path, existing_experiment, latest_run, run_config
 from transfer_core.track.runs import COUNTERFACTUAL
@@ -38,9 +45,11 @@ from transfer_core.tune import find_tune_run
 RESULTS_FILE = "RESULTS.md"
 ANALYSIS_COPIES = ["class_influence.csv", "class_aggregates.csv", "heatmap.png", "ranking.png", "rank_stability.csv",
                    "rank_stability.png", "subpopulations.csv", "subpopulations.png", "near_duplicates.csv",
-                   "near_duplicates.png", "leakage_candidates.csv", "datamodel.png", "summary.json"]
+                   "near_duplicates.png", "leakage_candidates.csv", "datamodel.png", "summary.json",
+                   # the validation ranking that chose the removals, and its stability: the audit trail
+                   "class_influence_validation.csv", "rank_stability_validation.csv"]
 COUNTERFACTUAL_COPIES = ["counterfactual_accuracy.png", "counterfactual_summary.csv", "counterfactual_runs.csv",
-                         SELECTION_ARTIFACT]
+                         CONTRASTS_ARTIFACT, SELECTION_ARTIFACT]
 RELIABILITY = 0.9  # split-half correlation at which a class ranking counts as stable
 
 
@@ -137,6 +146,106 @@ def curve_rows(summary: pd.DataFrame) -> pd.DataFrame:
                                           for r in summary.itertuples()]})
 
 
+def registered_champion(client: MlflowClient, experiment: str, counterfactual) -> dict | None:
+    """The model version that alias ``champion`` points to, when it was registered from ``counterfactual``:
+    its version, pruned flag, seed, selection-half and test accuracy (fractions). None otherwise."""
+    try:
+        version = client.get_model_version_by_alias(model_name(experiment), CHAMPION)
+    except Exception:  # no registered model or alias yet
+        return None
+    if version.tags.get("counterfactual_run_id") != counterfactual.info.run_id:
+        return None
+    run = client.get_run(version.tags["source_run_id"])
+    return {"version": version.version, "name": version.name, "pruned": version.tags.get("pruned") == "true",
+            "k": int(version.tags.get("k", 0)), "seed": run.data.tags.get("seed", "?"), "run_id": run.info.run_id,
+            "select_acc": selection_half_accuracy(run, read_plan(counterfactual)),
+            "test_acc": run.data.metrics["target_test_acc"]}
+
+
+def champion_rows(champion: dict | None) -> list[str]:
+    """The registered version itself, one seed, below the means over seeds."""
+    if champion is None:
+        return ["No model version registered from this counterfactual run carries alias `champion` yet: run "
+                "`transfer-core register`.", ""]
+    source = f"remove bottom {champion['k']}" if champion["pruned"] else "full source"
+    return [f"The registered champion itself is one model, not the mean over seeds: `{champion['name']}` version "
+            f"{champion['version']} ({source}, seed {champion['seed']}, run `{champion['run_id']}`): "
+            f"validation selection half {100 * champion['select_acc']:.2f}%, test {100 * champion['test_acc']:.2f}%.",
+            ""]
+
+
+def _ks(values) -> str:
+    return ", ".join(str(int(k)) for k in values)
+
+
+def claim_verdict(table: pd.DataFrame, contrast: str, direction: int) -> str:
+    """The verdict of one paired contrast, from its rows (:func:`transfer_core.counterfactual.contrasts`):
+    which ks show the claimed direction (``direction`` -1: below zero, +1: above), with every interval."""
+    rows = table[table.contrast == contrast].sort_values("k")
+    if rows.empty:
+        return "not tested (the grid lacks one of its orders)"
+    held, against = rows[rows.sign == direction], rows[rows.sign == -direction]
+    intervals = "; ".join(f"k = {int(r.k)}: {ci(r.mean, r.ci_low, r.ci_high)}" for r in rows.itertuples())
+    if len(held) == len(rows):
+        text = f"**holds at every k** ({_ks(held.k)})"
+    elif len(held):
+        text = f"**holds at k = {_ks(held.k)} only**"
+    else:
+        text = "**not established** at any k"
+    if len(against):
+        text += f"; the opposite holds at k = {_ks(against.k)}"
+    r = rows.iloc[0]
+    return (f"{text} — paired {contrast} in test points over {int(r.n_seeds)} seeds, {r.level:.2%} intervals "
+            f"(Bonferroni over {len(rows)} k{'s' if len(rows) > 1 else ''}): {intervals}")
+
+
+def leak_methods(dups: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+    """Which method found each leaked test image: the near-duplicate search, the influence screen, or both.
+
+    The near-duplicate search compares pixels; the influence screen flags test images dominated by one
+    source class (the paper's method) and checks them for copies. A screen flag without a copy is no leak.
+    """
+    flagged = set(candidates.test_index.astype(int)) if len(candidates) else set()
+    copies = set(candidates.test_index[candidates.verdict != "no duplicate"].astype(int)) if len(candidates) else set()
+    rows = [{"test index": int(t), "test file": f,
+             "found by": "both" if int(t) in flagged else "the near-duplicate search only"}
+            for t, f in zip(dups.test_index, dups.test_file)]
+    rows += [{"test index": int(t), "test file": f, "found by": "the influence screen only"}
+             for t, f in zip(candidates.test_index, candidates.test_file)
+             if int(t) in copies and int(t) not in set(dups.test_index.astype(int))]
+    return pd.DataFrame(rows, columns=["test index", "test file", "found by"])
+
+
+def verdicts(table: pd.DataFrame | None, selection: Selection | None, dups: pd.DataFrame,
+             candidates: pd.DataFrame) -> list[str]:
+    """The report's claims, each stated with the test that fits it (markdown bullet lines)."""
+    lines = []
+    if table is not None and selection is not None:
+        claims = {name: claim for name, _, _, claim in CONTRASTS}
+        for name, direction in (("top - random", -1), ("bottom - random", 1), ("bottom - top", 1), ("top - full", -1)):
+            claim = claims[name] if name != "top - full" else "removing the most helpful classes hurts transfer"
+            lines.append(f"- *{claim[0].upper() + claim[1:]}* — {claim_verdict(table, name, direction)}.")
+        gate = (f"**holds**: the pruned source passed the champion gate on the validation selection half "
+                f"({selection.reason})" if selection.is_champion else
+                f"**not established**: {selection.reason}")
+        lines.append(f"- *Removing the most detrimental classes improves transfer (the paper: +2.5 points on "
+                     f"CIFAR-10)* — {gate}. On test, for information: {claim_verdict(table, 'bottom - full', 1)}.")
+    methods = leak_methods(dups, candidates)
+    screened = int(len(candidates))
+    if len(methods):
+        found = "; ".join(f"`{r['test file']}` by {r['found by']}" for _, r in methods.iterrows())
+        lines.append(f"- *The tool finds train/test leakage* — **holds**: {found}. The influence screen flagged "
+                     f"{screened} test images dominated by one source class, "
+                     f"{int((candidates.verdict != 'no duplicate').sum()) if screened else 0} of them copies.")
+    else:
+        lines.append(f"- *The tool finds train/test leakage* — no copy found; the influence screen flagged {screened} "
+                     "test images, none a copy.")
+    lines.append("- *Detrimental* means less helpful than the average class: every model keeps exactly half the "
+                 "classes, so the difference-of-means influences average to about zero; only the counterfactual "
+                 "(bottom - full) tests whether removing a class helps in absolute terms.")
+    return lines
+
+
 def pick_subpopulation(subs: pd.DataFrame, choice: str | None = None, min_examples: int = 8) -> pd.Series:
     """The sub-population ``"target:source"``, else the group with the largest share of its target
     class among those with at least ``min_examples`` examples."""
@@ -196,7 +305,6 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
     aggregates = pd.read_csv(out / "class_aggregates.csv")
     whole = aggregates[(aggregates.output == output) & (aggregates.scope == ALL)]
     stability = pd.read_csv(out / "rank_stability.csv")
-    dups = pd.read_csv(out / "near_duplicates.csv")
     subs = pd.read_csv(out / "subpopulations.csv")
     unit = "points of target accuracy" if output == "correct" else f"mean {output}, x100"
     a_id = analysis.info.run_id
@@ -216,22 +324,33 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
               f"{config.data.source_images_per_class} images per source class, alpha {config.alpha}, "
               f"transfer mode `{config.transfer.mode}`.", ""]
 
+    contrast_table, selection = None, None
     if runs.counterfactual is not None:
         cf = runs.counterfactual
         for name in COUNTERFACTUAL_COPIES:
             shutil.copyfile(artifact_path(cf, name), out / name)
         cf_summary = pd.read_csv(out / SUMMARY_ARTIFACT)
+        contrast_table = pd.read_csv(out / CONTRASTS_ARTIFACT)
         selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
         lines += ["## Accuracy", "", f"Target accuracy in percent, mean and 95% t-interval over seeds; differences "
                   f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`). The "
-                  "removed classes come from the analysis's ranking on one half of the validation split; k is chosen, "
-                  "and the champion gated, on the other half; the test split only scores.", "",
-                  markdown(accuracy_rows(cf_summary, selection)), "", f"Selection: {selection.describe()}", "",
+                  "removed classes come from the analysis's ranking on one half of the validation split "
+                  "(`class_influence_validation.csv`); k is chosen, and the champion gated, on the other half; the "
+                  "test split only scores.", "",
+                  markdown(accuracy_rows(cf_summary, selection)), "",
+                  *champion_rows(registered_champion(MlflowClient(), experiment, cf)),
+                  f"Selection (look {selection.look} at this selection half): {selection.describe()}", "",
                   "## Counterfactual curves", "", "![counterfactual curves](counterfactual_accuracy.png)", "",
                   markdown(curve_rows(cf_summary)), ""]
     else:
         lines += ["## Accuracy", "", "No FINISHED counterfactual run of this analysis yet: run "
                   "`transfer-core counterfactual`.", ""]
+    dups = pd.read_csv(out / "near_duplicates.csv")
+    candidates = pd.read_csv(out / "leakage_candidates.csv")
+    lines += ["## Verdicts", "", "Each claim with the test that fits it (paired tests from "
+              f"`{CONTRASTS_ARTIFACT}`; the champion gate from `{SELECTION_ARTIFACT}`; leakage from "
+              "`near_duplicates.csv` and `leakage_candidates.csv`):", "",
+              *verdicts(contrast_table, selection, dups, candidates), ""]
 
     lines += ["## Top classes", "", f"Influence on the whole target in {unit}, fitted on the target test split, "
               f"95% bootstrap intervals (run `{a_id}`, `class_aggregates.csv`); `*` = the interval excludes zero, not "
@@ -264,9 +383,12 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
               f"nearest pair with 8x8-thumbnail cosine >= the run's threshold (run `{a_id}`, `near_duplicates.csv`): "
               f"{len(exact)} exact, {len(near)} near.", ""]
     if len(dups):
+        methods = leak_methods(dups, candidates)
+        found_by = dict(zip(methods["test index"], methods["found by"]))
         lines += [markdown(pd.DataFrame({
             "target test file": dups.test_file, "test index": dups.test_index, "source train file": dups.source_file,
-            "similarity": [("1.0 (exact)" if e else f"{s:.4f}") for e, s in zip(dups.exact, dups.similarity)]})), "",
+            "similarity": [("1.0 (exact)" if e else f"{s:.4f}") for e, s in zip(dups.exact, dups.similarity)],
+            "found by": [found_by[int(t)] for t in dups.test_index]})), "",
             "![near duplicates](near_duplicates.png)", ""]
 
     if len(subs):
