@@ -57,6 +57,25 @@ def new_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+def quiet_context(tracking_uri: str | None = None, **execution):
+    """A :class:`transfer_core.execute.Context` without progress bars, for ``tracking_uri`` (default: the
+    environment's store) and the given executor settings (``workers=2``, ``pack=3``, ...)."""
+    from transfer_core.execute import Context, ExecutorSettings
+    return Context.open(tracking_uri, execution=ExecutorSettings(**execution), progress=False)
+
+
+@pytest.fixture
+def ctx(tracking):
+    """The tracking fixture's store as a Context (no progress bars, one worker in this process)."""
+    return quiet_context(tracking)
+
+
+@pytest.fixture(scope="session")
+def make_ctx():
+    """:func:`quiet_context`, for tests that make their own store or executor."""
+    return quiet_context
+
+
 @pytest.fixture(scope="session")
 def data_root():
     """The offline CIFAR archives (../shared/data); tests needing them skip only if absent."""

@@ -1,4 +1,5 @@
-"""The package layout: stages import only earlier stages, no import circles, one place per run lookup."""
+"""The package layout: stages import only earlier stages, no import circles, one place per run lookup,
+one step key, no hidden global state below the entry points, and no copied defaults in the CLI's help."""
 from __future__ import annotations
 
 import ast
@@ -46,7 +47,8 @@ def test_every_stage_is_a_package_or_module_with_a_docstring():
         assert path.is_file(), name
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path} says nothing about its stage"
     assert {p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__")} \
-        == {"__init__.py", "config.py", *[s for s in STAGES if s != "config"]}
+        == {"__init__.py", "config.py", "settings", *[s for s in STAGES if s != "config"]}
+    assert not list((PACKAGE / "settings").rglob("*.py"))  # settings/ is package data: profiles and studies
 
 
 def test_stages_import_only_earlier_stages():
@@ -89,3 +91,50 @@ def test_one_definition_of_each_run_lookup():
     # filter values are quoted one way (track.runs.quote): nobody compares a tag with a literal by hand
     hand_made = [name for name, text in source.items() if re.search(r"tags\.[`\w.]+ = '", text)]
     assert hand_made == []
+
+
+ENTRY_STAGES = ("cli", "workflow")  # the entry points: they may set up the process, nothing below them may
+
+
+def test_nothing_below_the_entry_points_sets_the_environment_or_mlflows_global_uri():
+    for name, path in modules().items():
+        if stage(name) in ENTRY_STAGES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                target = ast.unparse(node.func)
+                assert target not in ("mlflow.set_tracking_uri", "mlflow.set_registry_uri", "os.putenv",
+                                      "os.environ.pop", "os.environ.update", "os.environ.setdefault",
+                                      "mlflow.start_run"), f"{name} calls {target}"
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+                for target in targets:
+                    assert not ast.unparse(target).startswith("os.environ["), f"{name} writes {ast.unparse(target)}"
+
+
+def test_one_step_key_function_and_every_reuse_goes_through_it():
+    source = {name: path.read_text() for name, path in modules().items()}
+    defined = [name for name, text in source.items() if re.search(r"^def step_key\(", text, re.M)]
+    assert defined == ["transfer_core.track.steps"]
+    # hashing is for content digests (data, pixels), the config's own digest, cache file names and the one key
+    hashing = {name for name, text in source.items() if re.search(r"^import hashlib", text, re.M)}
+    assert hashing <= {"transfer_core.config", "transfer_core.data.digest", "transfer_core.data.loading",
+                       "transfer_core.analysis.duplicates", "transfer_core.track.steps", "transfer_core.track.store"}
+    for reuser in ("transfer_core.sweep.sweep", "transfer_core.sweep.collect", "transfer_core.counterfactual.grid",
+                   "transfer_core.analysis.run", "transfer_core.tune.study"):
+        assert "step_key(" in source[reuser], reuser
+
+
+def test_the_command_line_copies_no_default_by_hand():
+    """Every default --help shows is read from the library (a dataclass field or a constant), never written out."""
+    for name, path in modules().items():
+        if stage(name) != "cli":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "show_default":
+                assert not (isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)), \
+                    f"{name}:{node.value.lineno} shows a default written by hand: {node.value.value!r}"
+            if isinstance(node, ast.keyword) and node.arg == "help" and isinstance(node.value, ast.Constant):
+                assert not re.search(r"[Dd]efault:? (is )?\(?[0-9]", node.value.value), \
+                    f"{name}:{node.value.lineno} states a default by hand: {node.value.value!r}"

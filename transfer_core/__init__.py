@@ -23,14 +23,28 @@ A small surface, in the spirit of airbench and TRAK::
 
 Sign convention everywhere: positive influence = including the source class helps.
 """
+import importlib
+
 from transfer_core.config import ConfigError, RunConfig, build_config, load_profile
 from transfer_core.data import class_mask
 
-__all__ = ["ConfigError", "RunConfig", "build_config", "load_profile", "class_mask", "SubsetRunner"]
+__all__ = ["ConfigError", "RunConfig", "build_config", "load_profile", "class_mask", "SubsetRunner", "Context"]
 
 
-def __getattr__(name):  # keep `import transfer_core` light: MLflow loads only when used
-    if name == "SubsetRunner":
-        from transfer_core.execute import SubsetRunner
-        return SubsetRunner
-    raise AttributeError(name)
+def lazy_exports(package: str, exports: dict[str, str]):
+    """``__getattr__`` and ``__dir__`` for a package whose public names load their module on first use.
+
+    ``exports`` maps each name to its module. A command then imports only what it runs: the
+    command line's option defaults read light settings modules without loading MLflow's
+    tracking, Optuna, SciPy or matplotlib through a stage's ``__init__``.
+    """
+    def __getattr__(name):
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__, lambda: sorted(exports)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, {"SubsetRunner": "transfer_core.execute",
+                                               "Context": "transfer_core.execute"})

@@ -1,10 +1,15 @@
 """Typed experiment configuration, validated once.
 
 A run is fully described by a :class:`RunConfig`: which data, how the source model is
-pretrained, how it is transferred, and how its class subset is drawn. Named profiles live
-in ``experiments/profiles/<name>.toml``; any field can be overridden with a dotted
+pretrained, how it is transferred, and how its class subset is drawn. Named profiles ship
+with the package (``transfer_core/settings/profiles/<name>.toml``, also reachable as
+``experiments/profiles`` in a checkout); any field can be overridden with a dotted
 ``section.field=value`` string (``pretrain.epochs=4``), which is how the CLI, MLflow
 params and Optuna values all reach the config as plain strings.
+
+Every command turns its inputs into a config the same way, :func:`resolve_config`: a base (a
+profile, or the config a logged run was trained with), then overrides, then a tuned recipe;
+it returns the config and a :class:`Provenance` record that the step logs.
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "experiments" / "profiles"
+SETTINGS_DIR = Path(__file__).resolve().parent / "settings"  # package data: profiles and studies
+PROFILE_DIR = SETTINGS_DIR / "profiles"
 DEFAULT_PROFILE = "quick"
 ARCHS = ("resnet_small", "resnet_small_grid", "resnet18")
 TRANSFER_MODES = ("fixed", "full")
@@ -182,16 +188,22 @@ def parse_overrides(items: list[str] | tuple[str, ...] | str) -> dict[str, str]:
     return parsed
 
 
+def named_or_path(name: str, folder: Path, what: str) -> Path:
+    """``folder/<name>.toml`` for a name, or ``name`` itself when it is a path to a .toml file."""
+    path = Path(name) if name.endswith(".toml") else folder / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
+        raise ConfigError(f"unknown {what} {name!r}; choose one of {known} or give a path to a .toml file")
+    return path
+
+
 def profile_names() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
 def load_profile(name: str) -> RunConfig:
-    """Load ``experiments/profiles/<name>.toml`` (or a path to a .toml file) into a RunConfig."""
-    path = Path(name) if name.endswith(".toml") else PROFILE_DIR / f"{name}.toml"
-    if not path.is_file():
-        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(profile_names())} "
-                          "or give a path to a .toml file")
+    """Load a named profile (``settings/profiles/<name>.toml``) or a path to a .toml file into a RunConfig."""
+    path = named_or_path(name, PROFILE_DIR, "profile")
     with open(path, "rb") as fh:
         table = tomllib.load(fh)
     overrides: dict[str, Any] = {}
@@ -204,8 +216,47 @@ def load_profile(name: str) -> RunConfig:
 
 
 def build_config(profile: str = DEFAULT_PROFILE, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Profile + overrides (validated, as every RunConfig): the single entry every command uses."""
-    return with_overrides(load_profile(profile), overrides or {})
+    """Profile + overrides (validated, as every RunConfig): :func:`resolve_config` without the provenance."""
+    return resolve_config(profile, overrides)[0]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a resolved config came from; every step logs it (tag ``config_provenance``).
+
+    ``base``: ``profile:<name or path>`` or ``run:<run id>`` (the config a logged run was trained
+    with); ``overrides``: the dotted fields given on top (``--set`` and options such as
+    ``--transfer-mode``); ``tune_run_id`` and ``recipe``: the tuned transfer recipe applied last.
+    """
+
+    base: str
+    overrides: dict = field(default_factory=dict)
+    tune_run_id: str = ""
+    recipe: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def resolve_config(profile: str | None = None, overrides: dict[str, Any] | None = None, *,
+                   base: RunConfig | None = None, base_run_id: str | None = None,
+                   recipe: dict[str, Any] | None = None,
+                   tune_run_id: str | None = None) -> tuple[RunConfig, "Provenance"]:
+    """The one way a command builds its config: base, then ``overrides``, then the tuned ``recipe``.
+
+    The base is ``base`` (the config of run ``base_run_id``, e.g. the analysed sweep's) when
+    given, else ``profile`` (default :data:`DEFAULT_PROFILE`). The recipe (a tune run's best
+    values, dotted fields) is applied last, so it wins over overrides of the same transfer field.
+    Validated once, as every RunConfig; returns the config and its :class:`Provenance`.
+    """
+    overrides = {k: str(v) for k, v in (overrides or {}).items()}
+    recipe = {k: str(v) for k, v in (recipe or {}).items()}
+    if base is not None:
+        config, origin = base, f"run:{base_run_id or '?'}"
+    else:
+        config, origin = load_profile(profile or DEFAULT_PROFILE), f"profile:{profile or DEFAULT_PROFILE}"
+    config = with_overrides(with_overrides(config, overrides), recipe)
+    return config, Provenance(origin, overrides, tune_run_id or "", recipe)
 
 
 def from_params(params: dict[str, str]) -> RunConfig:

@@ -24,7 +24,7 @@ from transfer_core.analysis.run import check_compatible
 from transfer_core.cli import main
 from transfer_core.config import ConfigError, build_config
 from transfer_core.data import load_split
-from transfer_core.execute import ExecutorSettings, SubsetRunner
+from transfer_core.execute import SubsetRunner
 from transfer_core.sweep import run_sweep
 from transfer_core.track import artifact_path
 
@@ -34,7 +34,7 @@ TINY = {"pretrain.epochs": "1", "transfer.epochs": "1"}
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory, _empty_store):
+def planted(tmp_path_factory, _empty_store, make_ctx):
     """A 40-model sweep of the synthetic profile and one `transfer-core analyze` of it (no --sweep)."""
     root = tmp_path_factory.mktemp("planted")
     shutil.copy(_empty_store, root / "mlflow.db")
@@ -43,8 +43,7 @@ def planted(tmp_path_factory, _empty_store):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(root)
         mlflow.set_tracking_uri(uri)
-        sweep_id = run_sweep(build_config("synthetic"), N_MODELS, experiment=EXPERIMENT,
-                             execution=ExecutorSettings(workers=2), progress=False)
+        sweep_id = run_sweep(build_config("synthetic"), N_MODELS, experiment=EXPERIMENT, ctx=make_ctx(workers=2))
         start = time.perf_counter()
         result = CliRunner().invoke(main, ["analyze", "--experiment", EXPERIMENT, "--bootstrap", "200",
                                            "--no-progress"], catch_exceptions=False)
@@ -181,14 +180,14 @@ def planted_places(runs) -> dict[str, str]:
             "copies": names[int(infl["copies"].argmax())]}
 
 
-def test_a_packed_sweep_reads_like_the_unpacked_one_and_finds_the_planted_classes(planted):
+def test_a_packed_sweep_reads_like_the_unpacked_one_and_finds_the_planted_classes(planted, make_ctx):
     """The same models trained in packs: the same runs (mask, params, artifacts, tags), nearly the
     same outputs (packing reorders floating-point work only), the planted classes in the same places."""
     from transfer_core.sweep import collect_sweep, sweep_with_summary
 
     client = MlflowClient()
     summary = sweep_with_summary(build_config("synthetic"), N_PACKED, experiment=EXPERIMENT + "-packed",
-                                 execution=ExecutorSettings(workers=2, pack=8), progress=False)
+                                 ctx=make_ctx(workers=2, pack=8))
     assert summary.complete and summary.sweep_id == planted["sweep_id"]  # same config, same sweep id
     packed = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
     alone = collect_sweep(planted["sweep_id"], client.get_experiment_by_name(EXPERIMENT).experiment_id,
@@ -216,8 +215,8 @@ def test_a_packed_sweep_reads_like_the_unpacked_one_and_finds_the_planted_classe
 
 def test_class_ranking_reads_the_analysis_table(planted):
     columns = ["class_index", "class_name", "influence", "std_error", "ci_low", "ci_high", "split"]
-    test_ranking = class_ranking(planted["run"].info.run_id, split="test")
-    validation_ranking = class_ranking(planted["run"].info.run_id)  # what counterfactuals use
+    test_ranking = class_ranking(MlflowClient(), planted["run"].info.run_id, split="test")
+    validation_ranking = class_ranking(MlflowClient(), planted["run"].info.run_id)  # what counterfactuals use
     for ranking, split in ((test_ranking, "test"), (validation_ranking, "validation-ranking-half")):
         assert list(ranking.columns) == columns and set(ranking["split"]) == {split}
         assert sorted(ranking["class_index"]) == list(range(10))
@@ -229,7 +228,7 @@ def test_class_ranking_reads_the_analysis_table(planted):
     assert not np.allclose(validation_ranking.sort_values("class_index")["influence"],
                            test_ranking.sort_values("class_index")["influence"])  # fitted on other images
     with pytest.raises(ConfigError, match="unknown ranking split 'train'"):
-        class_ranking(planted["run"].info.run_id, split="train")
+        class_ranking(MlflowClient(), planted["run"].info.run_id, split="train")
 
 
 def test_estimate_aggregates_are_means_of_the_per_example_influences():

@@ -219,7 +219,7 @@ def planted_grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("cf")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    grid = Grid(build_config("synthetic"), get_experiment_id("cf-test"))
+    grid = Grid(build_config("synthetic"), get_experiment_id(MlflowClient(uri), "cf-test"), uri)
     plan = CounterfactualPlan(ks=(0, 1), n_seeds=6)
     runs = grid.run(plan)
     selection = log_report(MlflowClient(), runs.parent_run_id, runs.table)
@@ -230,13 +230,14 @@ def planted_grid(tmp_path_factory):
 class Grid:
     """The planted ranking's grid in experiment cf-test."""
 
-    def __init__(self, config, experiment_id):
-        self.config, self.experiment_id = config, experiment_id
+    def __init__(self, config, experiment_id, uri):
+        self.config, self.experiment_id, self.uri = config, experiment_id, uri
 
     def run(self, plan, execution=None):
-        return run_counterfactual(self.config, planted_ranking(), plan, experiment="cf-test",
-                                  analysis_run_id="a" * 32, execution=execution or ExecutorSettings(),
-                                  progress=False)
+        from transfer_core.execute import Context
+        ctx = Context(self.uri, execution=execution or ExecutorSettings(), progress=False)
+        return run_counterfactual(self.config, planted_ranking(), plan, ctx=ctx, experiment="cf-test",
+                                  analysis_run_id="a" * 32)
 
 
 def test_grid_runs_are_tagged_child_runs_with_a_report(planted_grid):

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from transfer_core.cli import main
 from transfer_core.sweep import collect_sweep
 from transfer_core.config import build_config
-from transfer_core.execute import ExecutorSettings, threads_per_worker
+from transfer_core.execute import threads_per_worker
 from transfer_core.sweep import sweep_with_summary
 
 CONFIG = build_config("synthetic", {"pretrain.epochs": "1", "transfer.epochs": "2"})
@@ -79,13 +79,12 @@ def mlflow_server(tmp_path, _empty_store):
 
 
 def test_two_worker_processes_log_through_a_shared_server_that_refuses_a_wrong_password(
-        mlflow_server, monkeypatch, tmp_path):
+        mlflow_server, monkeypatch, tmp_path, make_ctx):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # the worker processes inherit them
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
-    summary = sweep_with_summary(CONFIG, 2, execution=ExecutorSettings(workers=2), tracking_uri=mlflow_server,
-                                 progress=False)
+    summary = sweep_with_summary(CONFIG, 2, ctx=make_ctx(mlflow_server, workers=2))
     assert summary.complete and summary.n_trained == 2
     runs = finished_children(summary)
     assert len(runs) == 2
@@ -116,13 +115,12 @@ def test_two_worker_processes_log_through_a_shared_server_that_refuses_a_wrong_p
     assert after == before and len(before) == 3  # the parent and two models: nothing lost, nothing half-made
 
 
-def test_ray_executor_on_a_local_ray_instance_trains_a_pack_in_one_task(tracking):
+def test_ray_executor_on_a_local_ray_instance_trains_a_pack_in_one_task(tracking, make_ctx):
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = sweep_with_summary(CONFIG, 2, execution=ExecutorSettings("ray", ray_cpus_per_run=1, pack=2),
-                                     progress=False)
+        summary = sweep_with_summary(CONFIG, 2, ctx=make_ctx(executor="ray", ray_cpus_per_run=1, pack=2))
     finally:
         ray.shutdown()
     assert summary.complete and summary.n_trained == 2
@@ -133,10 +131,10 @@ def test_ray_executor_on_a_local_ray_instance_trains_a_pack_in_one_task(tracking
     assert {r.data.tags["pack_size"] for r in runs} == {"2"}
 
 
-def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(tracking):
+def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(tracking, make_ctx):
     summaries = []
     thread = threading.Thread(target=lambda: summaries.append(
-        sweep_with_summary(CONFIG, 3, execution=ExecutorSettings(workers=2), progress=False)))
+        sweep_with_summary(CONFIG, 3, ctx=make_ctx(workers=2))))
     thread.start()
     client, victim, deadline = MlflowClient(), None, time.time() + 300
     while victim is None and thread.is_alive() and time.time() < deadline:
@@ -153,7 +151,7 @@ def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(trac
     assert first.failures[0]["index"] == int(victim.data.tags["index"])
     assert "worker process died" in first.failures[0]["error"]
 
-    second = sweep_with_summary(CONFIG, 3, progress=False)
+    second = sweep_with_summary(CONFIG, 3, ctx=make_ctx())
     assert second.complete and (second.n_reused, second.n_trained) == (2, 1)
     orphan = client.get_run(victim.info.run_id)
     assert orphan.info.status == "KILLED" and orphan.data.tags["superseded"] == "true"

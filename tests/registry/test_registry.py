@@ -51,7 +51,7 @@ def ranking_with_bottom(bottom: str):
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, make_ctx):
     """Two counterfactual grids on synthetic data, each the full source and one class removed: removing the
     planted harmful class ``misleading`` (a real effect; 6 seeds), and removing the neutral class
     ``noise_gray`` (no real effect; 3 seeds)."""
@@ -63,12 +63,12 @@ def grid(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = uri
     cwd = os.getcwd()
     os.chdir(root)  # artifacts under root/mlruns
-    runner = SubsetRunner(build_config("synthetic"), experiment="reg test")
+    runner = SubsetRunner(build_config("synthetic"), experiment="reg test", ctx=make_ctx(uri))
     grids = {}
     for bottom, seeds in (("misleading", 6), ("noise_gray", 3)):  # the full source flips on rings: 6 seeds
         plan = CounterfactualPlan(("bottom",), (0, 1), seeds)
-        runs = run_counterfactual(runner.config, ranking_with_bottom(bottom), plan, experiment="reg test",
-                                  analysis_run_id=bottom, progress=False)
+        runs = run_counterfactual(runner.config, ranking_with_bottom(bottom), plan, ctx=runner.ctx,
+                                  experiment="reg test", analysis_run_id=bottom)
         grids[bottom] = (runs, log_report(runner.client, runs.parent_run_id, runs.table))
     runs, selection = grids["misleading"]
     yield runner, runs, selection, uri, grids["noise_gray"]
@@ -194,7 +194,8 @@ def test_registering_again_reuses_the_version_after_recomputing(grid):
     second = register_champion(runs.parent_run_id, name="again")
     assert second.version == first.version and "reused" in second.message
     assert len(MlflowClient().search_model_versions("name = 'again'")) == 1
-    assert MlflowClient().get_run(latest_counterfactual_run("reg test")).data.tags[KIND_TAG] == PARENT_KIND
+    client = MlflowClient()
+    assert client.get_run(latest_counterfactual_run(client, "reg test")).data.tags[KIND_TAG] == PARENT_KIND
 
 
 def test_bad_runs_are_refused_clearly(grid):
@@ -204,7 +205,7 @@ def test_bad_runs_are_refused_clearly(grid):
     with pytest.raises(ConfigError, match="there is no MLflow run"):
         register_champion("0" * 32)
     with pytest.raises(ConfigError, match="experiment 'no such experiment' does not exist"):
-        latest_counterfactual_run("no such experiment")
+        latest_counterfactual_run(MlflowClient(), "no such experiment")
     MlflowClient().create_experiment("empty")
     with pytest.raises(ConfigError, match="has no FINISHED counterfactual run"):
-        latest_counterfactual_run("empty")
+        latest_counterfactual_run(MlflowClient(), "empty")

@@ -110,7 +110,7 @@ def test_finished_runs_prefers_a_run_not_superseded(tracking):
     exp = client.create_experiment("dedupe")
     log_fake_run(client, exp, "sw", 0, rng, tags={"superseded": "true"})
     kept = log_fake_run(client, exp, "sw", 0, rng)
-    assert [r.info.run_id for r in finished_runs("sw", exp)] == [kept]
+    assert [r.info.run_id for r in finished_runs("sw", exp, MlflowClient())] == [kept]
 
 
 def test_collect_refuses_unknown_ambiguous_and_inconsistent_sweeps(tracking, monkeypatch, tmp_path):

@@ -19,15 +19,14 @@ from mlflow.tracking import MlflowClient
 from transfer_core.cli import main
 from transfer_core.sweep import collect_sweep
 from transfer_core.config import build_config
-from transfer_core.data import class_mask
-from transfer_core.execute import ExecutorSettings
+from transfer_core.data import class_mask, data_digest
 from transfer_core.sweep import SweepConflictError, run_sweep, sweep_id_for, sweep_with_summary
 
 REPO = str(Path(__file__).resolve().parents[2])
 TINY = {"pretrain.epochs": "1", "transfer.epochs": "2"}
 TINY_ARGS = ["--profile", "synthetic", "--set", "pretrain.epochs=1", "--set", "transfer.epochs=2"]
 CONFIG = build_config("synthetic", TINY)
-SWEEP_ID = sweep_id_for(CONFIG)
+SWEEP_ID = sweep_id_for(CONFIG, data_digest(CONFIG.data))
 
 
 # Subprocess sweeps train with one torch thread: the test machine has 2 cores shared by several jobs,
@@ -121,7 +120,7 @@ def test_sigkill_mid_sweep_then_resume_trains_only_what_is_missing(tracking, tmp
     assert parent.data.metrics["n_trained"] == 3 - len(finished_before)
 
 
-def test_a_killed_pack_loses_only_its_runs_and_a_resume_retrains_exactly_those(tracking, tmp_path):
+def test_a_killed_pack_loses_only_its_runs_and_a_resume_retrains_exactly_those(tracking, tmp_path, make_ctx):
     """Packs of 3 of 5 models: SIGKILL while the second pack (2 models) trains, then resume."""
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(sweep_command("--n-models", "5", "--pack", "3"), stdout=log, stderr=subprocess.STDOUT,
@@ -141,7 +140,7 @@ def test_a_killed_pack_loses_only_its_runs_and_a_resume_retrains_exactly_those(t
     finished_before = {r.info.run_id for r in first if r.info.status == "FINISHED"}
     assert {r.data.tags["pack_size"] for r in first} == {"3", "2"}  # both packs had claimed all their models
 
-    summary = sweep_with_summary(CONFIG, 5, execution=ExecutorSettings(pack=3), progress=False)
+    summary = sweep_with_summary(CONFIG, 5, ctx=make_ctx(pack=3))
     assert (summary.n_reused, summary.n_trained) == (3, 2)  # exactly the killed pack's models
     assert_complete_sweep(5)  # 5 FINISHED runs, distinct masks, every other run superseded
     retrained = [r for r in sweep_runs() if r.info.status == "FINISHED" and r.info.run_id not in finished_before]
@@ -169,12 +168,12 @@ def test_three_sweep_commands_at_once_on_a_new_store_never_train_an_index_twice(
     assert all(f"parent run {parent.info.run_id}" in out for out in outputs)
 
 
-def test_growing_a_sweep_reuses_its_runs_and_an_mlflow_run_gets_a_pointer(tracking):
-    first = run_sweep(CONFIG, 1, progress=False)
+def test_growing_a_sweep_reuses_its_runs_and_an_mlflow_run_gets_a_pointer(ctx):
+    first = run_sweep(CONFIG, 1, ctx=ctx)
     assert first == SWEEP_ID
     before = collect_sweep(SWEEP_ID, experiment_id(), progress=False)
     invocation = MlflowClient().create_run(experiment_id()).info.run_id  # as `mlflow run` makes one
-    summary = sweep_with_summary(CONFIG, 2, progress=False, invocation_run_id=invocation)
+    summary = sweep_with_summary(CONFIG, 2, ctx=ctx, invocation_run_id=invocation)
     assert (summary.n_reused, summary.n_trained, summary.n_finished) == (1, 1, 2)
     after = collect_sweep(SWEEP_ID, experiment_id(), progress=False)
     assert after.run_ids[:1] == before.run_ids
@@ -185,7 +184,7 @@ def test_growing_a_sweep_reuses_its_runs_and_an_mlflow_run_gets_a_pointer(tracki
     assert pointer.data.tags["parent_run_id"] == parent.info.run_id
     assert pointer.info.run_name == SWEEP_ID and parent.info.run_id in pointer.data.tags["mlflow.note.content"]
     assert parent.data.tags["n_models"] == "2"
-    again = sweep_with_summary(CONFIG, 2, progress=False)  # nothing left to do
+    again = sweep_with_summary(CONFIG, 2, ctx=ctx)  # nothing left to do
     assert (again.n_reused, again.n_trained) == (2, 0)
 
 
@@ -203,12 +202,12 @@ def test_mlflow_run_entry_point_makes_the_sweep_parent(tracking):
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
 
-def test_a_stored_sweep_with_another_config_is_refused(tracking):
-    run_sweep(CONFIG, 1, sweep_id="named", progress=False)
+def test_a_stored_sweep_with_another_config_is_refused(ctx):
+    run_sweep(CONFIG, 1, sweep_id="named", ctx=ctx)
     n_runs = len(sweep_runs(sweep_id="named"))
     other = build_config("synthetic", {**TINY, "transfer.lr": "0.05"})
     with pytest.raises(SweepConflictError, match=r"transfer\.lr is 0\.1 there but 0\.05 here"):
-        run_sweep(other, 2, sweep_id="named", progress=False)
+        run_sweep(other, 2, sweep_id="named", ctx=ctx)
     result = CliRunner().invoke(main, ["sweep", *TINY_ARGS, "--set", "transfer.lr=0.05", "--n-models", "2",
                                        "--sweep-id", "named", "--no-progress"])
     assert result.exit_code != 0 and "transfer.lr is 0.1 there but 0.05 here" in result.output

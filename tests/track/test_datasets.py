@@ -72,7 +72,7 @@ def test_a_run_logs_its_source_subset_and_the_target_splits(tracking):
 def test_concurrent_first_logs_of_one_dataset_all_succeed(tracking):
     """Eight writers log the same new datasets at the same instant, each into its own runs."""
     client = MlflowClient()
-    experiment_id = get_experiment_id("concurrent")
+    experiment_id = get_experiment_id(client, "concurrent")
     data = load_transfer_data(CONFIG.data)
     inputs = RunDatasets(CONFIG.data, data).inputs(class_mask(0, 0, data.source.n_classes))
     run_ids = [[client.create_run(experiment_id).info.run_id for _ in range(3)] for _ in range(8)]

@@ -16,8 +16,7 @@ from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from transfer_core.cli import main
-from transfer_core.cli.commands import resolve_config
-from transfer_core.config import ConfigError, build_config
+from transfer_core.config import ConfigError, build_config, parse_overrides, resolve_config
 from transfer_core.train import accuracy
 from transfer_core.train.models import Normalized
 from transfer_core.execute import SubsetRunner
@@ -32,7 +31,13 @@ from transfer_core.tune.study import (StorageError, TuneSettings, find_tune_run,
 
 
 def tuned_overrides(experiment_id, run_id=None):
-    return tuned_recipe(experiment_id, run_id).overrides
+    return tuned_recipe(MlflowClient(), experiment_id, run_id).overrides
+
+
+def quiet():
+    """The environment's store as a Context without progress bars."""
+    from transfer_core.execute import Context
+    return Context.open(progress=False)
 
 EXPERIMENT = "tune-tests"
 TINY = {"pretrain.epochs": "2", "transfer.epochs": "4"}
@@ -43,7 +48,7 @@ STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """One private MLflow store and working folder (journals land in its mlruns/optuna/)."""
+    """One private MLflow store and working folder (journals land in optuna/ beside the store)."""
     root = tmp_path_factory.mktemp("tune")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
@@ -60,7 +65,7 @@ def store(tmp_path_factory):
 
 
 def journal_study(name):
-    storage = JournalStorage(JournalFileBackend(f"mlruns/optuna/{name}.journal"))
+    storage = JournalStorage(JournalFileBackend(f"optuna/{name}.journal"))
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -77,15 +82,15 @@ def resumed(store):
     config = build_config("synthetic", TINY)
     space = SearchSpace.parse(SPACE)
     first = tune(config, TuneSettings(n_trials=5, study_name="resume", space=space, sampler_seed=0),
-                 EXPERIMENT, progress=False)
+                 EXPERIMENT, ctx=quiet())
     second = tune(config, TuneSettings(n_trials=3, study_name="resume", space=space, sampler_seed=1),
-                  EXPERIMENT, progress=False)
+                  EXPERIMENT, ctx=quiet())
     return config, first, second
 
 
 def test_resuming_a_journal_study_adds_trials_and_keeps_the_backbone(resumed):
     _, first, second = resumed
-    assert Path("mlruns/optuna/resume.journal").is_file()
+    assert Path("optuna/resume.journal").is_file()
     assert sum(first.counts.values()) == 5 and sum(second.counts.values()) == 8
     study = journal_study("resume")
     assert len(study.trials) == 8 and all(t.state.is_finished() for t in study.trials)
@@ -99,11 +104,11 @@ def test_total_trials_completes_the_study_and_then_adds_none(resumed):
     config = resumed[0]
     space = SearchSpace.parse(SPACE)
     first = tune(config, TuneSettings(n_trials=2, study_name="total", space=space, sampler_seed=0), EXPERIMENT,
-                 progress=False)
+                 ctx=quiet())
     settings = TuneSettings(n_trials=1, total_trials=4, study_name="total", space=space, sampler_seed=2)
-    topped = tune(config, settings, EXPERIMENT, progress=False)
+    topped = tune(config, settings, EXPERIMENT, ctx=quiet())
     assert sum(first.counts.values()) == 2 and sum(topped.counts.values()) == 4  # 2 added, not n_trials=1
-    again = tune(config, settings, EXPERIMENT, progress=False)
+    again = tune(config, settings, EXPERIMENT, ctx=quiet())
     assert sum(again.counts.values()) == 4 and len(journal_study("total").trials) == 4
     assert again.best_params == topped.best_params and again.best_value == topped.best_value
     assert MlflowClient().get_run(again.run_id).info.status == "FINISHED"
@@ -180,7 +185,7 @@ def test_cached_fixed_feature_trials_equal_plain_transfer(resumed):
 def test_diverging_learning_rates_are_pruned_with_the_reason(store):
     config = build_config("synthetic", TINY)
     result = tune(config, TuneSettings(n_trials=3, study_name="diverge", space=SearchSpace.parse("lr=1e6:1e8:log")),
-                  EXPERIMENT, progress=False)
+                  EXPERIMENT, ctx=quiet())
     assert result.counts == {"COMPLETE": 1, "PRUNED": 2, "FAIL": 0}  # only trial 0, the default lr, completes
     study = journal_study("diverge")
     for trial in study.trials[1:]:
@@ -194,7 +199,7 @@ def test_full_fine_tuning_also_tunes_batch_size(store):
     config = build_config("synthetic", {**TINY, "transfer.mode": "full", "transfer.epochs": "2"})
     space = SearchSpace.parse("lr=0.01:0.2:log;epochs=1:2;batch_size=64,128")
     result = tune(config, TuneSettings(n_trials=2, study_name="full", space=space, sampler_seed=0),
-                  EXPERIMENT, progress=False)
+                  EXPERIMENT, ctx=quiet())
     assert result.counts["COMPLETE"] == 2 and result.best_params["transfer.mode"] == "full"
     batch_sizes = {int(r.data.params["transfer.batch_size"]) for r in children("full")}
     assert batch_sizes <= {64, 128, config.transfer.batch_size} and "transfer.batch_size" in result.best_params
@@ -219,18 +224,23 @@ def test_two_processes_on_one_study_record_all_their_trials(store, resumed):
 def test_hand_over_to_other_commands_logs_the_tuned_values(resumed):
     config, _, second = resumed
     experiment_id = MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id
-    latest = find_tune_run(experiment_id)
+    latest = find_tune_run(MlflowClient(), experiment_id)
     finished = MlflowClient().search_runs([experiment_id], run_filter("tune", "FINISHED"))
     assert latest.info.start_time == max(r.info.start_time for r in finished)
-    assert recipe_from("latest", EXPERIMENT) == tuned_recipe(experiment_id, latest.info.run_id)
-    assert recipe_from(" latest ", EXPERIMENT).run_id == latest.info.run_id and recipe_from("", EXPERIMENT) is None
-    tuned = resolve_config("synthetic", [SET], extra=recipe_from(second.run_id, EXPERIMENT).overrides)
+    client = MlflowClient()
+    assert recipe_from(client, "latest", EXPERIMENT) == tuned_recipe(client, experiment_id, latest.info.run_id)
+    assert recipe_from(client, " latest ", EXPERIMENT).run_id == latest.info.run_id
+    assert recipe_from(client, "", EXPERIMENT) is None
+    recipe = recipe_from(client, second.run_id, EXPERIMENT)
+    tuned, provenance = resolve_config("synthetic", parse_overrides(SET), recipe=recipe.overrides,
+                                       tune_run_id=recipe.run_id)
+    assert provenance.tune_run_id == second.run_id and provenance.base == "profile:synthetic"
     runner = SubsetRunner(tuned, EXPERIMENT)
     run_id, _ = runner.run(0)
     params = MlflowClient().get_run(run_id).data.params
     assert {k: params[k] for k in second.best_params} == second.best_params
     with pytest.raises(ConfigError, match="tuned the 'fixed' transfer mode but --transfer-mode is 'full'"):
-        recipe_from(second.run_id, EXPERIMENT, transfer_mode="full")
+        recipe_from(client, second.run_id, EXPERIMENT, transfer_mode="full")
 
 
 def test_hand_over_errors(store, resumed):
@@ -244,7 +254,7 @@ def test_hand_over_errors(store, resumed):
     with pytest.raises(ConfigError, match="has no FINISHED tune run; run `transfer-core tune` first"):
         tuned_overrides(empty)
     with pytest.raises(ConfigError, match="experiment 'missing' does not exist"):
-        recipe_from("latest", "missing")
+        recipe_from(MlflowClient(), "latest", "missing")
 
 
 def test_resuming_with_another_config_is_refused(resumed):
@@ -286,7 +296,7 @@ def test_baseline_trial_is_queued_only_when_the_default_fits_the_choices(tmp_pat
     for choices, queued in (("64,128", 1), ("64,256", 0)):
         settings = TuneSettings(space=SearchSpace.parse(f"lr=0.01:0.1;batch_size={choices}")).validate(config)
         storage, label = open_storage(str(tmp_path / f"{choices}.journal"), "s")
-        study = load_study(settings, storage, "s", label, config)
+        study = load_study(settings, storage, "s", label, config, "data-digest")
         waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
         assert len(waiting) == queued
         if queued:

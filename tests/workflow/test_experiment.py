@@ -1,6 +1,7 @@
-"""The CIFAR-100 -> CIFAR-10 experiment behind the README's results, CI-sized: the same script
-(experiments/cifar100_to_cifar10/run.sh) on the real data with tiny models, then checks that
-RESULTS.md is complete and its numbers are those of the logged MLflow runs."""
+"""The CIFAR-100 -> CIFAR-10 study behind the README's results, CI-sized: the same settings file
+(`transfer-core main --settings cifar100_to_cifar10`, the same pipeline as `make run`) on the real
+data with tiny models, then checks that RESULTS.md is complete and its numbers are those of the
+logged MLflow runs."""
 from __future__ import annotations
 
 import os
@@ -14,24 +15,24 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "experiments" / "cifar100_to_cifar10" / "run.sh"
-TINY = ("data.source_images_per_class=10 data.target_train_images=1000 pretrain.epochs=2 pretrain.peak_epoch=0.5 "
-        "pretrain.width=8 transfer.epochs=3")
+TINY = ("data.source_images_per_class=10,data.target_train_images=1000,pretrain.epochs=2,pretrain.peak_epoch=0.5,"
+        "pretrain.width=8,transfer.epochs=3")
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory, data_root):
-    """Run the whole script once: tune (2 trials), 16 models, analyze, counterfactual, publish."""
+    """The study's settings at a tiny size, twice: tune (2 trials), 16 models, analyze, counterfactual,
+    register, publish; then the same command again, which must train nothing."""
     work = tmp_path_factory.mktemp("experiment")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "WORKDIR": str(work), "OUT": str(work / "results"), "TRANSFER_CORE_DATA": str(data_root),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlruns/mlflow.db", "EXPERIMENT": "ci_cifar",
-           "N_MODELS": "16", "WORKERS": "1", "TUNE_TRIALS": "2", "KS": "0,3", "SEEDS": "3", "BOOTSTRAP": "20",
-           "MIN_RUNS": "2", "SET": TINY}
-    first = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1200)
+    env = {**os.environ, "TRANSFER_CORE_DATA": str(data_root), "OMP_NUM_THREADS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlruns/mlflow.db"}
+    command = [sys.executable, "-m", "transfer_core.cli", "main", "--settings", "cifar100_to_cifar10",
+               "--experiment", "ci_cifar", "--n-models", "16", "--workers", "1", "--tune-trials", "2", "--ks", "3",
+               "--seeds", "3", "--bootstrap", "20", "--min-runs", "2", "--publish", str(work / "results"),
+               "--set", TINY, "--no-progress"]
+    first = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    again = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=1200)
+    again = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]  # for the MlflowClient below
     yield work, first.stdout + first.stderr, again.stdout + again.stderr
@@ -48,16 +49,18 @@ def run_id(text: str, step: str) -> str:
 
 def test_every_step_ran_and_a_rerun_trains_nothing(experiment):
     work, first, again = experiment
-    for step in ("1/6 tune", "2/6 sweep", "3/6 analyze", "4/6 counterfactual", "5/6 register", "6/6 publish"):
+    for step in ("[tune]", "[sweep]", "[analyze]", "[counterfactual]", "[register]", "[publish]"):
         assert step in first
     client = MlflowClient()
     experiment_id = client.get_experiment_by_name("ci_cifar").experiment_id
     subset = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'subset_run'", max_results=100)
     assert len(subset) == 16 and {r.info.status for r in subset} == {"FINISHED"}  # rerun: no new sweep
     analyses = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'analysis'")
-    assert len(analyses) == 1 and f"reusing analysis run {analyses[0].info.run_id}" in again
-    # the counterfactual grid: 3 full + 3 orders x 3 seeds
-    assert "12 runs (0 trained here, 12 reused or trained elsewhere)" in again
+    assert len(analyses) == 1 and f"[analyze] reusing FINISHED run {analyses[0].info.run_id}" in again
+    for step in ("tune", "sweep", "counterfactual", "register"):
+        assert f"[{step}] reusing FINISHED run" in again, again
+    points = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'counterfactual_run'")
+    assert len(points) == 3 + 3 * 3  # the full source and 3 orders x k = 3, 3 seeds each: trained once
 
 
 def test_results_name_the_runs_and_show_every_figure(experiment):

@@ -1,7 +1,7 @@
 """Analysis: class influences of a sweep, their uncertainty, and the findings built on them.
 
     result = analyze("demo", options=AnalysisOptions(output="correct", bootstrap=200))
-    ranking = class_ranking(result.run_id)       # class_influence.csv: one row per source class
+    ranking = class_ranking(Context.open().client, result.run_id)   # one row per source class
 
 Pure computation (:mod:`~transfer_core.analysis.influence` estimators,
 :mod:`~transfer_core.analysis.estimate`, :mod:`~transfer_core.analysis.findings`,
@@ -11,9 +11,16 @@ Pure computation (:mod:`~transfer_core.analysis.influence` estimators,
 ``influence.ESTIMATORS`` and test it against a naive loop in ``tests/analysis``.
 Sign convention everywhere: positive influence = including the source class helps the target.
 """
-from transfer_core.analysis.estimate import OUTPUTS, AnalysisOptions, Estimates, estimate
-from transfer_core.analysis.run import (AnalysisResult, analyze, class_ranking, find_analysis_run,
-                                        get_analysis_run)
+from transfer_core import lazy_exports
+from transfer_core.analysis.estimate import OUTPUTS, AnalysisOptions, Estimates, estimate  # eager: `estimate` is
+# also the name of its module, which would shadow a lazy export of the function
 
-__all__ = ["OUTPUTS", "AnalysisOptions", "Estimates", "estimate", "AnalysisResult", "analyze", "class_ranking",
-           "find_analysis_run", "get_analysis_run"]
+_EXPORTS = {
+    "AnalysisResult": "transfer_core.analysis.run",
+    "analyze": "transfer_core.analysis.run",
+    "class_ranking": "transfer_core.analysis.run",
+    "find_analysis_run": "transfer_core.analysis.run",
+    "get_analysis_run": "transfer_core.analysis.run",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = ["OUTPUTS", "AnalysisOptions", "Estimates", "estimate", *_EXPORTS]

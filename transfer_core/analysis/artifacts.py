@@ -2,7 +2,7 @@
 
 Each finding is a table (CSV or JSON) plus a picture, and a section of ``report.html``;
 :func:`write_artifacts` calls one writer per finding, in order. To add a finding, write a
-function ``(ctx: Context) -> None`` that saves its files under ``ctx.root``, appends a
+function ``(ctx: AnalysisState) -> None`` that saves its files under ``ctx.root``, appends a
 :class:`~transfer_core.analysis.report.Section` and adds its headline numbers to
 ``ctx.summary``, and list it in :data:`WRITERS`.
 
@@ -41,7 +41,7 @@ PICTURE_ROWS = 12  # rows of the leakage / duplicate pictures
 
 
 @dataclass
-class Context:
+class AnalysisState:
     """What the writers share: the folder, the runs and their estimates, the images, the report."""
 
     root: Path
@@ -55,6 +55,7 @@ class Context:
     sample: np.ndarray  # (len(source),) their indices in the full source train split
     data_root: object = None
     device: object = None
+    client: MlflowClient | None = None  # the tracking store's client (to read the runs' checkpoints)
     sections: list[report.Section] = field(default_factory=list)
     summary: dict[str, float] = field(default_factory=dict)
     table: pd.DataFrame | None = None  # class_influence.csv, once written
@@ -78,13 +79,14 @@ def _records(table: pd.DataFrame) -> list[dict]:
     return json.loads(table.to_json(orient="records"))
 
 
-def _scoped(ctx: Context) -> pd.DataFrame:
+def _scoped(ctx: AnalysisState) -> pd.DataFrame:
     """Aggregate rows of the chosen output, one per (target class, source class)."""
     agg = ctx.est.aggregates
     return agg[(agg["scope"] != findings.ALL) & (agg["output"] == ctx.options.output)]
 
 
-def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, seed: int):
+def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, seed: int,
+                      client: MlflowClient):
     """``images (N, 3, R, R) uint8 -> features (N, D)`` of a backbone trained on the source.
 
     The transferred model of the first of a few runs that logged a checkpoint, else a backbone
@@ -93,10 +95,9 @@ def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, 
     from transfer_core.train import fused_for_inference, infer, normalize, pick_device, pretrain
 
     device = pick_device(device)
-    client = MlflowClient()
     for run_id in run_ids[:3]:
         try:
-            path = artifact_path(client.get_run(run_id), CHECKPOINT_ARTIFACT)
+            path = artifact_path(client.get_run(run_id), CHECKPOINT_ARTIFACT, client)
         except (MlflowException, OSError):  # a remote store without the file
             continue
         if Path(path).is_file():
@@ -112,7 +113,7 @@ def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, 
     return lambda x: infer(extract, normalize(x, *norm, device)).cpu()
 
 
-def write_class_influence(ctx: Context) -> None:
+def write_class_influence(ctx: AnalysisState) -> None:
     """Per-example arrays, the ranking of classes on the whole target, and its bar chart."""
     root, est, options = ctx.root, ctx.est, ctx.options
     arrays = {MATRIX_ARTIFACT: est.influence, "influence_std_error.npy": est.std_error,
@@ -148,7 +149,7 @@ def write_class_influence(ctx: Context) -> None:
                        bottom_influence=float(table["influence"].iloc[-1]))
 
 
-def write_selection_ranking(ctx: Context) -> None:
+def write_selection_ranking(ctx: AnalysisState) -> None:
     """The ranking counterfactuals remove classes by: fitted on the validation split's ranking half only."""
     est, options = ctx.est, ctx.options
     if est.selection is None:
@@ -169,7 +170,7 @@ def write_selection_ranking(ctx: Context) -> None:
         [SELECTION_ARTIFACT, "rank_stability_validation.csv"], [], est.selection.head(2 * options.top_k)))
 
 
-def write_heatmap(ctx: Context) -> None:
+def write_heatmap(ctx: AnalysisState) -> None:
     """Source classes x target classes, dots where the interval excludes zero."""
     output, test = ctx.options.output, ctx.test
     heat = findings.heatmap(ctx.est.aggregates, output, test.class_names)
@@ -182,7 +183,7 @@ def write_heatmap(ctx: Context) -> None:
                                        ["heatmap.png"]))
 
 
-def write_image_grids(ctx: Context) -> None:
+def write_image_grids(ctx: AnalysisState) -> None:
     """Per target class: its test images, then example images of its top positive and negative classes."""
     rows, test, source = _scoped(ctx), ctx.test, ctx.source
     source_labels, test_labels = source.labels.numpy(), test.labels.numpy()
@@ -205,7 +206,7 @@ def write_image_grids(ctx: Context) -> None:
                                        ["image_grids.json", *grid_files], grid_files))
 
 
-def write_misleading(ctx: Context) -> None:
+def write_misleading(ctx: AnalysisState) -> None:
     """(source class, target class) pairs whose interval lies below zero."""
     mis = findings.misleading(ctx.est.aggregates, ctx.options.output)
     mis.to_csv(ctx.root / "misleading.csv", index=False)
@@ -217,7 +218,7 @@ def write_misleading(ctx: Context) -> None:
     ctx.summary["n_misleading_pairs"] = len(mis)
 
 
-def write_subpopulations(ctx: Context) -> None:
+def write_subpopulations(ctx: AnalysisState) -> None:
     """Target examples grouped by their most influential source class."""
     test = ctx.test
     subs = findings.subpopulations(ctx.est.influence, ctx.runs.target_labels, test.class_names,
@@ -237,14 +238,15 @@ def write_subpopulations(ctx: Context) -> None:
                                        subs.head(20)))
 
 
-def write_leakage_candidates(ctx: Context) -> None:
+def write_leakage_candidates(ctx: AnalysisState) -> None:
     """Test examples dominated by one source class, checked against that class's images."""
     options, test, source = ctx.options, ctx.test, ctx.source
     candidates = findings.leakage_candidates(ctx.est.influence, ctx.est.std_error, options.leak_min_z,
                                              options.leak_dominance, options.max_candidates)
     features = None
     if options.feature_neighbours and len(candidates):
-        features = feature_extractor(ctx.runs.run_ids, ctx.config, ctx.data_root, ctx.device, options.seed)
+        features = feature_extractor(ctx.runs.run_ids, ctx.config, ctx.data_root, ctx.device, options.seed,
+                                     ctx.client)
     checked = findings.check_candidates(candidates, test, source, features, options.duplicate_threshold)
     checked.to_csv(ctx.root / "leakage_candidates.csv", index=False)
     pictures = []
@@ -264,7 +266,7 @@ def write_leakage_candidates(ctx: Context) -> None:
         ["leakage_candidates.csv", "leakage_candidates.png"], ["leakage_candidates.png"], checked.head(15)))
 
 
-def write_near_duplicates(ctx: Context) -> None:
+def write_near_duplicates(ctx: AnalysisState) -> None:
     """Every target test image with an exact or near copy among the source images."""
     options, config = ctx.options, ctx.config
     dup_test = load_split(config.data.target, "test", options.duplicate_resolution, ctx.data_root)
@@ -293,7 +295,7 @@ def write_near_duplicates(ctx: Context) -> None:
         ["near_duplicates.csv", "near_duplicates.png"], ["near_duplicates.png"], dups.head(15)))
 
 
-def write_stability(ctx: Context) -> None:
+def write_stability(ctx: AnalysisState) -> None:
     """Split-half rank stability and the ridge datamodel beside the difference of means."""
     root, est = ctx.root, ctx.est
     est.stability.to_csv(root / "rank_stability.csv", index=False)
@@ -336,7 +338,7 @@ def load_images(config: RunConfig, runs, data_root) -> tuple[ImageSet, ImageSet,
 
 
 def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options: AnalysisOptions, data_root, device,
-                    timings: dict, progress: bool = True) -> dict[str, float]:
+                    timings: dict, progress: bool = True, client: MlflowClient | None = None) -> dict[str, float]:
     """Write every artifact of the analysis of ``runs`` (a CollectedRuns) into ``root``.
 
     Fills ``timings`` (seconds per stage) and returns summary metrics for the run.
@@ -356,7 +358,7 @@ def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options:
     est = estimate(runs.masks, runs.outputs, runs.target_labels, runs.source_classes, test.class_names, options,
                    runs.val_outputs, halves)
     done("estimate")
-    ctx = Context(root, sweep_id, runs, config, options, est, test, source, sample, data_root, device)
+    ctx = AnalysisState(root, sweep_id, runs, config, options, est, test, source, sample, data_root, device, client)
     ctx.summary.update(n_runs=len(runs), n_targets=est.influence.shape[0], n_classes=est.influence.shape[1])
     for writer in WRITERS:
         writer(ctx)

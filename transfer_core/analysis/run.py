@@ -10,13 +10,12 @@ Sign convention everywhere: positive influence = including the source class help
 
 Example::
 
-    result = analyze("demo", options=AnalysisOptions(output="margin", bootstrap=100))
+    result = analyze("demo", options=AnalysisOptions(output="margin", bootstrap=100), ctx=ctx)
     print(result.report_path)
-    ranking = class_ranking(result.run_id)      # the class_influence.csv table
+    ranking = class_ranking(ctx.client, result.run_id)      # the validation ranking table
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -33,13 +32,13 @@ from transfer_core.analysis.artifacts import RANKING_ARTIFACT, REPORT_ARTIFACT, 
 from transfer_core.analysis.estimate import AnalysisOptions
 from transfer_core.config import ConfigError, RunConfig, from_params
 from transfer_core.data import load_transfer_data, validation_digests
+from transfer_core.execute import Context
 from transfer_core.sweep import collect_sweep, find_sweeps
 from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_run_of_kind,
                                  latest_run, log_metrics, log_new_params, run_filter, run_scope, search_all, set_tags)
 from transfer_core.track.runs import ANALYSIS, SUBSET_RUN, SWEEP
+from transfer_core.track.steps import find_step, step_key, step_tags
 
-INPUTS_TAG = "analysis_inputs"  # hash of the analysed run ids and the options: equal hash, equal analysis
-INPUTS_VERSION = 2  # 2: the run records the digests of the validation split and its halves
 
 
 def compatibility_fields() -> list[str]:
@@ -71,13 +70,13 @@ class AnalysisResult:
     reused: bool = False  # an earlier FINISHED analysis of the same runs with the same options
 
 
-def resolve_sweep(experiment_id: str, experiment: str, sweep_id: str | None) -> str:
+def resolve_sweep(client: MlflowClient, experiment_id: str, experiment: str, sweep_id: str | None) -> str:
     """``sweep_id``, or the experiment's only sweep (by its parent run, else by its subset runs' tags)."""
     if sweep_id:
         return sweep_id
-    sweeps = find_sweeps(experiment_id)
+    sweeps = find_sweeps(client, experiment_id)
     if not sweeps:  # runs logged without a sweep parent, e.g. by SubsetRunner in a loop
-        runs = search_all(MlflowClient(), [experiment_id], run_filter(SUBSET_RUN, "FINISHED"))
+        runs = search_all(client, [experiment_id], run_filter(SUBSET_RUN, "FINISHED"))
         sweeps = sorted({r.data.tags["sweep_id"] for r in runs if r.data.tags.get("sweep_id")})
     if len(sweeps) == 1:
         return sweeps[0]
@@ -87,10 +86,11 @@ def resolve_sweep(experiment_id: str, experiment: str, sweep_id: str | None) -> 
                       "choose one with --sweep")
 
 
-def inputs_hash(run_ids: list[str], options: AnalysisOptions) -> str:
-    """What an analysis is a function of: the set of runs and the options (seeds included)."""
-    key = json.dumps([sorted(run_ids), asdict(options), INPUTS_VERSION], sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+def analysis_key(run_ids: list[str], options: AnalysisOptions, validation: dict[str, str]) -> str:
+    """What an analysis is a function of (its step key): the set of runs, the options (seeds included),
+    the validation split it ranks on, and the analysis code."""
+    return step_key("analysis", upstream={"runs": sorted(run_ids)}, data=json.dumps(validation, sort_keys=True),
+                    code="analysis", extra=asdict(options))
 
 
 def validation_record(config: RunConfig, val_labels: np.ndarray | None, data_root=None) -> dict[str, str]:
@@ -111,38 +111,39 @@ def validation_record(config: RunConfig, val_labels: np.ndarray | None, data_roo
 
 def _result(client: MlflowClient, run_id: str, sweep_id: str, reused: bool = False) -> AnalysisResult:
     run = client.get_run(run_id)
-    return AnalysisResult(run_id, sweep_id, artifact_path(run, REPORT_ARTIFACT),
-                          pd.read_csv(artifact_path(run, RANKING_ARTIFACT)), reused)
+    return AnalysisResult(run_id, sweep_id, artifact_path(run, REPORT_ARTIFACT, client),
+                          pd.read_csv(artifact_path(run, RANKING_ARTIFACT, client)), reused)
 
 
-def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptions = AnalysisOptions(),
-            data_root=None, device=None, run_id: str | None = None, progress: bool = True,
+def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptions = AnalysisOptions(), *,
+            ctx: Context | None = None, device=None, run_id: str | None = None,
             recompute: bool = False) -> AnalysisResult:
     """Analyse the FINISHED runs of a sweep and log an analysis run; see the module docstring.
 
     ``run_id`` continues a RUNNING run made elsewhere (``mlflow run``); otherwise one is made,
-    unless a FINISHED analysis of the same runs with the same options exists: that one is
-    returned (``reused``), so steps keyed on the analysis run (counterfactuals) resume, unless
-    ``recompute``. Bad input (incompatible runs, too few runs per class) raises before anything
-    is logged.
+    unless a FINISHED analysis with the same step key (the same runs, options, validation split
+    and analysis code) exists: that one is returned (``reused``), so steps keyed on the analysis
+    run (counterfactuals) resume, unless ``recompute``. Bad input (incompatible runs, too few runs
+    per class) raises before anything is logged.
     """
-    client = MlflowClient()
-    experiment_id = existing_experiment(experiment)
-    sweep_id = resolve_sweep(experiment_id, experiment, sweep_id)
-    runs = collect_sweep(sweep_id, experiment_id, progress=progress)
+    ctx = ctx or Context.open()
+    client = ctx.client
+    experiment_id = existing_experiment(client, experiment)
+    sweep_id = resolve_sweep(client, experiment_id, experiment, sweep_id)
+    runs = collect_sweep(sweep_id, experiment_id, progress=ctx.progress, tracking_uri=ctx.tracking_uri)
     check_compatible(runs.run_ids, runs.run_params)
     influence.check_coverage(runs.masks, runs.source_classes, options.min_runs)
     config = from_params(runs.params)
+    validation = validation_record(config, runs.val_labels, ctx.data_root)
 
-    key = inputs_hash(runs.run_ids, options)
+    key = analysis_key(runs.run_ids, options, validation)
     if run_id is None and not recompute:
-        found = latest_run(client, experiment_id, ANALYSIS, **{INPUTS_TAG: key})
+        found = find_step(client, experiment_id, ANALYSIS, key)
         if found is not None:
             return _result(client, found.info.run_id, sweep_id, reused=True)
     parent = latest_run(client, experiment_id, SWEEP, status=None, sweep_id=sweep_id)
-    tags = {KIND_TAG: ANALYSIS, "sweep_id": sweep_id, MLFLOW_RUN_NAME: f"analysis-{sweep_id}", INPUTS_TAG: key,
-            "sweep_parent_run_id": parent.info.run_id if parent is not None else "",
-            **validation_record(config, runs.val_labels, data_root)}
+    tags = {KIND_TAG: ANALYSIS, "sweep_id": sweep_id, MLFLOW_RUN_NAME: f"analysis-{sweep_id}", **step_tags(key),
+            "sweep_parent_run_id": parent.info.run_id if parent is not None else "", **validation}
     if run_id is None:
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
     else:
@@ -150,7 +151,8 @@ def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptio
     with run_scope(client, run_id), tempfile.TemporaryDirectory() as tmp:
         timings = {}
         start = time.perf_counter()
-        summary = write_artifacts(Path(tmp), sweep_id, runs, config, options, data_root, device, timings, progress)
+        summary = write_artifacts(Path(tmp), sweep_id, runs, config, options, ctx.data_root, device, timings,
+                                  ctx.progress, client)
         timings["total_s"] = time.perf_counter() - start
         params = {f"analysis.{k}": str(v) for k, v in asdict(options).items()}
         log_new_params(client, run_id, {**params, "analysis.n_runs": str(len(runs)), **config.to_params()})
@@ -190,7 +192,7 @@ def find_analysis_run(client: MlflowClient, experiment_id: str, run_id: str | No
 RANKINGS = {"validation": SELECTION_ARTIFACT, "test": RANKING_ARTIFACT}
 
 
-def class_ranking(analysis_run_id: str, split: str = "validation") -> pd.DataFrame:
+def class_ranking(client: MlflowClient, analysis_run_id: str, split: str = "validation") -> pd.DataFrame:
     """A class ranking of an analysis run: one row per source class, most helpful first.
 
     ``split="validation"`` (the default): fitted on the ranking half of the validation split,
@@ -201,10 +203,10 @@ def class_ranking(analysis_run_id: str, split: str = "validation") -> pd.DataFra
     """
     if split not in RANKINGS:
         raise ConfigError(f"unknown ranking split {split!r}; choose one of {', '.join(RANKINGS)}")
-    run = get_analysis_run(MlflowClient(), analysis_run_id)
-    path = artifact_path(run, RANKINGS[split])
+    run = get_analysis_run(client, analysis_run_id)
+    path = artifact_path(run, RANKINGS[split], client)
     if not Path(path).is_file():
-        if split == "validation" and artifact_path(run, RANKING_ARTIFACT).is_file():
+        if split == "validation" and artifact_path(run, RANKING_ARTIFACT, client).is_file():
             raise ConfigError(f"analysis run {analysis_run_id} has no validation ranking ({SELECTION_ARTIFACT}): its "
                               "sweep's runs recorded no validation outputs; rerun the sweep with this version and "
                               "analyse it again, so that no class is chosen on the test split")

@@ -10,20 +10,23 @@ import os
 
 import click
 
-from transfer_core.cli.options import (TEXT, Choice, FloatRange, IntRange, config_options, evidence_options,
+from transfer_core.cli.options import (TEXT, Choice, FloatRange, IntRange, config_options, default, evidence_options,
                                        execution_settings, executor_options, experiment_option, friendly_errors,
-                                       given, merge_overrides, profile_option, progress_option, set_option,
-                                       store_options, transfer_params_option)
-from transfer_core.config import DEFAULT_PROFILE, ConfigError, build_config
+                                       given, merge_overrides, open_context, progress_option, set_option,
+                                       settings_options, store_options, transfer_params_option)
+from transfer_core.analysis import OUTPUTS, AnalysisOptions
+from transfer_core.config import ConfigError
+from transfer_core.counterfactual import CounterfactualPlan
 from transfer_core.track import DEFAULT_EXPERIMENT
+from transfer_core.tune import TuneSettings
+from transfer_core.workflow import PipelineSettings, study_names
 
 
-def resolve_config(profile, overrides, transfer_mode=None, alpha=None, sweep_seed=None, extra=None):
-    """Profile + ``--set`` overrides + the dedicated options (+ ``extra``), validated once."""
+def overrides_of(overrides, transfer_mode=None, alpha=None, sweep_seed=None) -> dict[str, str]:
+    """``--set`` values and the dedicated options, as the dotted overrides ``resolve_config`` takes."""
     merged = merge_overrides(overrides)
     merged.update(given(**{"transfer.mode": transfer_mode, "alpha": alpha, "sweep_seed": sweep_seed}))
-    merged.update(extra or {})
-    return build_config(profile or DEFAULT_PROFILE, merged)
+    return merged
 
 
 def invocation_run_id() -> str | None:
@@ -58,18 +61,17 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
     """Pretrain on one class subset, transfer to the target, log it all as one MLflow run."""
     import numpy as np
 
+    from transfer_core.config import resolve_config
     from transfer_core.execute import SubsetRunner
-    from transfer_core.track import setup_tracking
 
-    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed)
+    config, _ = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed))
     mask = None
     if mask_file:
         try:
             mask = np.load(mask_file)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read mask file {mask_file} ({exc}); give a .npy boolean array") from None
-    setup_tracking(tracking_uri)
-    runner = SubsetRunner(config, experiment or DEFAULT_EXPERIMENT, data_root)
+    runner = SubsetRunner(config, experiment or DEFAULT_EXPERIMENT, open_context(tracking_uri, data_root))
     index = index if index is not None else 0
     run_id, result = runner.run(index, mask=mask, run_id=invocation_run_id(), name=runner.run_name(index),
                                 log_checkpoint=log_checkpoint)
@@ -79,7 +81,7 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
 
 @main.command("tune")
 @config_options
-@click.option("--n-trials", type=IntRange(min=1), default=None, show_default="20",
+@click.option("--n-trials", type=IntRange(min=1), default=None, show_default=default(TuneSettings, "n_trials"),
               help="Trials this call adds to the study (the study's first trial is the config's own recipe).")
 @click.option("--total-trials", type=IntRange(min=1), default=None,
               help="Instead of --n-trials: add only the trials the study lacks to hold this many finished ones, "
@@ -114,17 +116,17 @@ def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root
     hyperparameters; the study is one MLflow run with one child run per trial. Hand the
     result to other commands with --transfer-params-from RUN_ID (or latest).
     """
-    from transfer_core.track import setup_tracking
-    from transfer_core.tune import SearchSpace, TuneSettings, tune
+    from transfer_core.config import resolve_config
+    from transfer_core.tune import SearchSpace, tune
 
-    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed)
+    config, _ = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed))
     space_specs = [s for s in space if s.strip() and s.strip().lower() != "default"]
     settings = TuneSettings(**given(n_trials=n_trials, total_trials=total_trials, study_name=study_name,
                                     storage=storage, space=SearchSpace.parse(space_specs) if space_specs else None,
                                     backbone_index=backbone_index, timeout_s=timeout, sampler_seed=sampler_seed))
-    setup_tracking(tracking_uri)
-    result = tune(config, settings, experiment or DEFAULT_EXPERIMENT, data_root, profile=profile or DEFAULT_PROFILE,
-                  run_id=invocation_run_id(), progress=progress)
+    ctx = open_context(tracking_uri, data_root, progress=progress)
+    result = tune(config, settings, experiment or DEFAULT_EXPERIMENT, ctx=ctx, profile=profile or "tune",
+                  run_id=invocation_run_id())
     counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts.items())
     baseline = "n/a" if result.default_value is None else f"{result.default_value:.4f}"
     recipe = ", ".join(f"{k}={v}" for k, v in result.best_params.items())
@@ -155,20 +157,20 @@ def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_roo
     The sweep is a parent MLflow run with one child run per model index. Interrupt it
     at any time; the same command later trains only the indices without a FINISHED run.
     """
+    from transfer_core.config import resolve_config
     from transfer_core.sweep import SweepIncomplete, sweep_with_summary
-    from transfer_core.track import setup_tracking
     from transfer_core.tune import recipe_from
 
     execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_)
     experiment = experiment or DEFAULT_EXPERIMENT
-    setup_tracking(tracking_uri)
-    recipe = recipe_from(transfer_params_from, experiment, transfer_mode)
-    config = resolve_config(profile, overrides, transfer_mode, alpha, sweep_seed,
-                            extra=recipe.overrides if recipe else None)
-    summary = sweep_with_summary(config, n_models, experiment=experiment, execution=execution, data_root=data_root,
-                                 sweep_id=sweep_id, log_checkpoint=log_checkpoint,
-                                 tune_run_id=recipe.run_id if recipe else None,
-                                 invocation_run_id=invocation_run_id(), progress=progress)
+    ctx = open_context(tracking_uri, data_root, execution, progress)
+    recipe = recipe_from(ctx.client, transfer_params_from, experiment, transfer_mode)
+    config, provenance = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed),
+                                        recipe=recipe.overrides if recipe else None,
+                                        tune_run_id=recipe.run_id if recipe else None)
+    summary = sweep_with_summary(config, n_models, ctx=ctx, experiment=experiment, sweep_id=sweep_id,
+                                 log_checkpoint=log_checkpoint, provenance=provenance,
+                                 invocation_run_id=invocation_run_id())
     click.echo(f"sweep {summary.sweep_id} (parent run {summary.parent_run_id}): {summary.n_finished} of "
                f"{summary.n_models} runs FINISHED ({summary.n_reused} reused, {summary.n_trained} trained, "
                f"{summary.n_failed} failed); wall time per run median {summary.run_wall_median_s:.1f} s, "
@@ -184,10 +186,10 @@ def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_roo
 def sweeps_command(experiment, data_root, tracking_uri):
     """List the sweep ids of an experiment, newest first."""
     from transfer_core.sweep import find_sweeps
-    from transfer_core.track import existing_experiment, setup_tracking
+    from transfer_core.track import existing_experiment
 
-    setup_tracking(tracking_uri)
-    for sweep_id in find_sweeps(existing_experiment(experiment or DEFAULT_EXPERIMENT)):
+    client = open_context(tracking_uri, data_root).client
+    for sweep_id in find_sweeps(client, existing_experiment(client, experiment or DEFAULT_EXPERIMENT)):
         click.echo(sweep_id)
 
 
@@ -196,20 +198,20 @@ def sweeps_command(experiment, data_root, tracking_uri):
 @click.option("--sweep", "sweep_id", type=TEXT, default=None,
               help="Sweep id to analyse (see `transfer-core sweeps`). May be left out when the experiment has one "
                    "sweep.")
-@click.option("--output", type=Choice(["margin", "prob", "correct"]), default=None,
-              show_default="margin",
+@click.option("--output", type=Choice(list(OUTPUTS)), default=None, show_default=default(AnalysisOptions, "output"),
               help="Per-example output the influences are fitted to: margin (true-class logit minus the largest "
                    "other), prob (true-class probability) or correct (then class influence = effect on accuracy).")
-@click.option("--bootstrap", type=IntRange(min=0), default=None, show_default="100",
+@click.option("--bootstrap", type=IntRange(min=0), default=None, show_default=default(AnalysisOptions, "bootstrap"),
               help="Bootstrap resamples of the runs for the intervals (0, or at least 20); 0 uses normal intervals "
                    "from Welch standard errors.")
-@click.option("--min-runs", type=IntRange(min=2), default=None, show_default="5",
+@click.option("--min-runs", type=IntRange(min=2), default=None, show_default=default(AnalysisOptions, "min_runs"),
               help="Each source class must be kept in, and left out of, at least this many runs.")
 @click.option("--confidence", type=FloatRange(0.5, 1, min_open=True, max_open=True), default=None,
-              show_default="0.95", help="Confidence level of every interval.")
-@click.option("--seed", type=IntRange(min=0), default=None, show_default="0",
+              show_default=default(AnalysisOptions, "confidence"), help="Confidence level of every interval.")
+@click.option("--seed", type=IntRange(min=0), default=None, show_default=default(AnalysisOptions, "seed"),
               help="Seed of the bootstrap, split halves and held-out runs.")
-@click.option("--feature-neighbours/--no-feature-neighbours", default=None, show_default="on",
+@click.option("--feature-neighbours/--no-feature-neighbours", default=None,
+              show_default="on" if AnalysisOptions().feature_neighbours else "off",
               help="Also check leakage candidates by nearest neighbours in a backbone's feature space (uses a "
                    "logged checkpoint, else pretrains one backbone on the whole source).")
 @store_options
@@ -226,14 +228,13 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
     influence_matrix.npy, heatmap, image grids, leakage, misleading classes, sub-populations and
     one HTML report, whose path is printed at the end.
     """
-    from transfer_core.analysis import AnalysisOptions, analyze
-    from transfer_core.track import setup_tracking
+    from transfer_core.analysis import analyze
 
     options = AnalysisOptions(**given(output=output, bootstrap=bootstrap, min_runs=min_runs, confidence=confidence,
                                       seed=seed, feature_neighbours=feature_neighbours))
-    setup_tracking(tracking_uri)
-    result = analyze(experiment or DEFAULT_EXPERIMENT, sweep_id, options, data_root=data_root,
-                     run_id=invocation_run_id(), progress=progress, recompute=recompute)
+    result = analyze(experiment or DEFAULT_EXPERIMENT, sweep_id, options, ctx=open_context(tracking_uri, data_root,
+                                                                                            progress=progress),
+                     run_id=invocation_run_id(), recompute=recompute)
     top, bottom = result.ranking.iloc[0], result.ranking.iloc[-1]
     if result.reused:
         click.echo(f"reusing analysis run {result.run_id}: the same {result.sweep_id} runs with the same options "
@@ -249,25 +250,28 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
 @click.option("--analysis", "analysis_run_id", type=TEXT, default=None,
               help="Analysis run whose class ranking (class_influence.csv) to check. Default: the experiment's "
                    "latest FINISHED analysis run.")
-@click.option("--orders", type=TEXT, default=None, show_default="bottom,top,random",
+@click.option("--orders", type=TEXT, default=None, show_default=default(CounterfactualPlan, "orders"),
               help="Removal orders, comma-separated: bottom (the k most detrimental classes), top (the k most "
                    "helpful), random (k random classes, a baseline).")
-@click.option("--ks", type=TEXT, default=None, show_default="0,5,10,20",
+@click.option("--ks", type=TEXT, default=None, show_default=default(CounterfactualPlan, "ks"),
               help="Numbers of removed classes, comma-separated; 0 (the full source) is always included.")
-@click.option("--seeds", type=IntRange(min=1), default=None, show_default="3",
-              help="Training seeds per grid point; confidence intervals are over seeds.")
+@click.option("--seeds", type=IntRange(min=1), default=None, show_default=default(CounterfactualPlan, "n_seeds"),
+              help="Training seeds per grid point, fixed in the plan; confidence intervals are over seeds.")
 @click.option("--profile", type=TEXT, default=None,
               help="Train with this profile instead of the config of the analysed sweep's runs (the default).")
 @set_option
+@click.option("--transfer-mode", type=Choice(["fixed", "full"]), default=None,
+              help="fixed (frozen backbone in eval mode + linear head) or full (all weights train). Default: the "
+                   "analysed sweep's.")
 @transfer_params_option
 @executor_options
 @evidence_options
 @store_options
 @progress_option
 @friendly_errors
-def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides, transfer_params_from,
-                           executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_,
-                           min_seeds, stability_threshold, data_root, tracking_uri, progress):
+def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides, transfer_mode,
+                           transfer_params_from, executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run,
+                           pack, compile_, min_seeds, stability_threshold, data_root, tracking_uri, progress):
     """Retrain without the classes an analysis ranks most detrimental / helpful / at random.
 
     Classes are removed by the analysis's validation ranking (fitted on one half of the
@@ -282,25 +286,21 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
     the selection half, which may spend a smaller share of the error rate (README, "Every look
     counts"). The command refuses settings that carve another validation split than the analysis's.
     """
-    from transfer_core.counterfactual import CounterfactualPlan, counterfactual_from_analysis
-    from transfer_core.counterfactual.summary import EvidenceRule
+    from transfer_core.counterfactual import EvidenceRule, counterfactual_from_analysis
     from transfer_core.counterfactual.grid import parse_list
-    from transfer_core.track import setup_tracking
     from transfer_core.tune import recipe_from
 
     plan = CounterfactualPlan(**given(orders=parse_list(orders, str, "--orders") if orders else None,
                                       ks=parse_list(ks, int, "--ks") if ks else None, n_seeds=seeds))
     execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_)
     experiment = experiment or DEFAULT_EXPERIMENT
-    setup_tracking(tracking_uri)
-    merged = merge_overrides(overrides)
-    recipe = recipe_from(transfer_params_from, experiment)
-    merged.update(recipe.overrides if recipe else {})
-    outcome = counterfactual_from_analysis(experiment, plan, analysis_run_id=analysis_run_id, profile=profile,
-                                           overrides=merged, data_root=data_root,
-                                           invocation_run_id=invocation_run_id(), execution=execution,
+    ctx = open_context(tracking_uri, data_root, execution, progress)
+    recipe = recipe_from(ctx.client, transfer_params_from, experiment, transfer_mode)
+    outcome = counterfactual_from_analysis(experiment, plan, ctx=ctx, analysis_run_id=analysis_run_id,
+                                           profile=profile, overrides=overrides_of(overrides, transfer_mode),
+                                           recipe=recipe, invocation_run_id=invocation_run_id(),
                                            rule=EvidenceRule(**given(min_seeds=min_seeds)),
-                                           **given(stability_threshold=stability_threshold), progress=progress)
+                                           **given(stability_threshold=stability_threshold))
     for warning in outcome.warnings:
         click.echo(f"Warning: {warning}", err=True)
     runs = outcome.runs
@@ -329,13 +329,12 @@ def register_command(experiment, counterfactual_run_id, name, min_seeds, stabili
     seeds fixed in the plan, at the level its look at that half may spend; otherwise the
     full-source model does, and the command says why in one sentence.
     """
-    from transfer_core.counterfactual.summary import EvidenceRule
+    from transfer_core.counterfactual import EvidenceRule
     from transfer_core.registry import latest_counterfactual_run, register_champion
-    from transfer_core.track import setup_tracking
 
-    setup_tracking(tracking_uri)
-    run_id = counterfactual_run_id or latest_counterfactual_run(experiment or DEFAULT_EXPERIMENT)
-    result = register_champion(run_id, data_root=data_root, name=name, run_id=invocation_run_id(),
+    ctx = open_context(tracking_uri, data_root)
+    run_id = counterfactual_run_id or latest_counterfactual_run(ctx.client, experiment or DEFAULT_EXPERIMENT)
+    result = register_champion(run_id, ctx=ctx, name=name, run_id=invocation_run_id(),
                                rule=EvidenceRule(**given(min_seeds=min_seeds)),
                                **given(stability_threshold=stability_threshold))
     for warning in result.warnings:
@@ -344,41 +343,36 @@ def register_command(experiment, counterfactual_run_id, name, min_seeds, stabili
 
 
 @main.command("main")
-@profile_option
-@experiment_option
-@set_option
-@click.option("--tune-trials", type=IntRange(min=0), default=None, show_default="8",
-              help="Optuna trials of the tune step; 0 skips it.")
-@click.option("--n-models", type=IntRange(min=2), default=None, show_default="40",
-              help="Subset runs in the sweep.")
-@click.option("--workers", type=IntRange(min=1), default=None, show_default="2",
-              help="Worker processes of the sweep and the counterfactual (cores/workers torch threads each).")
-@click.option("--orders", type=TEXT, default=None, show_default="bottom,top,random",
-              help="Counterfactual removal orders.")
-@click.option("--ks", type=TEXT, default=None, show_default="0,10,25",
-              help="Counterfactual numbers of removed classes.")
-@click.option("--seeds", type=IntRange(min=1), default=None, show_default="3",
-              help="Counterfactual seeds per grid point (a champion needs at least 3).")
+@click.option("--settings", "settings_file", type=TEXT, default=None, metavar="NAME|PATH",
+              help=f"Pipeline settings: a named study ({', '.join(study_names())}) or a path to a .toml file of "
+                   "PipelineSettings fields; the options below override it. Unset: the main job's defaults.")
+@settings_options(PipelineSettings)
+@click.option("--set", "set_items", multiple=True, metavar="FIELD=VALUE",
+              help="Config overrides added to --overrides, e.g. --set pretrain.epochs=2. Repeatable.")
+@executor_options(workers=False)
 @store_options
+@progress_option
 @friendly_errors
-def main_job(profile, experiment, overrides, tune_trials, n_models, workers, orders, ks, seeds, data_root,
-             tracking_uri):
-    """The main job: tune -> sweep -> analyze -> counterfactual -> register, reusing finished steps.
+def main_job(settings_file, set_items, executor, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_,
+             data_root, tracking_uri, progress, **fields):
+    """The pipeline: tune -> sweep -> analyze -> counterfactual -> register (-> publish), reusing what is done.
 
-    Each step is an MLproject entry point run by mlflow.run with the local environment; a
-    step whose FINISHED run has the same parameters, config and data is reused. At the end
-    it prints the MLflow UI command, the analysis report and the registered model URI.
+    Every step is its own MLflow run; a rerun trains nothing it has, and a code change recomputes
+    the steps whose computing code changed (README, "The pipeline"). `mlflow run .` runs this
+    command; `--settings cifar100_to_cifar10` runs the study behind the README's results.
     """
-    import mlflow
+    from transfer_core.workflow import run_pipeline
 
-    from transfer_core.workflow.main import MainSettings, run_main
-
-    merged = merge_overrides(overrides)
-    settings = MainSettings(**given(profile=profile, experiment=experiment, tune_trials=tune_trials,
-                                    n_models=n_models, workers=workers, orders=orders, ks=ks, seeds=seeds,
-                                    overrides=",".join(f"{k}={v}" for k, v in merged.items()) or None))
-    result = run_main(settings, data_root, tracking_uri, echo=click.echo)
-    click.echo(result.where_to_look(mlflow.get_tracking_uri()))
+    if set_items:
+        base = PipelineSettings.load(settings_file).overrides if fields.get("overrides") is None else \
+            tuple(t for t in fields["overrides"].split(",") if t.strip())
+        fields["overrides"] = (*base, *(f"{k}={v}" for k, v in merge_overrides(set_items).items()))
+    settings = PipelineSettings.load(settings_file, **given(**fields))
+    execution = execution_settings(executor, settings.workers, ray_address, ray_cpus_per_run, ray_gpus_per_run,
+                                   pack, compile_)
+    ctx = open_context(tracking_uri, data_root, execution, progress)
+    result = run_pipeline(settings, ctx, echo=click.echo, invocation_run_id=invocation_run_id())
+    click.echo(result.where_to_look(ctx.tracking_uri))
 
 
 @main.command("publish")
@@ -404,11 +398,9 @@ def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id,
     the sweep used (the sweep's tune_run_id tag); every table in RESULTS.md names the run and
     artifact it comes from.
     """
-    from transfer_core.track import setup_tracking
     from transfer_core.workflow.publish import publish
 
-    setup_tracking(tracking_uri)
-    path = publish(experiment or DEFAULT_EXPERIMENT, out_dir, analysis_run_id=analysis_run_id,
-                   counterfactual_run_id=counterfactual_run_id, top_k=top_k, subpopulation=subpopulation,
-                   data_root=data_root)
+    path = publish(experiment or DEFAULT_EXPERIMENT, out_dir, ctx=open_context(tracking_uri, data_root),
+                   analysis_run_id=analysis_run_id, counterfactual_run_id=counterfactual_run_id, top_k=top_k,
+                   subpopulation=subpopulation)
     click.echo(f"results written to {path}")

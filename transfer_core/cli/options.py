@@ -74,10 +74,31 @@ TEXT = Text()
 
 
 def default(cls, name: str) -> str:
-    """The default of field ``name`` of dataclass ``cls``, as ``--help`` shows it."""
+    """The default of field ``name`` of dataclass ``cls``, as ``--help`` shows it (lists comma-separated)."""
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
     value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    return "unset" if value is None else str(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return "unset" if value is None or value == "" else str(value)
+
+
+def settings_options(cls, skip: tuple[str, ...] = ()):
+    """Options for every field of dataclass ``cls`` (``--n-models`` for ``n_models``): the type, range or
+    choices, help and default all come from the field (its metadata ``help``, ``min``, ``choices``)."""
+    def decorate(fn):
+        options = []
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            kind = TEXT
+            if "choices" in f.metadata:
+                kind = Choice(list(f.metadata["choices"]))
+            elif f.type in (int, "int"):
+                kind = IntRange(min=f.metadata.get("min"))
+            options.append(click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=None,
+                                        show_default=default(cls, f.name), help=f.metadata.get("help", "")))
+        return _stack(fn, options)
+    return decorate
 
 
 def given(**values) -> dict:
@@ -116,6 +137,12 @@ def experiment_option(fn):
                         help="MLflow experiment name.")(fn)
 
 
+def open_context(tracking_uri=None, data_root=None, execution: ExecutorSettings | None = None, progress: bool = True):
+    """The command's one :class:`~transfer_core.execute.Context`: the store, the data, the executor."""
+    from transfer_core.execute import Context
+    return Context.open(tracking_uri, data_root, execution, progress)
+
+
 def store_options(fn):
     """``--data-root`` and ``--tracking-uri``: where the data and the MLflow store are."""
     return _stack(fn, [
@@ -136,7 +163,7 @@ def config_options(fn):
                      help="fixed (frozen backbone in eval mode + linear head) or full (all weights train). "
                           "Default: the profile's."),
         click.option("--alpha", type=FloatRange(0, 1, min_open=True), default=None,
-                     help="Share of source classes each model keeps. Default: the profile's (0.5)."),
+                     help="Share of source classes each model keeps. Default: the profile's."),
         click.option("--sweep-seed", type=IntRange(min=0), default=None,
                      help="Seed of the class masks: mask i is a pure function of (sweep seed, i). "
                           "Default: the profile's."),
@@ -144,16 +171,20 @@ def config_options(fn):
     ])
 
 
-def executor_options(fn):
-    """Where models train: local worker processes or a Ray cluster (see ExecutorSettings)."""
+def executor_options(fn=None, *, workers: bool = True):
+    """Where models train: local worker processes or a Ray cluster (see ExecutorSettings).
+
+    ``workers=False`` leaves ``--workers`` to the command (the pipeline's settings own it)."""
+    if fn is None:
+        return functools.partial(executor_options, workers=workers)
     d = functools.partial(default, ExecutorSettings)
-    return _stack(fn, [
+    options = [
         click.option("--executor", type=Choice(list(EXECUTORS)), default=None, show_default=d("executor"),
                      help="local (worker processes on this machine) or ray (one Ray task per model; needs "
                           "pip install 'transfer-core[ray]')."),
-        click.option("--workers", type=IntRange(min=1), default=None, show_default=d("workers"),
-                     help="Local worker processes; each loads the data once and gets cores/workers torch threads "
-                          "(1 trains in this process)."),
+        workers and click.option("--workers", type=IntRange(min=1), default=None, show_default=d("workers"),
+                                 help="Local worker processes; each loads the data once and gets cores/workers "
+                                      "torch threads (1 trains in this process)."),
         click.option("--ray-address", type=TEXT, default=None,
                      help="Ray cluster to use, e.g. 10.0.0.5:6379 or auto. Unset: $RAY_ADDRESS if set, else a new "
                           "local Ray instance."),
@@ -167,9 +198,11 @@ def executor_options(fn):
                           "keeps its own weights, batches and seed, and is its own run). auto: as many as fit in the "
                           "GPU's free memory, and 1 on a CPU, where packing does not pay. A pack that cannot fit is "
                           "refused with the largest that can."),
-        click.option("--compile/--no-compile", "compile_", default=None, show_default="no-compile",
+        click.option("--compile/--no-compile", "compile_", default=None,
+                     show_default="compile" if ExecutorSettings().compile else "no-compile",
                      help="torch.compile packed training (once per process; for GPUs)."),
-    ])
+    ]
+    return _stack(fn, [option for option in options if option])
 
 
 def execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack=None,
@@ -191,12 +224,14 @@ def transfer_params_option(fn):
 
 def evidence_options(fn):
     """When a pruned source may become champion, and when a ranking counts as unstable."""
+    from transfer_core.counterfactual.summary import STABILITY_THRESHOLD, EvidenceRule
     return _stack(fn, [
-        click.option("--min-seeds", type=IntRange(min=3), default=None, show_default="3",
+        click.option("--min-seeds", type=IntRange(min=3), default=None, show_default=default(EvidenceRule, "min_seeds"),
                      help="Seeds per grid point a champion needs: a pruned source becomes champion only when its "
                           "paired gain on the held-out validation half has a confidence interval above zero over at "
                           "least this many seeds."),
-        click.option("--stability-threshold", type=FloatRange(0, 1), default=None, show_default="0.3",
+        click.option("--stability-threshold", type=FloatRange(0, 1), default=None,
+                     show_default=str(STABILITY_THRESHOLD),
                      help="Warn when the class ranking's split-half Spearman (two disjoint halves of the runs) is "
                           "below this: the removed classes are then largely noise."),
     ])

@@ -9,17 +9,35 @@ selection and the paired contrasts) are kept apart from what reads the store
 (:mod:`~transfer_core.counterfactual.gate`: a plan's table and its look, recomputed), training
 the grid (:mod:`~transfer_core.counterfactual.run`) and logging its report.
 """
-from transfer_core.counterfactual.gate import StaleCounterfactual, read_plan, recompute_selection
-from transfer_core.counterfactual.grid import FULL, ORDERS, CounterfactualPlan, ranking_order, removal_set
-from transfer_core.counterfactual.report import (CONTRASTS_ARTIFACT, SELECTION_ARTIFACT, SUMMARY_ARTIFACT,
-                                                 TABLE_ARTIFACT, log_report)
-from transfer_core.counterfactual.run import (CounterfactualOutcome, CounterfactualRuns, counterfactual_from_analysis,
-                                              run_counterfactual)
-from transfer_core.counterfactual.summary import (CONTRASTS, RULE_VERSION, EvidenceRule, Selection, contrasts, select,
-                                                  summarize, t_interval)
+from transfer_core import lazy_exports
 
-__all__ = ["StaleCounterfactual", "read_plan", "recompute_selection", "FULL", "ORDERS", "CounterfactualPlan",
-           "ranking_order", "removal_set", "CONTRASTS_ARTIFACT", "SELECTION_ARTIFACT", "SUMMARY_ARTIFACT",
-           "TABLE_ARTIFACT", "log_report", "CounterfactualOutcome", "CounterfactualRuns",
-           "counterfactual_from_analysis", "run_counterfactual", "CONTRASTS", "RULE_VERSION", "EvidenceRule",
-           "Selection", "contrasts", "select", "summarize", "t_interval"]
+_EXPORTS = {
+    "StaleCounterfactual": "transfer_core.counterfactual.gate",
+    "read_plan": "transfer_core.counterfactual.gate",
+    "recompute_selection": "transfer_core.counterfactual.gate",
+    "FULL": "transfer_core.counterfactual.grid",
+    "ORDERS": "transfer_core.counterfactual.grid",
+    "CounterfactualPlan": "transfer_core.counterfactual.grid",
+    "ranking_order": "transfer_core.counterfactual.grid",
+    "removal_set": "transfer_core.counterfactual.grid",
+    "CONTRASTS_ARTIFACT": "transfer_core.counterfactual.report",
+    "SELECTION_ARTIFACT": "transfer_core.counterfactual.report",
+    "SUMMARY_ARTIFACT": "transfer_core.counterfactual.report",
+    "TABLE_ARTIFACT": "transfer_core.counterfactual.report",
+    "log_report": "transfer_core.counterfactual.report",
+    "CounterfactualOutcome": "transfer_core.counterfactual.run",
+    "CounterfactualRuns": "transfer_core.counterfactual.run",
+    "counterfactual_from_analysis": "transfer_core.counterfactual.run",
+    "run_counterfactual": "transfer_core.counterfactual.run",
+    "CONTRASTS": "transfer_core.counterfactual.summary",
+    "RULE_VERSION": "transfer_core.counterfactual.summary",
+    "STABILITY_THRESHOLD": "transfer_core.counterfactual.summary",
+    "EvidenceRule": "transfer_core.counterfactual.summary",
+    "Selection": "transfer_core.counterfactual.summary",
+    "contrasts": "transfer_core.counterfactual.summary",
+    "select": "transfer_core.counterfactual.summary",
+    "summarize": "transfer_core.counterfactual.summary",
+    "t_interval": "transfer_core.counterfactual.summary",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

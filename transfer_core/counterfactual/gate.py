@@ -64,13 +64,13 @@ def finished_points(client: MlflowClient, experiment_id: str, grid: str) -> dict
     return done
 
 
-def selection_half_accuracy(run, record: dict) -> float:
+def selection_half_accuracy(run, record: dict, client: MlflowClient | None = None) -> float:
     """A point's accuracy on the plan's selection half of the validation split (the half no ranking saw).
 
     The halves are recomputed from the run's validation labels and ``data.split_seed`` and checked
     against the digest the plan recorded; a mismatch is refused, never silently rescored.
     """
-    path = artifact_path(run, VAL_OUTPUTS_ARTIFACT)
+    path = artifact_path(run, VAL_OUTPUTS_ARTIFACT, client)
     if not path.is_file():
         raise ConfigError(f"grid run {run.info.run_id} has no {VAL_OUTPUTS_ARTIFACT}; rerun the counterfactual")
     with np.load(path) as npz:
@@ -92,7 +92,7 @@ def grid_table(client: MlflowClient, experiment_id: str, record: dict) -> pd.Dat
         order, k, seed = missing[0]
         raise ConfigError(f"{len(missing)} point(s) of grid {record['grid_id']} have no FINISHED run (first: {order}, "
                           f"k={k}, seed={seed}); run the same `transfer-core counterfactual` command to train them")
-    names = json.loads(artifact_path(done[plan.points()[0]], CLASSES_ARTIFACT).read_text())
+    names = json.loads(artifact_path(done[plan.points()[0]], CLASSES_ARTIFACT, client).read_text())
     rows = []
     for order, k, seed in plan.points():
         run = done[(order, k, seed)]
@@ -100,7 +100,7 @@ def grid_table(client: MlflowClient, experiment_id: str, record: dict) -> pd.Dat
         rows.append({"order": order, "k": k, "seed": seed, "run_id": run.info.run_id,
                      "removed": ";".join(names[i] for i in removed),
                      **{m: run.data.metrics.get(m, np.nan) for m in METRICS},
-                     SELECT_METRIC: selection_half_accuracy(run, record)})
+                     SELECT_METRIC: selection_half_accuracy(run, record, client)})
     return pd.DataFrame(rows)
 
 

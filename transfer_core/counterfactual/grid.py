@@ -24,14 +24,13 @@ Two ids, two records:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from transfer_core.config import ConfigError, RunConfig
+from transfer_core.track.steps import step_key
 
 ORDERS = ("bottom", "top", "random")
 FULL = "full"  # order tag of the k = 0 runs
@@ -116,10 +115,11 @@ def removal_set(order: str, k: int, seed: int, ranked: np.ndarray, random_seed: 
     raise ConfigError(f"unknown removal order {order!r}; choose from {', '.join(ORDERS)}")
 
 
-def grid_id(config: RunConfig, ranked: np.ndarray, analysis_run_id: str | None) -> str:
-    """Stable id of (config, ranking, analysis run): every plan on them shares its trained points."""
-    key = json.dumps([config.config_hash(), ranked.tolist(), analysis_run_id or ""])
-    return "grid-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+def grid_id(config: RunConfig, ranked: np.ndarray, analysis_run_id: str | None, data: str) -> str:
+    """``grid-<10 hex>``, the step key of (config, ranking, analysis run, data digest, training code):
+    every plan on them shares its trained points."""
+    return "grid-" + step_key("grid", config=config, upstream={"analysis": analysis_run_id or ""}, data=data,
+                              code="models", extra={"ranking": ranked.tolist()})[:10]
 
 
 def plan_record(plan: CounterfactualPlan, grid: str, analysis_run_id: str | None,
@@ -130,9 +130,14 @@ def plan_record(plan: CounterfactualPlan, grid: str, analysis_run_id: str | None
             "analysis_run_id": analysis_run_id or "", **validation}
 
 
+def plan_key(record: dict) -> str:
+    """The step key of a :func:`plan_record`: the same command resumes the same plan, another plan is new."""
+    return step_key("counterfactual", upstream={"grid": record["grid_id"]}, extra=record)
+
+
 def plan_id(record: dict) -> str:
-    """``cf-<10 hex>`` of a :func:`plan_record`: the same command resumes the same plan, another plan is new."""
-    return "cf-" + hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:10]
+    """``cf-<10 hex>`` of :func:`plan_key`: the counterfactual run's id (tag ``counterfactual_id``)."""
+    return "cf-" + plan_key(record)[:10]
 
 
 def plan_from_record(record: dict) -> CounterfactualPlan:

@@ -20,20 +20,23 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from transfer_core.analysis import class_ranking, find_analysis_run
-from transfer_core.config import ConfigError, RunConfig, build_config, with_overrides
+from transfer_core.config import ConfigError, Provenance, RunConfig, resolve_config
 from transfer_core.counterfactual.gate import PLAN_TAG, finished_points, grid_table
-from transfer_core.counterfactual.grid import (CounterfactualPlan, grid_id, plan_id, plan_record, ranking_order,
-                                               removal_set)
+from transfer_core.counterfactual.grid import (CounterfactualPlan, grid_id, plan_id, plan_key, plan_record,
+                                               ranking_order, removal_set)
 from transfer_core.counterfactual.report import log_report
-from transfer_core.counterfactual.summary import EvidenceRule, Selection
-from transfer_core.data import load_split, load_transfer_data, validation_digests
-from transfer_core.execute import ExecutorSettings, Job, Task, resolve_pack, run_tasks
+from transfer_core.counterfactual.summary import STABILITY_THRESHOLD, EvidenceRule, Selection
+from transfer_core.data import data_digest, load_split, load_transfer_data, validation_digests
+from transfer_core.execute import Context, Job, Task, resolve_pack, run_tasks
 from transfer_core.track import DEFAULT_EXPERIMENT, get_experiment_id, latest_run, run_config, set_tags
 from transfer_core.track.claims import settle_parent
-from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, SUBSET_RUN
+from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, SUBSET_RUN, SWEEP
+from transfer_core.track.steps import step_tags
+from transfer_core.tune import TunedRecipe
 
 log = logging.getLogger(__name__)
 VALIDATION_KEYS = ("validation_digest", "ranking_half_digest", "selection_half_digest")
+PROVENANCE_TAG = "config_provenance"
 
 
 @dataclass
@@ -98,11 +101,10 @@ def check_validation(config: RunConfig, expected: dict[str, str] | None, analysi
 
 
 def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: CounterfactualPlan, *,
-                       experiment: str = DEFAULT_EXPERIMENT, analysis_run_id: str | None = None,
-                       expected_validation: dict[str, str] | None = None,
+                       ctx: Context | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                       analysis_run_id: str | None = None, expected_validation: dict[str, str] | None = None,
                        source_sweep_id: str | None = None, invocation_run_id: str | None = None,
-                       execution: ExecutorSettings = ExecutorSettings(), data_root=None,
-                       tracking_uri: str | None = None, progress: bool = True) -> CounterfactualRuns:
+                       provenance: Provenance | None = None) -> CounterfactualRuns:
     """Train every missing point of the plan on ``ranking`` (a ``class_influence.csv`` table) and log it.
 
     The plan (orders, ks, seeds, analysis run, validation digests) is a record: the same plan
@@ -112,22 +114,26 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
     (``model.pt``) so the registry can log the chosen one without retraining. Points that fail
     are retried by the next call; this one raises after the others have run.
     """
-    import mlflow
-
-    names = load_split(config.data.source, "train", config.data.resolution, data_root).class_names
+    ctx = ctx or Context.open()
+    names = load_split(config.data.source, "train", config.data.resolution, ctx.data_root).class_names
     plan = plan.validate(len(names))
     ranked = ranking_order(ranking, names)
-    validation = check_validation(config, expected_validation, analysis_run_id, data_root)
-    client = MlflowClient()
-    experiment_id = get_experiment_id(experiment)
-    pack = resolve_pack(config, execution, data_root)  # a pack that cannot fit is refused before anything is recorded
-    grid = grid_id(config, ranked, analysis_run_id)
+    validation = check_validation(config, expected_validation, analysis_run_id, ctx.data_root)
+    client = ctx.client
+    experiment_id = get_experiment_id(client, experiment)
+    # a pack that cannot fit is refused before anything is recorded
+    pack = resolve_pack(config, ctx.execution, ctx.data_root)
+    grid = grid_id(config, ranked, analysis_run_id, data_digest(config.data, ctx.data_root))
     record = plan_record(plan, grid, analysis_run_id, validation)
     cf_id = plan_id(record)
     common = {"grid_id": grid, "analysis_run_id": analysis_run_id or "", "source_sweep_id": source_sweep_id or ""}
+    provenance = provenance or Provenance("?")
+    extra = {**common, **validation, PLAN_TAG: json.dumps(record, sort_keys=True), **step_tags(plan_key(record)),
+             PROVENANCE_TAG: provenance.to_json(), **({"tune_run_id": provenance.tune_run_id}
+                                                      if provenance.tune_run_id else {})}
     parent = settle_parent(client, experiment_id, COUNTERFACTUAL, {"counterfactual_id": cf_id},
                            params=config.to_params(), run_name=run_name(cf_id), invocation_run_id=invocation_run_id,
-                           extra_tags={**common, **validation, PLAN_TAG: json.dumps(record, sort_keys=True)})
+                           extra_tags=extra)
     client.update_run(parent, status="RUNNING")
     set_tags(client, parent, {"orders": ",".join(plan.orders), "ks": ",".join(map(str, plan.ks)),
                               "n_seeds": plan.n_seeds})
@@ -135,14 +141,13 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
     todo = [p for p in plan.points() if p not in done]
     log.info("counterfactual %s (grid %s): %d of %d runs already FINISHED", cf_id, grid,
              len(plan.points()) - len(todo), len(plan.points()))
-    job = Job(config, experiment, tracking_uri or mlflow.get_tracking_uri(),
-              None if data_root is None else str(data_root), log_checkpoint=True, pack=pack, compile=execution.compile)
+    job = Job(config, experiment, ctx.tracking_uri, ctx.data_root, log_checkpoint=True, pack=pack,
+              compile=ctx.execution.compile)
     tasks = grid_tasks(todo, ranked, config.sweep_seed, grid, parent, common)
     if pack > 1:  # points that keep as many classes pack together (their step counts and heads match)
         tasks.sort(key=lambda task: sum(task.mask))
-    outcomes = run_tasks(job, tasks,
-                         execution, n_total=len(plan.points()), n_done=len(plan.points()) - len(todo),
-                         progress=progress, desc=f"counterfactual {cf_id}")
+    outcomes = run_tasks(job, tasks, ctx.execution, n_total=len(plan.points()),
+                         n_done=len(plan.points()) - len(todo), progress=ctx.progress, desc=f"counterfactual {cf_id}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         client.set_terminated(parent, status="FAILED")
@@ -153,13 +158,13 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
                               sum(o.status == "trained" for o in outcomes), record)
 
 
-def sweep_config(client: MlflowClient, experiment_id: str, sweep_id: str) -> RunConfig:
-    """The config the FINISHED runs of sweep ``sweep_id`` were trained with."""
+def sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str):
+    """A FINISHED subset run of sweep ``sweep_id``: the config it was trained with is the counterfactual's base."""
     found = latest_run(client, experiment_id, SUBSET_RUN, sweep_id=sweep_id)
     if found is None:
         raise ConfigError(f"sweep {sweep_id!r} has no FINISHED subset run in this experiment; "
                           "run or resume the sweep first")
-    return run_config(found)
+    return found
 
 
 @dataclass
@@ -171,7 +176,6 @@ class CounterfactualOutcome:
     warnings: list[str]  # e.g. an unstable ranking: one sentence each, for the command to print
 
 
-STABILITY_THRESHOLD = 0.3  # split-half Spearman below which a ranking is called unstable
 
 
 def stability_warning(split_half: float, threshold: float, analysis_run_id: str) -> list[str]:
@@ -183,38 +187,43 @@ def stability_warning(split_half: float, threshold: float, analysis_run_id: str)
             "grow the sweep (--n-models) and analyse it again for a ranking worth acting on"]
 
 
-def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, analysis_run_id: str | None = None,
-                                 profile: str | None = None, overrides: dict | None = None, data_root=None,
-                                 invocation_run_id: str | None = None,
-                                 execution: ExecutorSettings = ExecutorSettings(), rule: EvidenceRule = EvidenceRule(),
-                                 stability_threshold: float = STABILITY_THRESHOLD,
-                                 progress: bool = True) -> CounterfactualOutcome:
-    """Run (or resume) the counterfactual grid of an analysis run and report it.
+def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, ctx: Context | None = None,
+                                 analysis_run_id: str | None = None, profile: str | None = None,
+                                 overrides: dict | None = None, recipe: TunedRecipe | None = None,
+                                 invocation_run_id: str | None = None, rule: EvidenceRule = EvidenceRule(),
+                                 stability_threshold: float = STABILITY_THRESHOLD) -> CounterfactualOutcome:
+    """Run (or resume) the counterfactual plan of an analysis run and report it.
 
     The classes are removed by the analysis's validation ranking (fitted on the ranking half
     of the validation split), never by its test-split ranking. The models are trained with the
     config of the analysed sweep (so the check uses the recipe the influences were fitted on),
-    or with ``profile`` when given; ``overrides`` (dotted fields) apply on top.
+    or with ``profile`` when given; ``overrides`` (dotted fields) and then a tuned ``recipe`` apply
+    on top (:func:`transfer_core.config.resolve_config`). The run records where its config came
+    from, the tune run included (the sweep's, when the config is the sweep's).
     """
     if not 0 <= stability_threshold <= 1:
         raise ConfigError(f"--stability-threshold must be a Spearman correlation in [0, 1], got {stability_threshold}")
-    client = MlflowClient()
-    experiment_id = get_experiment_id(experiment)
+    ctx = ctx or Context.open()
+    client = ctx.client
+    experiment_id = get_experiment_id(client, experiment)
     analysis = find_analysis_run(client, experiment_id, analysis_run_id)
     sweep_id = analysis.data.tags.get("sweep_id", "")
-    if profile:
-        config = build_config(profile, overrides)
-    elif sweep_id:
-        config = with_overrides(sweep_config(client, experiment_id, sweep_id), overrides or {})
-    else:
+    if not profile and not sweep_id:
         raise ConfigError(f"analysis run {analysis.info.run_id} names no sweep_id, so its recipe is unknown; "
                           "pass --profile")
-    ranking = class_ranking(analysis.info.run_id, "validation")
+    base = None if profile else sweep_run(client, experiment_id, sweep_id)
+    tune_run_id = recipe.run_id if recipe else ""
+    if base is not None and not recipe:  # the sweep's config carries the sweep's tuned recipe
+        parent = latest_run(client, experiment_id, SWEEP, status=None, sweep_id=sweep_id)
+        tune_run_id = parent.data.tags.get("tune_run_id", "") if parent is not None else ""
+    config, provenance = resolve_config(profile, overrides, base=None if base is None else run_config(base),
+                                        base_run_id=None if base is None else base.info.run_id,
+                                        recipe=recipe.overrides if recipe else None, tune_run_id=tune_run_id)
+    ranking = class_ranking(client, analysis.info.run_id, "validation")
     expected = {k: analysis.data.tags.get(k, "") for k in VALIDATION_KEYS}
-    runs = run_counterfactual(config, ranking, plan, experiment=experiment,
+    runs = run_counterfactual(config, ranking, plan, ctx=ctx, experiment=experiment,
                               analysis_run_id=analysis.info.run_id, expected_validation=expected,
-                              source_sweep_id=sweep_id, invocation_run_id=invocation_run_id, execution=execution,
-                              data_root=data_root, progress=progress)
+                              source_sweep_id=sweep_id, invocation_run_id=invocation_run_id, provenance=provenance)
     split_half = analysis.data.metrics.get("selection_split_half_spearman", float("nan"))
     set_tags(client, runs.parent_run_id, {"ranking_split": "validation-ranking-half",
                                           "ranking_split_half": f"{split_half:.4f}"})

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual.grid import FULL
@@ -37,10 +36,13 @@ from transfer_core.counterfactual.grid import FULL
 RULE_VERSION = 2  # 2: looks on a selection half are counted and share the error rate; seeds fixed per plan
 CANDIDATE_ORDERS = ("bottom",)  # pruning candidates: removing detrimental classes; top and random are controls
 SELECT_METRIC = "select_acc"  # accuracy on the selection half of the validation split
+STABILITY_THRESHOLD = 0.3  # split-half Spearman below which a ranking is called unstable
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """``(mean, low, high)`` of a Student-t interval; low/high are NaN with fewer than 2 values."""
+    from scipy import stats  # here, not at import: the command line reads this module's defaults
+
     x = np.asarray(values, dtype=float)
     mean = float(x.mean()) if len(x) else np.nan
     if len(x) < 2:

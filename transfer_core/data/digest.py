@@ -13,12 +13,14 @@ half is the one another step recorded, instead of recomputing it silently.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import numpy as np
 import torch
 
+from transfer_core.config import DataConfig
 from transfer_core.data.images import ImageSet
-from transfer_core.data.loading import validation_halves
+from transfer_core.data.loading import TransferData, load_transfer_data, validation_halves
 
 DIGEST_CHARS = 12  # hex characters kept: 48 bits, like the tool's other ids (MLflow allows up to 36)
 
@@ -70,3 +72,16 @@ def validation_digests(val: ImageSet, split_seed: int) -> dict[str, str]:
     ranking = validation_halves(val.labels.numpy(), split_seed)
     return {"validation_digest": whole, "ranking_half_digest": half_digest(whole, "ranking", ranking),
             "selection_half_digest": half_digest(whole, "selection", ~ranking)}
+
+
+def transfer_digest(data: TransferData) -> str:
+    """Digest of everything a run reads: the sampled source and the target's train, validation and test splits."""
+    parts = [set_digest(part) for part in (data.source, data.target_train, data.target_val, data.target_test)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=8)
+def data_digest(config: DataConfig, data_root: str | None = None) -> str:
+    """The content digest of the data ``config`` gives (pixels and labels, never file sizes or times):
+    what the key of a step that trains on it holds. Loads the data once per process and config."""
+    return transfer_digest(load_transfer_data(config, data_root))

@@ -8,18 +8,15 @@ worker is replaced only when there is more work.
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import multiprocessing as mp
 import os
 import queue
-import sys
-import threading
 import time
 from collections import deque
-from typing import NoReturn
 
-from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt_pack, make_runner, one_line, \
+from transfer_core.execute.settings import ExecutionError
+from transfer_core.execute.tasks import Job, Outcome, Task, attempt_pack, make_runner, one_line, \
     threads_per_worker
 
 log = logging.getLogger(__name__)
@@ -114,17 +111,27 @@ class LocalExecutor:
         return None
 
     def close(self) -> None:
+        """Stop the workers. Each has reported its last outcome (or lost it, dying), so once it has said
+        goodbye it is ended without waiting for its interpreter's teardown (about 1.4 s of torch and mlflow)."""
         if not self._procs:
             self.heartbeat.stop()
             return
         for inbox in self._inboxes.values():
             inbox.put(None)
         deadline = time.monotonic() + 30
+        waiting = {wid for wid, proc in self._procs.items() if proc.is_alive()}
+        while waiting and time.monotonic() < deadline:
+            try:
+                kind, wid, _ = self._results.get(timeout=0.5)
+            except queue.Empty:
+                waiting = {wid for wid in waiting if self._procs[wid].is_alive()}
+                continue
+            if kind == "stopped":
+                waiting.discard(wid)
         for proc in self._procs.values():
-            proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.terminate()
-                proc.join(5)
+            proc.join(5)
 
 
 def _worker_main(wid: int, job: Job, threads: int, inbox, results) -> None:
@@ -138,27 +145,6 @@ def _worker_main(wid: int, job: Job, threads: int, inbox, results) -> None:
     while (pack := inbox.get()) is not None:
         results.put(("outcome", wid, attempt_pack(runner, job, pack, heartbeat)))
     heartbeat.stop()
+    results.put(("stopped", wid, None))
     results.close()
-    results.join_thread()  # every outcome is in the pipe
-    end_process(0)
-
-
-def end_process(code: int) -> NoReturn:
-    """End this process as a normal exit would, less the interpreter's teardown of its modules.
-
-    Waits for non-daemon threads, runs the ``atexit`` handlers (logging, multiprocessing,
-    mlflow) and flushes the standard streams, then ``os._exit(code)``: freeing the modules of
-    torch and mlflow took 1.4 s of every process (BENCHMARKS.md, "Start-up and exit"), and a
-    sweep, a counterfactual grid and the main job start many. Under a profiler or a tracer
-    (``python -m cProfile``, coverage), which write their data at exit, it exits normally.
-    """
-    if sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler or coverage writes its data at exit
-        sys.exit(code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    os._exit(code)
+    results.join_thread()  # every message is in the pipe: the parent may end this process now

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 
-from transfer_core.execute.tasks import ExecutionError, Job, Outcome, Task, attempt_pack, make_runner, one_line
-
-RAY_MISSING = ("the ray executor needs Ray, which is not installed; run pip install 'transfer-core[ray]' "
-               "or use --executor local")
+from transfer_core.execute.settings import RAY_MISSING, ExecutionError
+from transfer_core.execute.tasks import Job, Outcome, Task, attempt_pack, make_runner, one_line
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 _RAY_RUNNERS: dict = {}  # per Ray worker process: data loaded once, reused by later tasks of the same job
 

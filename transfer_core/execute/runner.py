@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from transfer_core.config import RunConfig
 from transfer_core.data import DataError, check_mask, class_mask, load_split, load_transfer_data, run_seed
+from transfer_core.execute.context import Context
 from transfer_core.track import KIND_TAG, get_experiment_id, log_subset_result, run_scope, set_tags
 from transfer_core.track.datasets import RunDatasets
 from transfer_core.track.runs import SUBSET_RUN
@@ -26,16 +26,17 @@ class SubsetRunner:
         run_id, result = runner.run(index=0)
     """
 
-    def __init__(self, config: RunConfig, experiment: str = "transfer_core", data_root=None, device=None):
+    def __init__(self, config: RunConfig, experiment: str = "transfer_core", ctx: Context | None = None, device=None):
         self.config = config
+        self.ctx = ctx = ctx or Context.open()
         self.device = pick_device(device)
-        self.data = load_transfer_data(config.data, data_root)
+        self.data = load_transfer_data(config.data, ctx.data_root)
         try:  # source accuracy is measured on held-out source images when the source has them
-            self.source_test = load_split(config.data.source, "test", config.data.resolution, data_root)
+            self.source_test = load_split(config.data.source, "test", config.data.resolution, ctx.data_root)
         except DataError:  # e.g. an image folder with no test/ or val/ split
             self.source_test = None
-        self.experiment_id = get_experiment_id(experiment)
-        self.client = MlflowClient()
+        self.client = ctx.client
+        self.experiment_id = get_experiment_id(self.client, experiment)
         self._datasets = None
 
     @property

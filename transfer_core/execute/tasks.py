@@ -18,15 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transfer_core.config import ConfigError, RunConfig
+from transfer_core.config import RunConfig
 from transfer_core.track import one_line, run_filter
 from transfer_core.track.claims import Heartbeat, claim_tags, contest, is_live, is_superseded
 
 log = logging.getLogger(__name__)
-
-
-class ExecutionError(ConfigError):
-    """An executor cannot start or keeps losing workers."""
 
 
 @dataclass(frozen=True)
@@ -96,16 +92,14 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 
 def make_runner(job: Job, threads: int):
-    """Set torch threads and tracking for this process, load the data once; returns (runner, heartbeat)."""
+    """Set torch threads for this process and load the data once; returns (runner, heartbeat)."""
     import torch
 
+    from transfer_core.execute.context import Context
     from transfer_core.execute.runner import SubsetRunner
-    from transfer_core.track import setup_tracking
 
-    os.environ.pop("MLFLOW_RUN_ID", None)  # never log into the run of an enclosing `mlflow run`
     torch.set_num_threads(threads)
-    setup_tracking(job.tracking_uri)
-    runner = SubsetRunner(job.config, job.experiment, job.data_root)
+    runner = SubsetRunner(job.config, job.experiment, Context(job.tracking_uri, job.data_root))
     return runner, Heartbeat(runner.client)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +34,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual import (RULE_VERSION, SELECTION_ARTIFACT, EvidenceRule, Selection, read_plan,
                                           recompute_selection)
-from transfer_core.counterfactual.run import STABILITY_THRESHOLD, stability_warning
+from transfer_core.counterfactual.run import stability_warning
+from transfer_core.counterfactual.summary import STABILITY_THRESHOLD
 from transfer_core.data import load_split
+from transfer_core.execute import Context
 from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, describe_run, existing_experiment,
-                                 get_run_of_kind, latest_run, load_checkpoint, quote, run_config, set_tags)
+                                 get_run_of_kind, latest_run, load_checkpoint, log_metrics, quote, run_config,
+                                 run_scope, set_tags)
 from transfer_core.track.runs import COUNTERFACTUAL, REGISTER
 
 CHAMPION = "champion"
@@ -59,6 +63,7 @@ class Registration:
     message: str
     run_id: str  # the register run that logged the model
     warnings: list[str] = field(default_factory=list)  # e.g. an unstable ranking, one sentence each
+    reused: bool = False  # a version registered earlier from the same decision got the alias again
 
     @property
     def uri(self) -> str:
@@ -68,7 +73,7 @@ class Registration:
 def read_selection(client: MlflowClient, counterfactual_run_id: str):
     """The counterfactual run and the :class:`Selection` it stored when it reported, with clear errors."""
     run = get_run_of_kind(client, counterfactual_run_id, COUNTERFACTUAL, "transfer-core counterfactual")
-    path = artifact_path(run, SELECTION_ARTIFACT)
+    path = artifact_path(run, SELECTION_ARTIFACT, client)
     if not path.is_file():
         raise ConfigError(f"counterfactual run {counterfactual_run_id} has no {SELECTION_ARTIFACT}; it did not "
                           "finish: rerun `transfer-core counterfactual`")
@@ -121,7 +126,7 @@ def _existing_version(client: MlflowClient, name: str, counterfactual_run_id: st
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def register_champion(counterfactual_run_id: str, data_root=None, name: str | None = None,
+def register_champion(counterfactual_run_id: str, *, ctx: Context | None = None, name: str | None = None,
                       run_id: str | None = None, rule: EvidenceRule = EvidenceRule(),
                       stability_threshold: float = STABILITY_THRESHOLD) -> Registration:
     """Log and register the champion model chosen by a counterfactual run; set alias ``champion``.
@@ -135,7 +140,8 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
     """
     if not 0 <= stability_threshold <= 1:
         raise ConfigError(f"--stability-threshold must be a Spearman correlation in [0, 1], got {stability_threshold}")
-    client = MlflowClient()
+    ctx = ctx or Context.open()
+    client = ctx.client
     cf_run, stored = read_selection(client, counterfactual_run_id)
     record = read_plan(cf_run)  # a run from before plans were records is refused, naming the command that redoes it
     if int(record["n_seeds"]) < rule.min_seeds:
@@ -163,42 +169,30 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
                                       "message": message[:4900]})
             describe_run(client, run_id, register_note(name, str(existing.version), message + " (version reused)"),
                          f"register-{name}")
+        register_run = run_id or _register_run_of(client, cf_run.info.experiment_id, name, existing.version)
         return Registration(name, str(existing.version), existing.tags.get("pruned") == "true",
-                            message + f" (version {existing.version} reused)", existing.run_id or "", warnings)
+                            message + f" (version {existing.version} reused)", register_run, warnings, reused=True)
 
-    model_run = client.get_run(selection.model_run_id if pruned else selection.full_run_id)
-    checkpoint = artifact_path(model_run, CHECKPOINT_ARTIFACT)
+    model_run = client.get_run(chosen_run_id)
+    checkpoint = artifact_path(model_run, CHECKPOINT_ARTIFACT, client)
     if not checkpoint.is_file():
         raise ConfigError(f"run {model_run.info.run_id} kept no {CHECKPOINT_ARTIFACT}; rerun the "
                           "counterfactual (it logs checkpoints) before registering")
     model = load_checkpoint(checkpoint)
     config = run_config(model_run)
-    test = load_split(config.data.target, "test", config.data.resolution, data_root)
-    example = test.images[:N_EXAMPLE_IMAGES].numpy()
-    with torch.no_grad():
-        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    test = load_split(config.data.target, "test", config.data.resolution, ctx.data_root)
     tags = _version_tags(selection, model_run, cf_run, pruned)
     if run_id is None:
         run_id = client.create_run(cf_run.info.experiment_id, tags={
             MLFLOW_RUN_NAME: f"register-{name}"}).info.run_id
     set_tags(client, run_id, {KIND_TAG: REGISTER, "counterfactual_run_id": counterfactual_run_id})
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model, name="model", signature=signature, input_example=example,
-            serialization_format="pickle",  # loads back as the nn.Module itself; pt2 fixes shapes
-            code_paths=[str(PACKAGE_DIR)], registered_model_name=name,
-            metadata={"target_classes": list(test.class_names), "resolution": config.data.resolution,
-                      "input": "uint8 images (N, 3, R, R), RGB, values 0-255", "output": "logits (N, C)"},
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-                              f"numpy=={np.__version__}"])
-        version = str(info.registered_model_version)
-        mlflow.log_metrics({"val_acc": float(tags["val_acc"]), "test_acc": float(tags["test_acc"])})
-        mlflow.set_tags({"registered_model": name, "registered_version": version, "pruned": tags["pruned"],
-                         "message": message[:4900]})
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
+    with run_scope(client, run_id):
+        source = log_model_files(client, run_id, model, test)
+        version = str(_new_version(client, name, source, model_run.info.run_id, tags, message).version)
+        log_metrics(client, run_id, {"val_acc": float(tags["val_acc"]), "test_acc": float(tags["test_acc"])})
+        set_tags(client, run_id, {"registered_model": name, "registered_version": version, "pruned": tags["pruned"],
+                                  "source_run_id": model_run.info.run_id, "message": message[:4900]})
     client.set_registered_model_alias(name, CHAMPION, version)
-    client.update_model_version(name, version, description=message)
     describe_run(client, run_id, register_note(name, version, message), f"register-{name}")
     client.update_registered_model(name, description=(
         f"Target model ({config.data.target}, {len(test.class_names)} classes: {', '.join(test.class_names)}) "
@@ -208,7 +202,54 @@ def register_champion(counterfactual_run_id: str, data_root=None, name: str | No
         f"Input: uint8 images (N, 3, "
         f"{config.data.resolution}, {config.data.resolution}); output: logits (N, {len(test.class_names)}). "
         f"Experiment {experiment!r}."))
+    for key, value in {"target": config.data.target, "source": config.data.source, "experiment": experiment,
+                       "gate_rule": str(RULE_VERSION), "champion_rule": RULE_SUMMARY}.items():
+        client.set_registered_model_tag(name, key, value)
     return Registration(name, version, pruned, message, run_id, warnings)
+
+
+def _register_run_of(client: MlflowClient, experiment_id: str, name: str, version: str) -> str:
+    """The register run that logged version ``version`` of ``name`` ("" when it cannot be found)."""
+    found = latest_run(client, experiment_id, REGISTER, registered_model=name, registered_version=str(version))
+    return found.info.run_id if found is not None else ""
+
+
+RULE_SUMMARY = ("the pruned source only when its paired selection-half gain over the full source has a t-interval "
+                "above zero over >= 3 seeds fixed in its plan, at the level its look at that half may spend "
+                "(5% / 2^look, Bonferroni over its candidates); else the full source")
+
+
+def log_model_files(client: MlflowClient, run_id: str, model, test) -> str:
+    """Save ``model`` as an MLflow model (``pickle`` format, the package's code along) into run ``run_id``'s
+    artifacts under ``model/``; returns the source URI a model version points to.
+
+    ``pickle``, not the default ``pt2``: ``pt2`` (torch.export) loads back as a GraphModule with the
+    traced input shape baked in; ``pickle`` loads back the very :class:`Normalized` module.
+    """
+    example = test.images[:N_EXAMPLE_IMAGES].numpy()
+    with torch.no_grad():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        mlflow.pytorch.save_model(
+            model, str(path), signature=signature, input_example=example, serialization_format="pickle",
+            code_paths=[str(PACKAGE_DIR)],
+            metadata={"target_classes": list(test.class_names), "resolution": int(test.images.shape[-1]),
+                      "input": "uint8 images (N, 3, R, R), RGB, values 0-255", "output": "logits (N, C)"},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
+                              f"numpy=={np.__version__}"])
+        client.log_artifacts(run_id, str(path), "model")
+    return f"{client.get_run(run_id).info.artifact_uri}/model"
+
+
+def _new_version(client: MlflowClient, name: str, source: str, trained_by: str, tags: dict, message: str):
+    """A new version of ``name`` (made if missing) whose files are ``source`` and whose source run, as the
+    UI's "Source Run" opens it, is the run that trained the model."""
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException:  # it exists
+        pass
+    return client.create_model_version(name, source, run_id=trained_by, tags=tags, description=message)
 
 
 def register_note(name: str, version: str, message: str) -> str:
@@ -219,9 +260,9 @@ def register_note(name: str, version: str, message: str) -> str:
             f"`mlflow models serve -m {uri} --env-manager local`.")
 
 
-def latest_counterfactual_run(experiment: str) -> str:
+def latest_counterfactual_run(client: MlflowClient, experiment: str) -> str:
     """Id of the experiment's latest FINISHED counterfactual run."""
-    run = latest_run(MlflowClient(), existing_experiment(experiment), COUNTERFACTUAL)
+    run = latest_run(client, existing_experiment(client, experiment), COUNTERFACTUAL)
     if run is None:
         raise ConfigError(f"experiment {experiment!r} has no FINISHED counterfactual run; run "
                           "`transfer-core counterfactual` first or pass --counterfactual RUN_ID")

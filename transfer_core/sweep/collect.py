@@ -8,14 +8,12 @@ change, so the cache is keyed by run id and needs no invalidation.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
@@ -23,9 +21,10 @@ from tqdm.auto import tqdm
 from transfer_core.config import ConfigError
 from transfer_core.data import cache_dir
 from transfer_core.track import (CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT, VAL_OUTPUTS_ARTIFACT, artifact_path,
-                                 run_filter, search_all)
+                                 client_for, open_store, run_filter, search_all)
 from transfer_core.track.claims import is_superseded
 from transfer_core.track.runs import SUBSET_RUN, all_experiment_ids
+from transfer_core.track.steps import step_key
 
 OUTPUT_KEYS = ("margin", "prob", "correct")
 READ_THREADS = 8  # artifact reads overlap well when they are downloads from a server
@@ -61,13 +60,12 @@ def finished_filter(sweep_id: str) -> str:
     return run_filter(SUBSET_RUN, "FINISHED", sweep_id=check_sweep_id(sweep_id))
 
 
-def finished_runs(sweep_id: str, experiment_id: str | None = None, client: MlflowClient | None = None) -> list:
+def finished_runs(sweep_id: str, experiment_id: str | None, client: MlflowClient) -> list:
     """The FINISHED subset runs of a sweep, one per index (the earliest to finish), by index.
 
     With ``experiment_id`` None every experiment is searched, and a sweep id found in more
     than one is refused (pass the experiment).
     """
-    client = client or MlflowClient()
     experiment_ids = [experiment_id] if experiment_id is not None else all_experiment_ids(client)
     runs = search_all(client, experiment_ids, finished_filter(sweep_id))
     found_in = sorted({r.info.experiment_id for r in runs})
@@ -84,21 +82,21 @@ def finished_runs(sweep_id: str, experiment_id: str | None = None, client: Mlflo
     return [best[i] for i in sorted(best)]
 
 
-def cache_file(sweep_id: str, experiment_ids: set[str]) -> Path:
+def cache_file(tracking_uri: str, sweep_id: str, experiment_ids: set[str]) -> Path:
     """One cache per (tracking store, experiment, sweep): sweep ids are unique only within a store."""
-    key = json.dumps([mlflow.get_tracking_uri(), sorted(experiment_ids)])
     folder = cache_dir() / "sweeps"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{sweep_id}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.npz"
+    key = step_key("collect", upstream={"store": tracking_uri, "experiments": sorted(experiment_ids)})
+    return folder / f"{sweep_id}-{key[:10]}.npz"
 
 
-def read_run(run) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def read_run(run, client: MlflowClient | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The mask ``(n_source_classes,)`` and outputs of one run: test ``margin``, ``prob``, ``correct``,
     ``labels``, and, when the run recorded them, validation ``val_margin``, ... ``val_labels``."""
-    mask = np.load(artifact_path(run, MASK_ARTIFACT)).astype(bool)
-    with np.load(artifact_path(run, OUTPUTS_ARTIFACT)) as npz:
+    mask = np.load(artifact_path(run, MASK_ARTIFACT, client)).astype(bool)
+    with np.load(artifact_path(run, OUTPUTS_ARTIFACT, client)) as npz:
         outputs = {k: npz[k] for k in (*OUTPUT_KEYS, "labels")}
-    val_path = artifact_path(run, VAL_OUTPUTS_ARTIFACT)
+    val_path = artifact_path(run, VAL_OUTPUTS_ARTIFACT, client)
     if val_path.is_file():
         with np.load(val_path) as npz:
             outputs.update({f"val_{k}": npz[k] for k in (*OUTPUT_KEYS, "labels")})
@@ -121,9 +119,10 @@ def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new cache, never half
 
 
-def _read_runs(runs: list, sweep_id: str, progress: bool) -> dict[str, tuple]:
+def _read_runs(runs: list, sweep_id: str, progress: bool, client: MlflowClient) -> dict[str, tuple]:
     with ThreadPoolExecutor(READ_THREADS) as pool:
-        reads = list(tqdm(pool.map(read_run, runs), total=len(runs), disable=not progress or not runs,
+        reads = list(tqdm(pool.map(lambda run: read_run(run, client), runs), total=len(runs),
+                          disable=not progress or not runs,
                           desc=f"collect {sweep_id}", unit="run"))
     return dict(zip([r.info.run_id for r in runs], reads))
 
@@ -139,29 +138,32 @@ def _cache_layout(cache: dict[str, np.ndarray]) -> tuple:
     return cache["masks"].shape[1], cache["target_labels"].tolist(), None if val is None else val.tolist()
 
 
-def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=True, progress=True) -> CollectedRuns:
+def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=True, progress=True, *,
+                  tracking_uri: str | None = None) -> CollectedRuns:
     """Masks and per-example outputs of every FINISHED run of ``sweep_id``, stacked by index.
 
+    ``tracking_uri``: the store (default: :func:`transfer_core.track.open_store`'s choice).
     Reads only runs missing from the sweep's cache (all of them with ``use_cache=False``).
     Raises ConfigError when the sweep has no FINISHED run or its runs disagree in shape.
     """
-    client = MlflowClient()
+    tracking_uri = tracking_uri or open_store()
+    client = client_for(tracking_uri)
     runs = finished_runs(sweep_id, experiment_id, client)
     if not runs:
         where = f"experiment {experiment_id}" if experiment_id is not None else "any experiment"
         raise ConfigError(f"sweep {sweep_id} has no FINISHED subset run in {where}; run `transfer-core sweep` "
                           "first, or check the id with `transfer-core sweeps`")
     run_ids = [r.info.run_id for r in runs]
-    path = cache_file(sweep_id, {r.info.experiment_id for r in runs})
+    path = cache_file(tracking_uri, sweep_id, {r.info.experiment_id for r in runs})
     cache = _load_cache(path) if use_cache else None
     if cache is not None and "masks" not in cache:
         cache = None
     cached_rows = {} if cache is None else {rid: row for row, rid in enumerate(cache["run_ids"].tolist())}
-    fresh = _read_runs([r for r in runs if r.info.run_id not in cached_rows], sweep_id, progress)
+    fresh = _read_runs([r for r in runs if r.info.run_id not in cached_rows], sweep_id, progress, client)
     layout = _layout(*next(iter(fresh.values()))) if fresh else _cache_layout(cache)
     if cache is not None and fresh and _cache_layout(cache) != layout:
         cache, cached_rows = None, {}  # written by other code, or before runs recorded validation: read anew
-        fresh.update(_read_runs([r for r in runs if r.info.run_id not in fresh], sweep_id, progress))
+        fresh.update(_read_runs([r for r in runs if r.info.run_id not in fresh], sweep_id, progress, client))
     n_classes, labels, val_labels = layout
     keys = [*OUTPUT_KEYS, *([f"val_{k}" for k in OUTPUT_KEYS] if val_labels is not None else [])]
     n = len(runs)
@@ -190,7 +192,7 @@ def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=Tru
     if cache is not None and not fresh and "source_classes" in cache:
         source_classes = cache["source_classes"].tolist()
     else:
-        source_classes = json.loads(Path(artifact_path(runs[0], CLASSES_ARTIFACT)).read_text())
+        source_classes = json.loads(Path(artifact_path(runs[0], CLASSES_ARTIFACT, client)).read_text())
     indices = np.array([int(r.data.tags["index"]) for r in runs], dtype=np.int64)
     if use_cache and (fresh or len(cached_rows) != n):
         extra = {} if val_labels is None else {"val_labels": np.asarray(val_labels)}

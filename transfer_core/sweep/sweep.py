@@ -2,13 +2,15 @@
 
 A sweep is one parent MLflow run (tags ``transfer_core.kind=sweep``, ``sweep_id``) and one
 child run per model index (``transfer_core.kind=subset_run``, ``sweep_id``, ``index``). The
-sweep id is a hash of the config (``alpha`` and ``sweep_seed`` included, the number of
-models not), so the same command always means the same sweep and ``--n-models`` can grow
-it. Starting a sweep again trains only the indices that have no FINISHED run.
+sweep id is its step key (:func:`transfer_core.track.steps.step_key`): the config (``alpha``
+and ``sweep_seed`` included, the number of models not), the content digest of the data and
+the digest of the code that trains the models. So the same command always means the same
+sweep, ``--n-models`` can grow it, and a change to the training code makes a new one.
+Starting a sweep again trains only the indices that have no FINISHED run.
 
 Example::
 
-    sweep_id = run_sweep(build_config("synthetic"), n_models=8, workers=2)
+    sweep_id = run_sweep(build_config("synthetic"), n_models=8)
     runs = collect_sweep(sweep_id)     # transfer_core.sweep.collect
 
 Models train through :mod:`transfer_core.execute`, which claims each index through the
@@ -16,7 +18,6 @@ tracking store, so several sweep commands (on one machine or many) never train a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -25,18 +26,21 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from transfer_core.config import ConfigError, RunConfig
-from transfer_core.execute import ExecutorSettings, Job, Task, resolve_pack, run_tasks
+from transfer_core.config import ConfigError, Provenance, RunConfig
+from transfer_core.data import data_digest
+from transfer_core.execute import Context, Job, Task, resolve_pack, run_tasks
 from transfer_core.sweep.collect import check_sweep_id, finished_runs
-from transfer_core.track import (DEFAULT_EXPERIMENT, describe_step, get_experiment_id, log_metrics, run_filter,
-                                 search_all, setup_tracking)
+from transfer_core.track import (DEFAULT_EXPERIMENT, describe_step, get_experiment_id, log_metrics, quote,
+                                 run_filter, search_all)
 from transfer_core.track.claims import is_superseded, settle_parent
 from transfer_core.track.runs import SUBSET_RUN, SWEEP
+from transfer_core.track.steps import STEP_KEY_TAG, step_key, step_tags
 
 log = logging.getLogger(__name__)
 
 CONFIG_TAG = "sweep_config"  # JSON of the params that define the sweep, written with the parent
 TUNE_RUN_TAG = "tune_run_id"  # the tune run whose recipe the sweep trains with (provenance)
+PROVENANCE_TAG = "config_provenance"  # where the config came from (config.Provenance), on every step run
 
 
 class SweepConflictError(ConfigError):
@@ -75,24 +79,33 @@ def sweep_params(config: RunConfig, extra_params: dict | None = None) -> dict[st
     return params
 
 
-def sweep_id_for(config: RunConfig, extra_params: dict | None = None) -> str:
-    """``sweep-<12 hex>`` from the config (alpha and sweep_seed included; n_models is not)."""
-    if not extra_params:
-        return f"sweep-{config.config_hash()}"
-    blob = json.dumps(sweep_params(config, extra_params), sort_keys=True).encode()
-    return f"sweep-{hashlib.sha256(blob).hexdigest()[:12]}"
+def sweep_key(config: RunConfig, data: str, extra_params: dict | None = None) -> str:
+    """The sweep's step key: config (alpha and sweep_seed included; n_models is not), data digest, training code."""
+    return step_key("sweep", config=config, data=data, code="models", extra=dict(extra_params or {}))
 
 
-def find_sweeps(experiment_id: str) -> list[str]:
+def sweep_id_for(config: RunConfig, data: str, extra_params: dict | None = None) -> str:
+    """``sweep-<12 hex>`` of :func:`sweep_key`; ``data`` is :func:`transfer_core.data.data_digest` of the config."""
+    return f"sweep-{sweep_key(config, data, extra_params)[:12]}"
+
+
+def find_sweeps(client: MlflowClient, experiment_id: str) -> list[str]:
     """Sweep ids of an experiment, newest first."""
-    runs = search_all(MlflowClient(), [experiment_id], run_filter(SWEEP),
+    runs = search_all(client, [experiment_id], run_filter(SWEEP),
                       order_by=["attributes.start_time DESC"])
     ids = [r.data.tags["sweep_id"] for r in runs if not is_superseded(r) and "sweep_id" in r.data.tags]
     return list(dict.fromkeys(ids))
 
 
-def check_conflict(parent, sweep_id: str, params: dict[str, str]) -> None:
-    """Refuse to add runs of ``params`` to a stored sweep made with other params, naming the fields."""
+def check_conflict(parent, sweep_id: str, params: dict[str, str], key: str | None = None) -> None:
+    """Refuse to add runs of ``params`` to a stored sweep made with other params (naming the fields), or,
+    given the step ``key``, with other data or training code."""
+    stored_key = parent.data.tags.get(STEP_KEY_TAG)
+    if key is not None and stored_key is not None and stored_key != key and \
+            json.loads(parent.data.tags.get(CONFIG_TAG) or "null") == params:
+        raise SweepConflictError(f"sweep {sweep_id} (parent run {parent.info.run_id}) was trained on other data or "
+                                 "by other training code than this command would use; choose another --sweep-id "
+                                 "(or leave it out: the default id follows the data and the code)")
     stored = json.loads(parent.data.tags.get(CONFIG_TAG) or "null") or dict(parent.data.params)
     differ = [k for k in sorted(set(stored) | set(params)) if stored.get(k) != params.get(k)]
     if differ:
@@ -106,19 +119,25 @@ def check_conflict(parent, sweep_id: str, params: dict[str, str]) -> None:
 
 def resolve_parent(client: MlflowClient, experiment_id: str, sweep_id: str, params: dict[str, str],
                    invocation_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
-    """The parent run of the sweep: the stored one (checked against ``params``), else a new one.
-
-    Commands started together agree on one parent (see :func:`transfer_core.track.claims.settle_parent`).
+    """The parent run of the sweep: the stored one (checked against ``params`` and the step key in
+    ``tags``), else a new one. Commands started together agree on one parent
+    (see :func:`transfer_core.track.claims.settle_parent`).
     """
+    tags = tags or {}
     return settle_parent(client, experiment_id, SWEEP, {"sweep_id": sweep_id}, params=params,
                          run_name=sweep_id, invocation_run_id=invocation_run_id,
-                         extra_tags={CONFIG_TAG: json.dumps(params, sort_keys=True), **(tags or {})},
-                         check=lambda parent: check_conflict(parent, sweep_id, params))
+                         extra_tags={CONFIG_TAG: json.dumps(params, sort_keys=True), **tags},
+                         check=lambda parent: check_conflict(parent, sweep_id, params, tags.get(STEP_KEY_TAG)))
+
+
+def model_name(sweep_id: str, index: int) -> str:
+    """A sweep model's run name, the part that tells runs apart first: ``00039 · sweep-dc25``."""
+    return f"{index:05d} · {sweep_id[:10]}"
 
 
 def sweep_tasks(sweep_id: str, parent_run_id: str, indices: list[int]) -> list[Task]:
     """One task per model index: the kept classes and the seed follow from (sweep seed, index)."""
-    return [Task(SUBSET_RUN, (("sweep_id", sweep_id), ("index", str(i))), i, f"{sweep_id}-{i:05d}", parent_run_id)
+    return [Task(SUBSET_RUN, (("sweep_id", sweep_id), ("index", str(i))), i, model_name(sweep_id, i), parent_run_id)
             for i in indices]
 
 
@@ -143,37 +162,39 @@ def log_summary(client: MlflowClient, summary: SweepSummary) -> None:
     client.set_terminated(summary.parent_run_id, status="FINISHED" if summary.complete else "FAILED")
 
 
-def sweep_with_summary(config: RunConfig, n_models: int, *, experiment: str = DEFAULT_EXPERIMENT,
-                       execution: ExecutorSettings = ExecutorSettings(), data_root=None,
-                       tracking_uri: str | None = None, sweep_id: str | None = None,
+def sweep_with_summary(config: RunConfig, n_models: int, *, ctx: Context | None = None,
+                       experiment: str = DEFAULT_EXPERIMENT, sweep_id: str | None = None,
                        extra_params: dict | None = None, log_checkpoint: bool = False,
-                       tune_run_id: str | None = None, invocation_run_id: str | None = None,
-                       progress: bool = True) -> SweepSummary:
+                       provenance: Provenance | None = None, invocation_run_id: str | None = None) -> SweepSummary:
     """Run (or resume, or grow) the sweep of ``config`` to ``n_models`` FINISHED runs.
 
-    ``execution`` says where models train, and how many at once (``pack``); ``tune_run_id`` (the tune run whose recipe
-    ``config`` carries) is recorded on the parent run.
+    ``ctx`` says which store, which data and where models train (and how many at once:
+    ``ctx.execution.pack``); ``provenance`` (where the config came from, the tune run whose recipe
+    it carries) is recorded on the parent run.
     """
     started = time.monotonic()
+    ctx = ctx or Context.open()
     if n_models < 1:
         raise ConfigError(f"--n-models must be a positive integer, got {n_models}")
     params = sweep_params(config, extra_params)
-    sweep_id = check_sweep_id(sweep_id) if sweep_id else sweep_id_for(config, extra_params)
-    uri = setup_tracking(tracking_uri)
-    pack = resolve_pack(config, execution, data_root)  # a pack that cannot fit is refused before anything is recorded
-    client = MlflowClient()
-    experiment_id = get_experiment_id(experiment)
-    parent = resolve_parent(client, experiment_id, sweep_id, params, invocation_run_id,
-                            {TUNE_RUN_TAG: tune_run_id} if tune_run_id else None)
+    key = sweep_key(config, data_digest(config.data, ctx.data_root), extra_params)
+    sweep_id = check_sweep_id(sweep_id) if sweep_id else f"sweep-{key[:12]}"
+    # a pack that cannot fit is refused before anything is recorded
+    pack = resolve_pack(config, ctx.execution, ctx.data_root)
+    client = ctx.client
+    experiment_id = get_experiment_id(client, experiment)
+    tags = {**step_tags(key), PROVENANCE_TAG: (provenance or Provenance("?")).to_json()}
+    if provenance is not None and provenance.tune_run_id:
+        tags[TUNE_RUN_TAG] = provenance.tune_run_id
+    parent = resolve_parent(client, experiment_id, sweep_id, params, invocation_run_id, tags)
     client.update_run(parent, status="RUNNING")
     done = {int(r.data.tags["index"]) for r in finished_runs(sweep_id, experiment_id, client)}
     todo = [i for i in range(n_models) if i not in done]
     n_reused = n_models - len(todo)
     log.info("sweep %s: parent run %s, %d of %d models already FINISHED", sweep_id, parent, n_reused, n_models)
-    job = Job(config, experiment, uri, None if data_root is None else str(data_root), log_checkpoint, pack,
-              execution.compile)
-    outcomes = run_tasks(job, sweep_tasks(sweep_id, parent, todo), execution, n_total=n_models, n_done=n_reused,
-                         progress=progress, desc=sweep_id)
+    job = Job(config, experiment, ctx.tracking_uri, ctx.data_root, log_checkpoint, pack, ctx.execution.compile)
+    outcomes = run_tasks(job, sweep_tasks(sweep_id, parent, todo), ctx.execution, n_total=n_models, n_done=n_reused,
+                         progress=ctx.progress, desc=sweep_id)
     summary = summarise(client, experiment_id, sweep_id, parent, n_models, n_reused, outcomes, started)
     describe_step(client, parent, sweep_note(summary, config), sweep_id, invocation_run_id)
     log_summary(client, summary)
@@ -184,7 +205,8 @@ def sweep_note(summary: SweepSummary, config: RunConfig) -> str:
     """The parent run's description in the MLflow UI."""
     d = config.data
     return (f"Sweep `{summary.sweep_id}`: {summary.n_finished} of {summary.n_models} subset runs FINISHED (child "
-            f"runs `{summary.sweep_id}-NNNNN`), each pretrained on a random {config.alpha:g} of the `{d.source}` "
+            f"runs `NNNNN · {summary.sweep_id[:10]}`; filter `tags.sweep_id = {quote(summary.sweep_id)}`), "
+            f"each pretrained on a random {config.alpha:g} of the `{d.source}` "
             f"classes and transferred to `{d.target}` ({config.transfer.mode} transfer). Each run's Dataset column "
             f"shows the source classes it kept. Counts and run times: `sweep_summary.json`. Next: `transfer-core "
             f"analyze --sweep {summary.sweep_id}`.")

@@ -13,8 +13,8 @@ from transfer_core.track.artifacts import (CHECKPOINT_ARTIFACT, CLASSES_ARTIFACT
 from transfer_core.track.runs import (KIND_TAG, artifact_path, describe_run, describe_step, get_run_of_kind,
                                       latest_run, log_metrics, log_new_params, mark_failed, now_ms, one_line, quote,
                                       run_config, run_filter, run_scope, search_all, set_tags, to_local_path)
-from transfer_core.track.store import (DEFAULT_EXPERIMENT, TrackingError, default_tracking_uri, existing_experiment,
-                                       get_experiment_id, setup_tracking)
+from transfer_core.track.store import (DEFAULT_EXPERIMENT, TrackingError, client_for, default_tracking_uri,
+                                       existing_experiment, get_experiment_id, open_store)
 
 __all__ = ["CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT", "MASK_ARTIFACT", "OUTPUTS_ARTIFACT", "VAL_OUTPUTS_ARTIFACT",
            "load_checkpoint",
@@ -22,4 +22,5 @@ __all__ = ["CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT", "MASK_ARTIFACT", "OUTPUTS_
            "get_run_of_kind", "latest_run",
            "log_metrics", "log_new_params", "mark_failed", "now_ms", "one_line", "quote", "run_config",
            "run_filter", "run_scope", "search_all", "set_tags", "to_local_path", "DEFAULT_EXPERIMENT",
-           "TrackingError", "default_tracking_uri", "existing_experiment", "get_experiment_id", "setup_tracking"]
+           "TrackingError", "client_for", "default_tracking_uri", "existing_experiment", "get_experiment_id",
+           "open_store"]

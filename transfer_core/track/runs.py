@@ -202,9 +202,12 @@ def to_local_path(artifact_uri: str) -> Path | None:
     return None
 
 
-def artifact_path(run, name: str) -> Path:
-    """A local path to artifact ``name`` of ``run``: read in place when local, else downloaded."""
+def artifact_path(run, name: str, client: MlflowClient | None = None) -> Path:
+    """A local path to artifact ``name`` of ``run``: read in place when local, else downloaded through
+    ``client`` (the store's client: a server's artifacts are reached through its tracking URI)."""
     local = to_local_path(run.info.artifact_uri)
     if local is not None:
         return local / name
+    if client is not None:
+        return Path(client.download_artifacts(run.info.run_id, name))
     return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name))

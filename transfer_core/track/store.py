@@ -6,22 +6,30 @@ The default store is embedded: ``sqlite:///mlruns/mlflow.db`` with artifacts und
 (credentials in ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, checked up front).
 
 A brand-new sqlite store is created and migrated by MLflow the first time a process opens
-it; two processes doing that at once crash inside alembic. :func:`setup_tracking` therefore
+it; two processes doing that at once crash inside alembic. :func:`open_store` therefore
 opens a sqlite store under an exclusive file lock (``<db>.lock``), so exactly one process
 creates or migrates it and the others wait, then find it ready. Afterwards MLflow's own
 ``busy_timeout`` (20 s) lets concurrent writers queue instead of failing.
+
+Nothing here sets MLflow's global tracking URI or the environment: :func:`open_store` returns
+the URI, the entry point puts it in its context (:class:`transfer_core.execute.Context`), and
+every client is made for it (:func:`client_for`). Every experiment the tool creates in a sqlite
+store keeps its artifacts next to the database (``<db folder>/artifacts/<experiment name>``),
+wherever the command was started; MLflow's own default is ``./mlruns`` of the creating process.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
-import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -89,8 +97,9 @@ def open_sqlite_store(uri: str) -> None:
                         "and the file is an MLflow sqlite database, or point --tracking-uri elsewhere")
 
 
-def setup_tracking(tracking_uri: str | None = None) -> str:
-    """Point MLflow at ``tracking_uri`` (default: the embedded store) and check it answers."""
+def open_store(tracking_uri: str | None = None) -> str:
+    """The tracking URI to use (``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
+    store), checked to answer; a new sqlite store is created under a lock. Sets nothing global."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:
@@ -100,9 +109,25 @@ def setup_tracking(tracking_uri: str | None = None) -> str:
                                 "with `mlflow server` or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
         check_credentials(uri)
     open_sqlite_store(uri)
-    mlflow.set_tracking_uri(uri)
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (workers, nested mlflow.run) inherit it
     return uri
+
+
+@lru_cache(maxsize=None)
+def client_for(tracking_uri: str) -> MlflowClient:
+    """The one client of this process for ``tracking_uri`` (MLflow caches the store behind it)."""
+    return MlflowClient(tracking_uri)
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment's artifacts go: next to a sqlite database; None (MLflow's choice) elsewhere."""
+    path = sqlite_path(tracking_uri)
+    if path is None:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("._") or "experiment"
+    folder = path.resolve().parent / "artifacts" / safe  # a folder of its own: never a name Python could import
+    if folder.exists():  # another experiment's name maps to the same folder: keep them apart
+        folder = folder.with_name(f"{safe}-{hashlib.sha256(experiment.encode()).hexdigest()[:6]}")
+    return folder.as_uri()
 
 
 def check_credentials(uri: str) -> None:
@@ -128,21 +153,21 @@ def check_credentials(uri: str) -> None:
 
 
 def mark_training_experiment(client: MlflowClient, experiment) -> None:
-    """Tag ``experiment`` as a model-training experiment, so MLflow's UI opens it on "Training runs"."""
+    """Tag ``experiment`` as a model-training experiment, so MLflow's UI opens it on "Training runs".
+
+    Called where the tool writes runs into an experiment, never by a lookup."""
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
-def get_experiment_id(name: str) -> str:
-    """The id of experiment ``name``, created if missing (safe when two processes race).
-
-    Every experiment the tool writes to is tagged as a training experiment.
-    """
-    client = MlflowClient()
+def get_experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, for writing runs into: created if missing (safe when two processes race),
+    with its artifacts next to a sqlite store, and tagged as a training experiment."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri, name),
+                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # another process created it first
             pass
         experiment = client.get_experiment_by_name(name)
@@ -153,14 +178,12 @@ def get_experiment_id(name: str) -> str:
     return experiment.experiment_id
 
 
-def existing_experiment(name: str) -> str:
-    """The id of experiment ``name``, which must exist (for steps that only read)."""
-    client = MlflowClient()
+def existing_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, which must exist (for steps that only read); writes nothing."""
     found = client.get_experiment_by_name(name)
     if found is None or found.lifecycle_stage == "deleted":
         raise TrackingError(f"experiment {name!r} does not exist in this tracking store; check --experiment "
                             "and --tracking-uri")
-    mark_training_experiment(client, found)
     return found.experiment_id
 
 

@@ -6,10 +6,22 @@
 Pure pieces (the search space, the schedule-aware pruner) are kept apart from the MLflow
 records of a study (:mod:`~transfer_core.tune.records`).
 """
-from transfer_core.tune.pruning import ScheduleMedianPruner
-from transfer_core.tune.space import TUNABLE, Choices, Range, SearchSpace
-from transfer_core.tune.study import (StorageError, TunedRecipe, TuneResult, TuneSettings, find_tune_run, recipe_from,
-                                      tune, tuned_recipe)
+from transfer_core import lazy_exports
 
-__all__ = ["ScheduleMedianPruner", "TUNABLE", "Choices", "Range", "SearchSpace", "StorageError", "TunedRecipe",
-           "TuneResult", "TuneSettings", "find_tune_run", "recipe_from", "tune", "tuned_recipe"]
+_EXPORTS = {
+    "ScheduleMedianPruner": "transfer_core.tune.pruning",
+    "TUNABLE": "transfer_core.tune.space",
+    "Choices": "transfer_core.tune.space",
+    "Range": "transfer_core.tune.space",
+    "SearchSpace": "transfer_core.tune.space",
+    "TuneSettings": "transfer_core.tune.space",
+    "StorageError": "transfer_core.tune.study",
+    "TunedRecipe": "transfer_core.tune.study",
+    "TuneResult": "transfer_core.tune.study",
+    "find_tune_run": "transfer_core.tune.study",
+    "recipe_from": "transfer_core.tune.study",
+    "tune": "transfer_core.tune.study",
+    "tuned_recipe": "transfer_core.tune.study",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = list(_EXPORTS)

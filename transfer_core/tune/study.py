@@ -12,19 +12,21 @@ ones, comparing trials at the same point of their learning-rate schedule
 the reason recorded, and the study goes on. Trial 0 of a new study is the config's own
 recipe, so the gain over the default is on record and the best is never worse than it.
 
-Storage: by default a journal file ``mlruns/optuna/<study>.journal`` (resumable, safe for
-several processes on one machine); ``storage`` may also be another ``*.journal`` path or
-an RDB URL (``postgresql://...``) that machines share. Calling :func:`tune` again with the
-same study name adds trials to it; a study made for a different config is refused.
+Storage: by default a journal file ``optuna/<study>.journal`` beside the MLflow sqlite store
+(``mlruns/optuna/`` for the embedded one; resumable, safe for several processes on one
+machine); ``storage`` may also be another ``*.journal`` path or an RDB URL
+(``postgresql://...``) that machines share. Calling :func:`tune` again with the same study
+name adds trials to it; a study made for a different config is refused. With
+``total_trials``, a call that has nothing to add reuses the FINISHED tune run of the same
+step key instead of logging another.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -34,57 +36,26 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from tqdm.auto import tqdm
 
 from transfer_core.config import ConfigError, RunConfig, with_overrides
-from transfer_core.execute import SubsetRunner
+from transfer_core.data import data_digest
+from transfer_core.execute import Context, SubsetRunner
 from transfer_core.track import (KIND_TAG, artifact_path, describe_run, get_run_of_kind, latest_run, log_new_params,
                                  run_scope, set_tags)
 from transfer_core.track.runs import TUNE
+from transfer_core.track.steps import find_step, step_key, step_tags
+from transfer_core.track.store import sqlite_path
 from transfer_core.train import DivergenceError
 from transfer_core.tune.pruning import ScheduleMedianPruner
-from transfer_core.tune.space import TUNABLE, Choices, SearchSpace
+from transfer_core.tune.space import TUNABLE, Choices, SearchSpace, TuneSettings
 from transfer_core.tune.backbone import BACKBONE_TAG, TrialFitter, backbone_hash, log_backbone, pretrain_backbone, \
     reuse_backbone
 from transfer_core.tune.records import BEST_PARAMS_ARTIFACT, STUDY_TAG, TrialRecorder, log_study_summary
 
 log = logging.getLogger(__name__)
-DEFAULT_STORAGE_DIR = Path("mlruns") / "optuna"
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+DEFAULT_STORAGE_DIR = Path("mlruns") / "optuna"  # for stores that are not a local sqlite file
 
 
 class StorageError(ConfigError):
     """The Optuna storage cannot be opened, or holds a study made for another config."""
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """How to search; the config being tuned is a separate :class:`RunConfig`."""
-
-    n_trials: int = 20  # trials this call adds to the study
-    total_trials: int | None = None  # if set: add only the trials the study lacks to hold this many finished ones
-    study_name: str | None = None  # None: <profile>-<mode>-<hash of the config>
-    storage: str | None = None  # None: mlruns/optuna/<study>.journal; or a *.journal path, or an RDB URL
-    space: SearchSpace | None = None  # None: SearchSpace.default(transfer mode)
-    backbone_index: int | None = None  # None: pretrain on every source class; i: the classes of mask i
-    timeout_s: float | None = None  # stop starting trials after this many seconds
-    sampler_seed: int | None = None  # TPE seed; None draws fresh (use None when processes share a study)
-    pruner_startup_trials: int = 4  # complete trials before the median pruner may stop any
-    pruner_warmup_epochs: int = 1  # epochs every trial runs before it may be pruned
-
-    def validate(self, config: RunConfig) -> "TuneSettings":
-        if self.n_trials < 1:
-            raise ConfigError(f"--n-trials must be a positive integer, got {self.n_trials}; e.g. --n-trials 20")
-        if self.total_trials is not None and self.total_trials < 1:
-            raise ConfigError(f"--total-trials must be a positive integer, got {self.total_trials}; "
-                              "e.g. --total-trials 16")
-        if self.backbone_index is not None and self.backbone_index < 0:
-            raise ConfigError(f"--backbone-index must be >= 0 (or unset for the full source), "
-                              f"got {self.backbone_index}")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
-        if self.study_name is not None and not _STUDY_NAME.match(self.study_name):
-            raise ConfigError(f"study name {self.study_name!r} must be 1-121 letters, digits, '.', '_' or '-' "
-                              "and start with a letter or digit")
-        space = self.space if self.space is not None else SearchSpace.default(config.transfer.mode)
-        return replace(self, space=space.validate(config))
 
 
 @dataclass
@@ -96,29 +67,38 @@ class TuneResult:
     best_value: float  # best target validation accuracy in the whole study
     default_value: float | None  # validation accuracy of the config's own recipe (trial 0)
     counts: dict[str, int]  # COMPLETE / PRUNED / FAIL trials in the whole study
+    reused: bool = False  # the study was complete and its FINISHED run is returned: nothing ran
 
 
-def study_hash(config: RunConfig, backbone_index: int | None) -> str:
-    """What makes trials comparable: every field except the tuned ones, plus the backbone."""
-    key = f"{config.config_hash(*TUNABLE)}|{'all' if backbone_index is None else backbone_index}"
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
+def study_hash(config: RunConfig, backbone_index: int | None, data: str) -> str:
+    """What makes trials comparable (the study's step key): every field except the tuned ones, the
+    backbone, the data digest and the tuning code."""
+    fixed = {k: v for k, v in config.to_params().items() if k not in TUNABLE}
+    return step_key("tune", data=data, code="tune",
+                    extra={"params": fixed, "backbone": "all" if backbone_index is None else backbone_index})[:8]
 
 
-def default_study_name(profile: str, config: RunConfig, backbone_index: int | None) -> str:
+def default_study_name(profile: str, config: RunConfig, backbone_index: int | None, data: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(profile).stem) or "tune"
-    return f"{stem}-{config.transfer.mode}-{study_hash(config, backbone_index)}"
+    return f"{stem}-{config.transfer.mode}-{study_hash(config, backbone_index, data)}"
+
+
+def default_storage_dir(tracking_uri: str) -> Path:
+    """Where journal studies go by default: ``optuna/`` beside a sqlite store, else ``mlruns/optuna``."""
+    db = sqlite_path(tracking_uri)
+    return db.resolve().parent / "optuna" if db is not None else DEFAULT_STORAGE_DIR
 
 
 def _hide_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(storage: str | None, study_name: str):
+def open_storage(storage: str | None, study_name: str, default_dir: Path = DEFAULT_STORAGE_DIR):
     """An Optuna storage and its printable name; raises StorageError if it cannot be opened."""
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalRedisBackend, JournalStorage
 
-    target = storage or str(DEFAULT_STORAGE_DIR / f"{study_name}.journal")
+    target = storage or str(default_dir / f"{study_name}.journal")
     try:
         if "://" not in target:  # a journal file: appends under a file lock, so processes can share it
             Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -135,11 +115,11 @@ def open_storage(storage: str | None, study_name: str):
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open the Optuna storage {_hide_password(target)!r} ({reason}); give a "
                            "writable *.journal path or a reachable database URL (with its driver "
-                           "installed), or leave --storage unset for mlruns/optuna/") from None
+                           "installed), or leave --storage unset for optuna/ beside the MLflow store") from None
 
 
 def load_study(settings: TuneSettings, storage, study_name: str, storage_label: str,
-               config: RunConfig) -> optuna.Study:
+               config: RunConfig, data: str) -> optuna.Study:
     """Create the study or load it to add trials; refuse one made for another config."""
     sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed)
     pruner = ScheduleMedianPruner(config.transfer.epochs, n_startup_trials=settings.pruner_startup_trials,
@@ -150,7 +130,7 @@ def load_study(settings: TuneSettings, storage, study_name: str, storage_label: 
     except Exception as exc:
         raise StorageError(f"cannot create or load study {study_name!r} in {storage_label} ({exc}); "
                            "check the storage or choose another --study-name") from None
-    wanted = {"config_hash": study_hash(config, settings.backbone_index), "transfer.mode": config.transfer.mode,
+    wanted = {"config_hash": study_hash(config, settings.backbone_index, data), "transfer.mode": config.transfer.mode,
               "backbone_index": "all" if settings.backbone_index is None else str(settings.backbone_index)}
     found = {k: study.user_attrs.get(k) for k in wanted}
     if found["config_hash"] is None:
@@ -206,29 +186,52 @@ def make_objective(space: SearchSpace, base: RunConfig, fitter: TrialFitter, cli
     return objective
 
 
-def tune(config: RunConfig, settings: TuneSettings, experiment: str = "transfer_core", data_root=None,
-         device=None, profile: str = "tune", run_id: str | None = None, progress: bool = True) -> TuneResult:
+def tune(config: RunConfig, settings: TuneSettings, experiment: str = "transfer_core", *, ctx: Context | None = None,
+         device=None, profile: str = "tune", run_id: str | None = None) -> TuneResult:
     """Run (or extend) a study; ``run_id`` continues an existing run (e.g. from ``mlflow run``)."""
     with _quiet_optuna():
-        return _tune(config, settings, experiment, data_root, device, profile, run_id, progress)
+        return _tune(config, settings, experiment, ctx or Context.open(), device, profile, run_id)
 
 
-def _tune(config, settings, experiment, data_root, device, profile, run_id, progress) -> TuneResult:
+def _study_result(run_id: str, study, study_name: str, storage_label: str, best: dict) -> TuneResult:
+    trials = study.get_trials(deepcopy=False)
+    baseline = [t.value for t in trials if t.user_attrs.get("baseline") and t.state.name == "COMPLETE"]
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    return TuneResult(run_id, study_name, storage_label, best, study.best_value, baseline[0] if baseline else None,
+                      counts)
+
+
+def _tune(config, settings, experiment, ctx: Context, device, profile, run_id) -> TuneResult:
     settings = settings.validate(config)
-    study_name = settings.study_name or default_study_name(profile, config, settings.backbone_index)
-    storage, storage_label = open_storage(settings.storage, study_name)  # fail fast, before any training
-    study = load_study(settings, storage, study_name, storage_label, config)
+    data = data_digest(config.data, ctx.data_root)
+    study_name = settings.study_name or default_study_name(profile, config, settings.backbone_index, data)
+    # fail fast, before any training
+    storage, storage_label = open_storage(settings.storage, study_name, default_storage_dir(ctx.tracking_uri))
+    study = load_study(settings, storage, study_name, storage_label, config, data)
     n_trials = settings.n_trials
+    client = ctx.client
+    key = None
     if settings.total_trials is not None:  # resumable: finish the study, add nothing once it is complete
         finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
         n_trials = max(settings.total_trials - finished, 0)
         log.info("study %s holds %d finished trials; adding %d to reach %d", study_name, finished, n_trials,
                  settings.total_trials)
-    runner = SubsetRunner(config, experiment, data_root, device)
-    client = runner.client
+        key = step_key("tune", config=config, data=data, code="tune",
+                       extra={"study": study_name, "storage": storage_label, "total_trials": settings.total_trials,
+                              "space": settings.space.describe(), "backbone": settings.backbone_index})
+        existing = client.get_experiment_by_name(experiment)
+        found = find_step(client, existing.experiment_id, TUNE, key) if n_trials == 0 and run_id is None and \
+            existing is not None else None
+        if found is not None:  # the study is complete and its run is logged: nothing to do
+            best = json.loads(artifact_path(found, BEST_PARAMS_ARTIFACT, client).read_text())
+            result = _study_result(found.info.run_id, study, study_name, storage_label, best)
+            result.reused = True
+            return result
+    runner = SubsetRunner(config, experiment, ctx, device)
     experiment_id = client.get_run(run_id).info.experiment_id if run_id else runner.experiment_id
     tags = {KIND_TAG: TUNE, STUDY_TAG: study_name, "config_hash": config.config_hash(),
-            BACKBONE_TAG: backbone_hash(config, settings.backbone_index), MLFLOW_RUN_NAME: f"tune-{study_name}"}
+            BACKBONE_TAG: backbone_hash(config, settings.backbone_index), MLFLOW_RUN_NAME: f"tune-{study_name}",
+            **(step_tags(key) if key else {})}
     if run_id is None:
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
     params = {**config.to_params(), **settings.space.describe(), "tune.n_trials": str(n_trials),
@@ -245,7 +248,7 @@ def _tune(config, settings, experiment, data_root, device, profile, run_id, prog
         log_backbone(client, run_id, backbone, config)
         fitter = TrialFitter(backbone, runner)
         objective = make_objective(settings.space, config, fitter, client, experiment_id, run_id, study_name)
-        with tqdm(total=n_trials, desc=f"tune {study_name}", disable=not progress, unit="trial") as bar:
+        with tqdm(total=n_trials, desc=f"tune {study_name}", disable=not ctx.progress, unit="trial") as bar:
             def advance(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 bar.update()
                 if any(t.state.name == "COMPLETE" for t in study_.get_trials(deepcopy=False)):
@@ -253,11 +256,7 @@ def _tune(config, settings, experiment, data_root, device, profile, run_id, prog
             if n_trials:
                 study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_s, callbacks=[advance])
         best = log_study_summary(client, run_id, study, config)
-    trials = study.get_trials(deepcopy=False)
-    baseline = [t.value for t in trials if t.user_attrs.get("baseline") and t.state.name == "COMPLETE"]
-    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    result = TuneResult(run_id, study_name, storage_label, best, study.best_value,
-                        baseline[0] if baseline else None, counts)
+    result = _study_result(run_id, study, study_name, storage_label, best)
     describe_run(client, run_id, tune_note(result))
     return result
 
@@ -284,9 +283,8 @@ class _quiet_optuna:
         optuna.logging.set_verbosity(self.level)
 
 
-def find_tune_run(experiment_id: str, run_id: str | None = None):
+def find_tune_run(client: MlflowClient, experiment_id: str, run_id: str | None = None):
     """The FINISHED tune run ``run_id``, or the latest FINISHED tune run of the experiment."""
-    client = MlflowClient()
     if run_id is not None:
         return get_run_of_kind(client, run_id, TUNE, "transfer-core tune", finished=True)
     run = latest_run(client, experiment_id, TUNE)
@@ -304,12 +302,12 @@ class TunedRecipe:
     overrides: dict[str, str]  # {"transfer.mode": "fixed", "transfer.lr": "0.05", ...}
 
 
-def tuned_recipe(experiment_id: str, run_id: str | None = None) -> TunedRecipe:
+def tuned_recipe(client: MlflowClient, experiment_id: str, run_id: str | None = None) -> TunedRecipe:
     """Best params of a tune run (latest FINISHED one when ``run_id`` is None) as config overrides,
-    ready for ``build_config(profile, recipe.overrides)``; raises ConfigError if there is no such run."""
-    run = find_tune_run(experiment_id, run_id)
+    ready for ``resolve_config(..., recipe=recipe.overrides)``; raises ConfigError if there is no such run."""
+    run = find_tune_run(client, experiment_id, run_id)
     try:
-        best = json.loads(artifact_path(run, BEST_PARAMS_ARTIFACT).read_text())
+        best = json.loads(artifact_path(run, BEST_PARAMS_ARTIFACT, client).read_text())
     except (OSError, MlflowException, ValueError):
         raise ConfigError(f"tune run {run.info.run_id} has no readable {BEST_PARAMS_ARTIFACT}; "
                           "rerun `transfer-core tune`") from None
@@ -317,20 +315,20 @@ def tuned_recipe(experiment_id: str, run_id: str | None = None) -> TunedRecipe:
     return TunedRecipe(run.info.run_id, {str(k): str(v) for k, v in best.items()})
 
 
-def recipe_from(reference: str | None, experiment: str, transfer_mode: str | None = None) -> TunedRecipe | None:
+def recipe_from(client: MlflowClient, reference: str | None, experiment: str,
+                transfer_mode: str | None = None) -> TunedRecipe | None:
     """What ``--transfer-params-from`` names: a tune run id, or ``latest`` (None when unset).
 
     Refuses a recipe tuned for another transfer mode than ``transfer_mode`` (when given).
     """
     if reference is None or not reference.strip():
         return None
-    client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise ConfigError(f"experiment {experiment!r} does not exist, so it has no tune run; run "
                           "`transfer-core tune` first or pass the right --experiment")
     run_id = None if reference.strip().lower() == "latest" else reference.strip()
-    recipe = tuned_recipe(found.experiment_id, run_id)
+    recipe = tuned_recipe(client, found.experiment_id, run_id)
     tuned_mode = recipe.overrides.get("transfer.mode")
     if transfer_mode and tuned_mode not in (None, transfer_mode):
         raise ConfigError(f"the tune run tuned the {tuned_mode!r} transfer mode but --transfer-mode is "

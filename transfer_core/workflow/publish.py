@@ -38,6 +38,7 @@ from transfer_core.counterfactual import (CONTRASTS, CONTRASTS_ARTIFACT, FULL, S
 from transfer_core.counterfactual.gate import selection_half_accuracy
 from transfer_core.registry import CHAMPION, model_name, read_selection
 from transfer_core.sweep import TUNE_RUN_TAG
+from transfer_core.execute import Context
 from transfer_core.track import artifact_path, existing_experiment, latest_run, run_config
 from transfer_core.track.runs import COUNTERFACTUAL
 from transfer_core.tune import find_tune_run
@@ -60,12 +61,11 @@ class PublishedRuns:
     tune: object | None
 
 
-def find_runs(experiment: str, analysis_run_id: str | None = None,
+def find_runs(client: MlflowClient, experiment: str, analysis_run_id: str | None = None,
               counterfactual_run_id: str | None = None) -> PublishedRuns:
     """The analysis run (given or latest FINISHED), its latest FINISHED counterfactual run, and the tune
     run whose recipe the analysed sweep was trained with (the sweep's ``tune_run_id`` tag; None when unset)."""
-    client = MlflowClient()
-    experiment_id = existing_experiment(experiment)
+    experiment_id = existing_experiment(client, experiment)
     analysis = find_analysis_run(client, experiment_id, analysis_run_id)
     if counterfactual_run_id:
         counterfactual = read_selection(client, counterfactual_run_id)[0]
@@ -73,7 +73,7 @@ def find_runs(experiment: str, analysis_run_id: str | None = None,
         counterfactual = latest_run(client, experiment_id, COUNTERFACTUAL, analysis_run_id=analysis.info.run_id)
     parent_id = analysis.data.tags.get("sweep_parent_run_id")
     tune_run_id = client.get_run(parent_id).data.tags.get(TUNE_RUN_TAG) if parent_id else None
-    tune = find_tune_run(experiment_id, tune_run_id) if tune_run_id else None
+    tune = find_tune_run(client, experiment_id, tune_run_id) if tune_run_id else None
     return PublishedRuns(analysis, counterfactual, tune)
 
 
@@ -158,7 +158,7 @@ def registered_champion(client: MlflowClient, experiment: str, counterfactual) -
     run = client.get_run(version.tags["source_run_id"])
     return {"version": version.version, "name": version.name, "pruned": version.tags.get("pruned") == "true",
             "k": int(version.tags.get("k", 0)), "seed": run.data.tags.get("seed", "?"), "run_id": run.info.run_id,
-            "select_acc": selection_half_accuracy(run, read_plan(counterfactual)),
+            "select_acc": selection_half_accuracy(run, read_plan(counterfactual), client),
             "test_acc": run.data.metrics["target_test_acc"]}
 
 
@@ -286,20 +286,22 @@ def per_target_sections(aggregates: pd.DataFrame, output: str, k: int) -> list[s
     return parts
 
 
-def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, counterfactual_run_id: str | None = None,
-            top_k: int = 10, subpopulation: str | None = None, data_root=None) -> Path:
+def publish(experiment: str, out_dir, *, ctx: Context | None = None, analysis_run_id: str | None = None,
+            counterfactual_run_id: str | None = None, top_k: int = 10, subpopulation: str | None = None) -> Path:
     """Write the results folder described in the module docstring; returns the path of RESULTS.md."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    runs = find_runs(experiment, analysis_run_id, counterfactual_run_id)
+    ctx = ctx or Context.open()
+    client = ctx.client
+    runs = find_runs(client, experiment, analysis_run_id, counterfactual_run_id)
     analysis = runs.analysis
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in ANALYSIS_COPIES:
-        shutil.copyfile(artifact_path(analysis, name), out / name)
-    grids = json.loads(artifact_path(analysis, "image_grids.json").read_text())
+        shutil.copyfile(artifact_path(analysis, name, client), out / name)
+    grids = json.loads(artifact_path(analysis, "image_grids.json", client).read_text())
     for grid in grids:
-        shutil.copyfile(artifact_path(analysis, grid["picture"]), out / f"grid_{grid['target_class']}.png")
+        shutil.copyfile(artifact_path(analysis, grid["picture"], client), out / f"grid_{grid['target_class']}.png")
     summary = json.loads((out / "summary.json").read_text())
     output = summary["output"]
     aggregates = pd.read_csv(out / "class_aggregates.csv")
@@ -328,7 +330,7 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
     if runs.counterfactual is not None:
         cf = runs.counterfactual
         for name in COUNTERFACTUAL_COPIES:
-            shutil.copyfile(artifact_path(cf, name), out / name)
+            shutil.copyfile(artifact_path(cf, name, client), out / name)
         cf_summary = pd.read_csv(out / SUMMARY_ARTIFACT)
         contrast_table = pd.read_csv(out / CONTRASTS_ARTIFACT)
         selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
@@ -338,7 +340,7 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
                   "(`class_influence_validation.csv`); k is chosen, and the champion gated, on the other half; the "
                   "test split only scores.", "",
                   markdown(accuracy_rows(cf_summary, selection)), "",
-                  *champion_rows(registered_champion(MlflowClient(), experiment, cf)),
+                  *champion_rows(registered_champion(client, experiment, cf)),
                   f"Selection (look {selection.look} at this selection half): {selection.describe()}", "",
                   "## Counterfactual curves", "", "![counterfactual curves](counterfactual_accuracy.png)", "",
                   markdown(curve_rows(cf_summary)), ""]
@@ -393,7 +395,7 @@ def publish(experiment: str, out_dir, *, analysis_run_id: str | None = None, cou
 
     if len(subs):
         group = pick_subpopulation(subs, subpopulation)
-        subpopulation_figure(group, analysis, data_root, out / "subpopulation_example.png")
+        subpopulation_figure(group, analysis, ctx.data_root, out / "subpopulation_example.png")
         lines += ["## Sub-populations", "", f"`{group.target_class}` test images whose most influential source class "
                   f"is `{group.source_class}`: {int(group.n_examples)} images, {group.share:.1%} of the class, mean "
                   f"per-example influence {group.mean_influence * 100:+.2f} (x100; run `{a_id}`, "
