@@ -119,10 +119,10 @@ def bench(n_runs: int, n_classes: int, n_test: int, via: str, workdir: Path) -> 
         t_log, _ = timed(lambda: log(experiment_id, 0, n_runs, n_classes, n_test, rng))
     else:  # a kept --workdir: measure again without logging anew (the 1% extra runs were added before)
         experiment_id, t_log = found.experiment_id, 0.0
-        n_runs = len(finished_runs(SWEEP, experiment_id))
+        n_runs = len(finished_runs(SWEEP, experiment_id, client))
         for path in (workdir / "cache").glob("sweeps/*.npz"):
             path.unlink()
-    t_search, runs = timed(lambda: finished_runs(SWEEP, experiment_id))
+    t_search, runs = timed(lambda: finished_runs(SWEEP, experiment_id, client))
     assert len(runs) == n_runs
     t_full, full = timed(lambda: collect_sweep(SWEEP, experiment_id, use_cache=False, progress=False))
     t_first, _ = timed(lambda: collect_sweep(SWEEP, experiment_id, progress=False))

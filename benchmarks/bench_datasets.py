@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from transfer_core.config import build_config
 from transfer_core.data import class_mask, load_transfer_data
-from transfer_core.track import get_experiment_id, setup_tracking
+from transfer_core.track import get_experiment_id, open_store
 from transfer_core.track.datasets import RunDatasets, log_dataset_inputs
 
 
@@ -63,9 +63,8 @@ def main():
     folder = tempfile.mkdtemp(prefix="bench-datasets-")
     store = args.store or os.path.join(folder, "mlflow.db")
     os.chdir(folder)  # artifacts (none here) and the default store land in the temporary folder
-    setup_tracking(f"sqlite:///{store}")
-    client = MlflowClient()
-    experiment_id = get_experiment_id("bench-datasets")
+    client = MlflowClient(open_store(f"sqlite:///{store}"))
+    experiment_id = get_experiment_id(client, "bench-datasets")
     params = {**config.to_params(), "subset.index": "0", "subset.seed": "0", "subset.n_kept": "50"}
     with_inputs, without = [], []
     for i in range(args.runs):  # interleaved, so load and store size hit both alike

@@ -6,7 +6,7 @@ Creates DIR (default: a new temporary folder) with an empty sqlite store, runs t
 entry point from the repository root exactly as `make run` does (extra ``-P`` pass through),
 then prints the wall time of the whole job and of each step run (tune, sweep, analyze,
 counterfactual, register) read back from the store, the registered champion, and the
-machine's load average. Target for the quick profile: under 15 minutes on 2 CPU cores.
+machine's load average. Target for the quick profile: at most 8 minutes on 2 CPU cores.
 A second call with the same --store shows the reuse path (every step reused).
 """
 from __future__ import annotations
@@ -34,8 +34,6 @@ def main() -> None:
 
     import mlflow
     client = mlflow.MlflowClient(uri)
-    if client.get_experiment_by_name(experiment) is None:  # artifacts under the store, not the checkout
-        client.create_experiment(experiment, artifact_location=str(store.resolve() / "mlruns" / experiment))
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,  # `python` of the entry points = this Python, as in make run
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.setdefault("TRANSFER_CORE_DATA", str(REPO.parent / "shared" / "data"))
@@ -48,12 +46,13 @@ def main() -> None:
     wall = time.perf_counter() - start
 
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], "tags.`transfer_core.step_key` != ''",
-                              order_by=["attributes.start_time ASC"])
+    main_run = client.search_runs([exp.experiment_id], "tags.`transfer_core.kind` = 'main'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)[0]
     print(f"\nmain: exit {done.returncode}, wall {wall:.0f} s ({wall / 60:.1f} min)")
-    for run in runs:
+    for step in ("tune", "sweep", "analyze", "counterfactual", "register"):
+        run = client.get_run(main_run.data.tags[f"step.{step}"])
         seconds = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
-        print(f"  {run.data.tags.get('mlflow.project.entryPoint', '?'):15s} {seconds:7.0f} s  run {run.info.run_id}")
+        print(f"  {step:15s} {seconds:7.0f} s  run {run.info.run_id}")
     name = f"{experiment}-target"
     try:
         version = client.get_model_version_by_alias(name, "champion")

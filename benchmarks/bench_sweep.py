@@ -64,18 +64,18 @@ def overhead(args) -> None:
 
     import transfer_core.execute.runner as runner_module
     from transfer_core.config import build_config, parse_overrides
-    from transfer_core.execute import Job, SubsetRunner
+    from transfer_core.execute import Context, Job, SubsetRunner
     from transfer_core.execute.tasks import attempt_pack
     from transfer_core.sweep.sweep import sweep_tasks
-    from transfer_core.track import setup_tracking
     from transfer_core.track.claims import Heartbeat
     from transfer_core.train import SubsetRunResult, build_model, Normalized
 
     store = Path(tempfile.mkdtemp(prefix="bench_sweep_overhead_"))
     os.chdir(store)
-    uri = setup_tracking(f"sqlite:///{store / 'mlflow.db'}")
+    ctx = Context.open(f"sqlite:///{store / 'mlflow.db'}")
+    uri = ctx.tracking_uri
     config = build_config(args.profile, parse_overrides(",".join(args.overrides)))
-    runner = SubsetRunner(config, "bench-overhead")
+    runner = SubsetRunner(config, "bench-overhead", ctx)
     data, rng = runner.data, np.random.default_rng(0)
 
     def outputs(n: int) -> dict:
