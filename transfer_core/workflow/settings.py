@@ -42,9 +42,10 @@ class PipelineSettings:
     n_models: int = field(default=40, metadata=_help("Subset runs in the sweep.", min=2))
     workers: int = field(default=2, metadata=_help(
         "Worker processes of the sweep and the counterfactual, cores/workers torch threads each.", min=1))
-    output: str = field(default="margin", metadata=_help(
-        "Per-example output the influences are fitted to: margin, prob or correct.",
-        choices=("margin", "prob", "correct")))
+    output: str = field(default="correct", metadata=_help(
+        "Per-example output the influences are fitted to: correct (class influence = effect on accuracy; its "
+        "class ranking reproduces best, BENCHMARKS.md \"Signal\"), prob or margin.",
+        choices=("correct", "prob", "margin")))
     bootstrap: int = field(default=100, metadata=_help("Bootstrap resamples of the runs for the intervals.", min=0))
     min_runs: int = field(default=5, metadata=_help(
         "Each source class must be kept in, and left out of, at least this many runs.", min=2))
