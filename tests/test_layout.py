@@ -119,6 +119,7 @@ def test_one_step_key_function_and_every_reuse_goes_through_it():
     # hashing is for content digests (data, pixels), the config's own digest, cache file names and the one key
     hashing = {name for name, text in source.items() if re.search(r"^import hashlib", text, re.M)}
     assert hashing <= {"transfer_core.config", "transfer_core.data.digest", "transfer_core.data.loading",
+                       "transfer_core.data.prepared", "transfer_core.data.stream",
                        "transfer_core.analysis.duplicates", "transfer_core.track.steps", "transfer_core.track.store"}
     for reuser in ("transfer_core.sweep.sweep", "transfer_core.sweep.collect", "transfer_core.counterfactual.grid",
                    "transfer_core.analysis.run", "transfer_core.tune.study"):

@@ -25,6 +25,7 @@ SETTINGS_DIR = Path(__file__).resolve().parent / "settings"  # package data: pro
 PROFILE_DIR = SETTINGS_DIR / "profiles"
 DEFAULT_PROFILE = "quick"
 ARCHS = ("resnet_small", "resnet_small_grid", "resnet18")
+SOURCE_STORES = ("memory", "jpeg", "raw")  # raw: a fixed-resolution uint8 memory map (64 px and below)
 TRANSFER_MODES = ("fixed", "full")
 TOP_LEVEL_SECTION = "subset"  # how alpha and sweep_seed are spelled as params: subset.alpha
 
@@ -41,7 +42,9 @@ class DataConfig:
     source_images_per_class: int = 100  # 0 keeps every source image
     target_train_images: int = 10000  # taken from the target train split (train + val); 0 = all
     val_fraction: float = 0.1  # share of those held out as the validation split (targets without their own)
-    split_seed: int = 0  # fixes the target train/val split and the source image sample
+    split_seed: int = 0  # fixes the target train/val split, the source image sample (and a streamed source's order)
+    source_store: str = "memory"  # memory: decoded once into a tensor; jpeg | raw: streamed from a prepared copy
+    target_resolution: int = 0  # the target's pixels; 0: data.resolution
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,16 @@ class RunConfig:
         _check(d.source_images_per_class >= 0, "data.source_images_per_class must be >= 0 (0 keeps all)")
         _check(d.target_train_images >= 0, "data.target_train_images must be >= 0 (0 keeps all)")
         _check(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+        _check(d.source_store in SOURCE_STORES,
+               f"unknown data.source_store {d.source_store!r}; choose one of {', '.join(SOURCE_STORES)}")
+        _check(d.source_store == "memory" or d.source.startswith("imagefolder:"),
+               f"data.source_store={d.source_store} streams an image folder from disk, but data.source is "
+               f"{d.source!r}; set data.source=imagefolder:/path or data.source_store=memory")
+        _check(d.source_store != "raw" or d.resolution <= 64,
+               f"data.source_store=raw keeps pixels at data.resolution, at most 64 px, got {d.resolution}; "
+               "use data.source_store=jpeg above 64 px")
+        _check(d.target_resolution == 0 or d.target_resolution >= 8,
+               f"data.target_resolution must be 0 (= data.resolution) or at least 8 pixels, got {d.target_resolution}")
         _check(p.arch in ARCHS, f"unknown pretrain.arch {p.arch!r}; choose one of {', '.join(ARCHS)}")
         _check(t.mode in TRANSFER_MODES,
                f"unknown transfer mode {t.mode!r}; choose one of {', '.join(TRANSFER_MODES)}")

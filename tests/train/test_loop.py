@@ -82,10 +82,11 @@ def test_training_is_deterministic_on_cpu_and_learns():
 
 
 def test_narrow_networks_train_in_the_contiguous_format():
-    # torch 2.14's CPU weight gradient of a strided 1x1 convolution with < 8 input channels in
-    # channels_last corrupts the heap: a width-4 network given channels_last images (as
-    # `normalize` makes them) must still train, in the contiguous format
+    # torch 2.14's CPU weight gradient of a strided convolution with few input channels in
+    # channels_last corrupts the heap (width 4 at 16 px; width 8 at 64 px): a narrow network given
+    # channels_last images (as `normalize` makes them) must still train, in the contiguous format
     assert training_memory_format(SmallResNet(2, width=16)) == torch.channels_last
+    assert training_memory_format(SmallResNet(2, width=8)) == torch.contiguous_format
     assert training_memory_format(SmallResNet(2, width=4)) == torch.contiguous_format
     x, y = _toy()
     model = SmallResNet(2, width=4)

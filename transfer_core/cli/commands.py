@@ -79,6 +79,40 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
     click.echo(f"run {run_id} FINISHED: {metrics}")
 
 
+@main.command("prepare")
+@config_options
+@click.option("--workers", type=IntRange(min=1), default=None, help="Decoding threads. Default: one per CPU core.")
+@click.option("--verify/--no-verify", default=False, show_default=True,
+              help="Afterwards, re-read every source file and check its contents against the prepared copy "
+                   "(a file rewritten with the same size and modification time is otherwise not noticed).")
+@progress_option
+@friendly_errors
+def prepare_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
+                    workers, verify, progress):
+    """Prepare an image-folder source for streaming: one file of images plus an index, under the cache.
+
+    What the runs of the same config would prepare on first use, made ahead (in parallel, with
+    a progress bar; an interrupted preparation resumes). The copy is keyed on the tree's files
+    (paths, sizes, modification times): a changed tree is prepared again, never served stale.
+    Use the config the runs use, e.g. --profile imagenet64 --set data.source=imagefolder:/data/imagenet.
+    """
+    from transfer_core.config import resolve_config
+    from transfer_core.data.loading import prepare_source
+    from transfer_core.data.prepared import PreparedSplit
+
+    config, _ = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed))
+    for folder in prepare_source(config.data, workers, progress):
+        split = PreparedSplit(folder)
+        changed = split.verify() if verify else []
+        if changed:
+            raise ConfigError(f"{len(changed)} file(s) of {split.manifest['tree']} changed since they were prepared "
+                              f"(first: {changed[0]}) without a new size or modification time; delete {folder} "
+                              "and prepare again")
+        size = split.offsets[-1] / 2 ** 20
+        click.echo(f"{split.manifest['tree']}: {len(split):,} images of {split.n_classes} classes, {split.format}, "
+                   f"{size:,.0f} MiB in {folder}{' (verified)' if verify else ''}")
+
+
 @main.command("tune")
 @config_options
 @click.option("--n-trials", type=IntRange(min=1), default=None, show_default=default(TuneSettings, "n_trials"),

@@ -26,7 +26,7 @@ from transfer_core.counterfactual.grid import (CounterfactualPlan, grid_id, plan
                                                ranking_order, removal_set)
 from transfer_core.counterfactual.report import log_report
 from transfer_core.counterfactual.summary import STABILITY_THRESHOLD, EvidenceRule, Selection
-from transfer_core.data import data_digest, load_split, load_transfer_data, validation_digests
+from transfer_core.data import data_digest, load_source, load_transfer_data, validation_digests
 from transfer_core.execute import Context, Job, Task, resolve_pack, run_tasks
 from transfer_core.track import DEFAULT_EXPERIMENT, get_experiment_id, latest_run, run_config, set_tags
 from transfer_core.track.claims import settle_parent
@@ -115,7 +115,7 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
     are retried by the next call; this one raises after the others have run.
     """
     ctx = ctx or Context.open()
-    names = load_split(config.data.source, "train", config.data.resolution, ctx.data_root).class_names
+    names = load_source(config.data, "train", ctx.data_root).class_names
     plan = plan.validate(len(names))
     ranked = ranking_order(ranking, names)
     validation = check_validation(config, expected_validation, analysis_run_id, ctx.data_root)

@@ -31,7 +31,13 @@ def _update(h, images: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 def class_digests(images: ImageSet) -> list[str]:
-    """Per class ``c``: sha256 of its name and its images ``(n_c, 3, R, R)`` in set order (full hex)."""
+    """Per class ``c``: sha256 of its name and its images ``(n_c, 3, R, R)`` in set order (full hex).
+
+    A streamed source (:class:`~transfer_core.data.stream.StreamedSource`) gives its own, from the
+    prepared index's file hashes: O(number of images), no pixel is decoded.
+    """
+    if not isinstance(images, ImageSet):
+        return images.class_digests()
     out = []
     for c, name in enumerate(images.class_names):
         h = hashlib.sha256(name.encode() + b"\0")
@@ -76,7 +82,9 @@ def validation_digests(val: ImageSet, split_seed: int) -> dict[str, str]:
 
 def transfer_digest(data: TransferData) -> str:
     """Digest of everything a run reads: the sampled source and the target's train, validation and test splits."""
-    parts = [set_digest(part) for part in (data.source, data.target_train, data.target_val, data.target_test)]
+    source = set_digest(data.source) if isinstance(data.source, ImageSet) else hashlib.sha256(
+        ",".join(class_digests(data.source)).encode()).hexdigest()[:DIGEST_CHARS]
+    parts = [source, *(set_digest(part) for part in (data.target_train, data.target_val, data.target_test))]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

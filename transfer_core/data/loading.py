@@ -18,7 +18,6 @@ Dataset specs:
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import tarfile
@@ -31,24 +30,20 @@ import numpy as np
 import torch
 
 from transfer_core.config import ConfigError, DataConfig
-from transfer_core.data.images import ImageSet, channel_stats, resize
+from transfer_core.data.images import (IMAGE_SUFFIXES, DataError, ImageSet, cache_dir, center_square,
+                                       channel_stats, decode_image, resize)
 from transfer_core.data.synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".JPEG")
 CIFAR_NAMES = ("cifar10", "cifar100")
 CACHE_VERSION = "v1"
-
-
-class DataError(ConfigError):
-    """Missing, empty or corrupt data; the message says what to fix."""
 
 
 @dataclass
 class TransferData:
     """Everything one run reads: the source and the target's train/val/test splits."""
 
-    source: ImageSet  # already sampled to data.source_images_per_class
+    source: ImageSet  # sampled to data.source_images_per_class; a StreamedSource when data.source_store streams
     target_train: ImageSet
     target_val: ImageSet
     target_test: ImageSet  # the full test split, in its original order
@@ -58,14 +53,7 @@ class TransferData:
 
     def __post_init__(self):
         if self.source_norm is None:
-            self.source_norm = channel_stats(self.source.images)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("TRANSFER_CORE_CACHE") or Path.home() / ".cache" / "transfer_core"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+            self.source_norm = self.source.norm() if hasattr(self.source, "norm") else channel_stats(self.source.images)
 
 
 def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
@@ -179,26 +167,6 @@ def _imagefolder_split(path: Path, split: str) -> Path:
                     f"{path}/train/<class>/<image> and {path}/test/<class>/<image> (or val/)")
 
 
-def decode_image(data: bytes) -> torch.Tensor:
-    """One encoded image as ``(3, H, W)`` uint8 RGB.
-
-    torchvision's decoder (PNG, JPEG, WebP, GIF: about 3x faster than PIL on 32-pixel images),
-    PIL for any other format. Raises OSError when neither can decode ``data``. (torchvision 0.29
-    deprecates its decoders in favour of TorchCodec; PIL takes over when they are gone.)
-    """
-    try:
-        from torchvision.io import ImageReadMode
-        from torchvision.io import decode_image as tv_decode
-        return tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except (ImportError, RuntimeError):  # a format torchvision lacks, or a torchvision without decoders
-        from PIL import Image, UnidentifiedImageError
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                return torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
-        except UnidentifiedImageError as exc:
-            raise OSError(str(exc)) from None
-
-
 def _decode_folder(tree: Path) -> ImageSet:
     class_names = sorted(p.name for p in tree.iterdir() if p.is_dir())
     items = {name: [(p.name, p) for p in sorted((tree / name).iterdir()) if p.suffix in IMAGE_SUFFIXES]
@@ -228,18 +196,11 @@ def _decode_items(items: dict[str, list[tuple[str, bytes | Path]]], where: str) 
                 raise DataError(f"could not decode image {file_name!r} under {where} ({exc}); "
                                 "remove or replace the broken file") from None
     if len({tuple(x.shape) for x in images}) > 1:  # ImageNet-style trees: square-crop to the smallest side first
-        images = [_center_square(x) for x in images]
+        images = [center_square(x) for x in images]
         side = min(x.shape[-1] for x in images)
         images = [resize(x[None], side)[0] for x in images]
     return ImageSet(torch.stack(images), torch.tensor(labels, dtype=torch.long), class_names,
                     [f"{class_names[y]}/{Path(f).stem}" for f, y in zip(files, labels)])
-
-
-def _center_square(x: torch.Tensor) -> torch.Tensor:
-    """The central square of an image ``(3, H, W)``."""
-    h, w = x.shape[-2:]
-    s = min(h, w)
-    return x[:, (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
 
 
 def _download_cifar(name: str, split: str) -> ImageSet:
@@ -286,19 +247,35 @@ def validation_halves(labels, seed: int) -> np.ndarray:
     return ranking
 
 
+def load_source(config: DataConfig, split: str = "train", data_root=None):
+    """The source's ``split`` as the runs read it: an :class:`ImageSet` decoded in memory, or, when
+    ``source_store`` streams, a :class:`~transfer_core.data.stream.StreamedSource` (nothing decoded).
+    The train split is not sampled here (:func:`load_transfer_data` samples it)."""
+    if config.source_store == "memory":
+        return load_split(config.source, split, config.resolution, data_root)
+    return streamed_source(config, split)
+
+
 def load_transfer_data(config: DataConfig, data_root=None) -> TransferData:
     """Source (sampled per class), and the target's train / val / test splits.
 
     The validation split is the target's own when it ships one (:data:`OWN_VALIDATION`), else
-    ``val_fraction`` of the (first ``target_train_images``, shuffled) train images.
+    ``val_fraction`` of the (first ``target_train_images``, shuffled) train images. With
+    ``source_store`` jpeg or raw the source is a :class:`~transfer_core.data.stream.StreamedSource`
+    read from a prepared copy (made on first use), never decoded whole; the target is read at
+    ``target_resolution`` (default: ``resolution``).
     """
-    source = load_split(config.source, "train", config.resolution, data_root)
-    source = source.select(sample_per_class(source.labels, config.source_images_per_class,
-                                            config.split_seed))
-    train = load_split(config.target, "train", config.resolution, data_root)
-    test = load_split(config.target, "test", config.resolution, data_root)
+    if config.source_store == "memory":
+        source = load_split(config.source, "train", config.resolution, data_root)
+        source = source.select(sample_per_class(source.labels, config.source_images_per_class,
+                                                config.split_seed))
+    else:
+        source = streamed_source(config, "train")
+    side = config.target_resolution or config.resolution
+    train = load_split(config.target, "train", side, data_root)
+    test = load_split(config.target, "test", side, data_root)
     if config.target in OWN_VALIDATION:
-        return TransferData(source, train, load_split(config.target, "val", config.resolution, data_root), test)
+        return TransferData(source, train, load_split(config.target, "val", side, data_root), test)
     gen = torch.Generator().manual_seed(config.split_seed + 1)
     order = torch.randperm(len(train), generator=gen)
     if config.target_train_images:
@@ -309,3 +286,34 @@ def load_transfer_data(config: DataConfig, data_root=None) -> TransferData:
                         "for a train/validation split; lower data.val_fraction")
     return TransferData(source, train.select(order[n_val:].sort().values),
                         train.select(order[:n_val].sort().values), test)
+
+
+def prepare_source(config: DataConfig, workers: int | None = None, progress: bool = True) -> list:
+    """Prepare the image-folder source of ``config`` for streaming, ahead of the runs: its train split
+    and its test (or val) split when it has one, in ``config.source_store``'s format. Returns the
+    prepared folders; each is made once (later calls, and other processes, find it)."""
+    from transfer_core.data.prepared import PrepareSpec, prepare
+
+    if not config.source.startswith("imagefolder:") or config.source_store == "memory":
+        raise DataError(f"only an image-folder source streamed from disk is prepared (data.source="
+                        f"{config.source}, data.source_store={config.source_store}); set "
+                        "data.source=imagefolder:/path and data.source_store=jpeg or raw")
+    root = Path(config.source.split(":", 1)[1])
+    spec = PrepareSpec(config.source_store, resolution=config.resolution if config.source_store == "raw" else None)
+    splits = ["train"] + [s for s in ("test", "val") if (root / s).is_dir()][:1]
+    return [prepare(_imagefolder_split(root, s), spec, workers=workers, progress=progress) for s in splits]
+
+
+def streamed_source(config: DataConfig, split: str = "train"):
+    """The ``split`` of an image-folder source as a :class:`~transfer_core.data.stream.StreamedSource`:
+    prepared on first use (``transfer-core prepare`` does it ahead), the train split sampled per class."""
+    from transfer_core.data.prepared import PrepareSpec, prepare
+    from transfer_core.data.stream import StreamedSource
+
+    tree = _imagefolder_split(Path(config.source.split(":", 1)[1]), split)
+    spec = PrepareSpec(config.source_store, resolution=config.resolution if config.source_store == "raw" else None)
+    source = StreamedSource.open(prepare(tree, spec), resolution=config.resolution, order_seed=config.split_seed)
+    if split == "train" and config.source_images_per_class:
+        rows = sample_per_class(source.labels, config.source_images_per_class, config.split_seed).numpy()
+        source = StreamedSource(source.prepared, rows, config.resolution, config.split_seed)
+    return source

@@ -172,3 +172,28 @@ def make_synthetic(spec: str, split: str, resolution: int):
                           "or synthetic-target")
     files = [f"{names[y]}/{spec}_{split}_{i:05d}" for i, y in enumerate(labels.tolist())]
     return ImageSet(resize(images, resolution).clone(), labels.clone(), list(names), files)
+
+
+def write_image_folder(root, n_classes: int, per_class: int, sizes=(40, 120), seed: int = 0,
+                       splits=("train", "test"), quality: int = 85):
+    """An ImageNet-style JPEG tree ``root/<split>/class_NNN/img_NNNNN.JPEG`` of generated images, for tests
+    and benchmarks of the streamed path: smooth colour noise of mixed sizes (each side drawn from
+    ``sizes``), brighter with the class index so classes differ. Returns ``root``."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split in splits:
+        for c in range(n_classes):
+            folder = root / split / f"class_{c:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class if split == "train" else max(1, per_class // 5)):
+                h, w = rng.integers(sizes[0], sizes[1] + 1, size=2)
+                coarse = rng.integers(0, 200, size=(max(2, h // 16), max(2, w // 16), 3)).astype(np.uint8)
+                image = Image.fromarray(coarse).resize((int(w), int(h)), Image.BILINEAR)
+                pixels = np.clip(np.asarray(image, np.int16) + (55 * c) // max(1, n_classes - 1), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"img_{i:05d}.JPEG", quality=quality)
+    return root

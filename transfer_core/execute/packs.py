@@ -17,7 +17,7 @@ import weakref
 import numpy as np
 
 from transfer_core.config import RunConfig
-from transfer_core.data import DataError, check_mask, load_split, load_transfer_data, run_seed
+from transfer_core.data import DataError, check_mask, load_source, load_transfer_data, run_seed
 from transfer_core.track import log_subset_result, mark_failed, one_line, run_scope, set_tags
 from transfer_core.train import DeviceData, pack_budget, pick_device, run_pack
 
@@ -47,7 +47,7 @@ def resolve_pack(config: RunConfig, settings, data_root=None) -> int:
             return int(settings.pack)
     data = load_transfer_data(config.data, data_root)
     try:
-        n_source_test = len(load_split(config.data.source, "test", config.data.resolution, data_root))
+        n_source_test = len(load_source(config.data, "test", data_root))
     except DataError:
         n_source_test = 0
     workers = settings.workers if settings.executor == "local" else 1

@@ -7,7 +7,7 @@ import numpy as np
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from transfer_core.config import RunConfig
-from transfer_core.data import DataError, check_mask, class_mask, load_split, load_transfer_data, run_seed
+from transfer_core.data import DataError, check_mask, class_mask, load_source, load_transfer_data, run_seed
 from transfer_core.execute.context import Context
 from transfer_core.track import KIND_TAG, get_experiment_id, log_subset_result, run_scope, set_tags
 from transfer_core.track.datasets import RunDatasets
@@ -32,7 +32,7 @@ class SubsetRunner:
         self.device = pick_device(device)
         self.data = load_transfer_data(config.data, ctx.data_root)
         try:  # source accuracy is measured on held-out source images when the source has them
-            self.source_test = load_split(config.data.source, "test", config.data.resolution, ctx.data_root)
+            self.source_test = load_source(config.data, "test", ctx.data_root)
         except DataError:  # e.g. an image folder with no test/ or val/ split
             self.source_test = None
         self.client = ctx.client

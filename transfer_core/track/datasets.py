@@ -37,7 +37,8 @@ LOG_TRIES = 6  # concurrent first logs of one dataset can collide in the store; 
 
 
 def _schema(images: ImageSet) -> str:
-    shape = (-1, *images.images.shape[1:])
+    side = getattr(images, "resolution", None)  # a streamed source: images are decoded at this size
+    shape = (-1, 3, side, side) if side else (-1, *images.images.shape[1:])
     return json.dumps(TensorDatasetSchema(
         features=Schema([TensorSpec(np.dtype(np.uint8), shape, "images")]),
         targets=Schema([TensorSpec(np.dtype(np.int64), (-1,), "labels")])).to_dict())
@@ -64,7 +65,8 @@ class RunDatasets:
         self.class_digests = class_digests(data.source)
         self.class_sizes = np.bincount(data.source.labels.numpy(), minlength=data.source.n_classes)
         self.source_spec = {"spec": config.source, "split": "train", "resolution": config.resolution,
-                            "images_per_class": config.source_images_per_class, "split_seed": config.split_seed}
+                            "images_per_class": config.source_images_per_class, "split_seed": config.split_seed,
+                            "store": config.source_store}
         self.source_schema = _schema(data.source)
         split = {"spec": config.target, "resolution": config.resolution, "split_seed": config.split_seed}
         carved = {**split, "split": "train", "images": config.target_train_images,

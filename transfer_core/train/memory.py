@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from transfer_core.config import ConfigError, RunConfig
-from transfer_core.data import TransferData, n_kept
+from transfer_core.data import ImageSet, TransferData, n_kept
 from transfer_core.train.loop import CROP_PADDING, augment_block_size
 from transfer_core.train.models import build_model
 
@@ -100,19 +100,26 @@ def _augmenting_bytes(batch: int, resolution: int, padding: int, n: int) -> int:
 
 def pack_budget(config: RunConfig, data: TransferData, device, workers: int = 1,
                 n_source_test: int = 0) -> PackBudget:
-    """The memory budget of packs of ``config`` on ``device``, shared by ``workers`` processes."""
+    """The memory budget of packs of ``config`` on ``device``, shared by ``workers`` processes.
+
+    A streamed source (:class:`~transfer_core.data.stream.StreamedSource`) is not on the device:
+    only each model's batch is, and its held-out images come a chunk at a time.
+    """
     p, t, r = config.pretrain, config.transfer, config.data.resolution
     n_train, n_eval = len(data.target_train), len(data.target_val) + len(data.target_test)
+    streamed = not isinstance(data.source, ImageSet)
+    n_source = p.batch_size if streamed else len(data.source)  # source images on the device at once
+    n_source_test = min(n_source_test, 1024) if streamed else n_source_test
     params, saved, dim = step_bytes(p.arch, p.width, n_kept(data.source.n_classes, config.alpha), p.batch_size, r)
-    per_model = _training_bytes(params, saved, p.batch_size, r, CROP_PADDING, len(data.source))
+    per_model = _training_bytes(params, saved, p.batch_size, r, CROP_PADDING, n_source)
     if t.mode == "full":
         params, saved, _ = step_bytes(p.arch, p.width, data.target_train.n_classes, t.batch_size, r)
         per_model = max(per_model, _training_bytes(params, saved, t.batch_size, r, CROP_PADDING, n_train))
     else:  # cached features of every target split, and the standardised train features
         per_model = max(per_model, params + (2 * n_train + n_eval) * dim * 4)
     image, padded = 3 * r * r * 4, 3 * (r + 2 * CROP_PADDING) ** 2 * 4
-    shared = len(data.source) * (image + padded) + (n_train + n_eval + n_source_test) * image
-    augmenting = _augmenting_bytes(p.batch_size, r, CROP_PADDING, len(data.source))
+    shared = n_source * (image + padded) + (n_train + n_eval + n_source_test) * image
+    augmenting = _augmenting_bytes(p.batch_size, r, CROP_PADDING, n_source)
     if t.mode == "full":
         shared += n_train * padded
         augmenting = max(augmenting, _augmenting_bytes(t.batch_size, r, CROP_PADDING, n_train))

@@ -94,13 +94,14 @@ def build_model(arch: str, n_classes: int, width: int) -> nn.Module:
 
 
 def training_memory_format(model: nn.Module) -> torch.memory_format:
-    """channels_last (faster convolutions on CPU), unless a strided convolution has fewer than 8
+    """channels_last (faster convolutions on CPU), unless a strided convolution has fewer than 16
     input channels: torch 2.14's CPU weight gradient of such a convolution in channels_last
-    corrupts the heap (``resnet_small`` with a width below 8). Channels are counted per group,
-    so a packed network (:mod:`~transfer_core.train.packing`, grouped convolutions) trains in
-    the format its members train in alone."""
+    corrupts the heap (seen: ``resnet_small`` of width 4 at 16 px, and of width 8 at 64 px, alone
+    and packed; width 16 trains). Channels are counted per group, so a packed network
+    (:mod:`~transfer_core.train.packing`, grouped convolutions) trains in the format its members
+    train in alone."""
     for module in model.modules():
-        if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and module.in_channels // module.groups < 8:
+        if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and module.in_channels // module.groups < 16:
             return torch.contiguous_format
     return torch.channels_last
 

@@ -1,8 +1,12 @@
-"""Per-example outputs on the target test set, the quantities influences are fitted to."""
+"""What a subset run produces: per-example outputs on the target splits (what influences are fitted to),
+metrics and the transferred model."""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 OUTPUT_NAMES = ("margin", "prob", "correct")  # what an influence can be fitted to
 
@@ -47,3 +51,15 @@ def save_outputs(path, outputs: dict[str, np.ndarray], labels: torch.Tensor) -> 
 def load_outputs(path) -> dict[str, np.ndarray]:
     with np.load(path) as npz:
         return {k: npz[k] for k in npz.files}
+
+
+@dataclass
+class SubsetRunResult:
+    """What one run produces. Outputs are per example, in the split's order."""
+
+    class_mask: np.ndarray  # (n_source_classes,) bool
+    model: nn.Module  # a Normalized network: the transferred target model; takes uint8 images (N, 3, R, R)
+    target_outputs: dict[str, np.ndarray]  # test split: margin, prob, correct, pred, each (n_test,)
+    val_outputs: dict[str, np.ndarray]  # validation split: the same, each (n_val,)
+    metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase

@@ -11,6 +11,12 @@ arithmetic is grouped, so results agree up to floating-point reordering
 ``run_subset``). Models with other numbers of source images or classes train in separate
 packs, one after the other, because their step counts and heads differ.
 
+A streamed source (:class:`~transfer_core.data.stream.StreamedSource`: an image folder too large
+for memory) never sits on the device: a pack reads one :class:`~transfer_core.data.stream.SharedStream`
+(each image decoded once, handed to every member that keeps its class), and each member's uint8
+batches are normalised, padded, cropped and flipped on the device with its own generator. A model
+trained alone on a streamed source is a pack of one, so it reads what it would read in a pack.
+
 The data sit on the device once per process (:class:`DeviceData`: uint8 moved, then
 normalised and padded there); augmentation runs on the device. In fixed-feature transfer
 all N backbones see the same target images, so their features come from one pass, and the
@@ -22,6 +28,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -30,13 +37,14 @@ from torch import nn
 
 from transfer_core.config import RunConfig
 from transfer_core.data import ImageSet, TransferData, check_mask, class_rows
-from transfer_core.train.loop import (CROP_PADDING, DivergenceError, NesterovSGD, Recipe, epoch_batches,
+from transfer_core.data.stream import SharedStream, StreamedSource
+from transfer_core.train.loop import (CROP_PADDING, DivergenceError, NesterovSGD, Recipe, augment_block, epoch_batches,
                                       feature_standardization, fold_standardization, infer, lr_schedule,
                                       make_optimizer, normalize, one_cpu_thread, pick_device, seed_everything)
 from transfer_core.train.models import Normalized, build_model, training_memory_format
 from transfer_core.train.outputs import per_example_outputs
 from transfer_core.train.packing import PackedLinear, PackedNetwork
-from transfer_core.train.subset import SubsetRunResult
+from transfer_core.train.outputs import SubsetRunResult
 
 
 class DeviceData:
@@ -48,13 +56,15 @@ class DeviceData:
 
     def __init__(self, data: TransferData, device, source_test: ImageSet | None = None):
         self.device, self.norm = torch.device(device), data.source_norm
-        self.source = _pad(self._put(data.source.images))
+        streamed = isinstance(data.source, StreamedSource)  # read from disk batch by batch, never put here whole
+        self.source = None if streamed else _pad(self._put(data.source.images))
         self.source_labels = data.source.labels.to(self.device)
         self.target_train = self._put(data.target_train.images)
         self.target_train_labels = data.target_train.labels.to(self.device)
         self.target_val = self._put(data.target_val.images)
         self.target_test = self._put(data.target_test.images)
-        self.source_test = None if source_test is None else self._put(source_test.images)
+        self.source_test = None if source_test is None or isinstance(source_test, StreamedSource) else \
+            self._put(source_test.images)
         self._target_train_padded = None
 
     def _put(self, images: torch.Tensor) -> torch.Tensor:
@@ -96,7 +106,8 @@ def compiled_forward():
 
 
 def train_packed(net: nn.Module, members: list[Member], recipe: Recipe, augment: bool = True,
-                 failures: list[str | None] | None = None, compile: bool = False) -> list[str | None]:
+                 failures: list[str | None] | None = None, compile: bool = False,
+                 streamed: tuple[SharedStream, tuple] | None = None) -> list[str | None]:
     """Train the N models of ``net`` in place, as :func:`~transfer_core.train.loop.train` trains each alone.
 
     ``net`` maps a batch ``(B, N*C, ...)`` (model ``j``'s inputs in channel slice ``j``) to
@@ -109,12 +120,15 @@ def train_packed(net: nn.Module, members: list[Member], recipe: Recipe, augment:
     why it failed: a model whose loss becomes NaN or infinite stops counting and its weights
     are zeroed (its run fails; the others go on). ``failures`` are models that failed earlier:
     they do not train. ``compile`` runs the forward pass through :func:`compiled_forward`.
+    ``streamed`` ``(stream, norm)``: the members' batches come from a shared stream of uint8 images
+    instead (:func:`streamed_batches`); ``members`` then hold only the generators.
     """
-    n_models, n = len(members), len(members[0].labels)
+    n_models = len(members)
+    n = streamed[0].n_images if streamed else len(members[0].labels)
     failures = list(failures or [None] * n_models)
     device = members[0].labels.device
     memory_format = torch.contiguous_format
-    if members[0].source.dim() == 4:  # images: the pack and its batches in one memory format
+    if streamed or members[0].source.dim() == 4:  # images: the pack and its batches in one memory format
         memory_format = training_memory_format(net)
         net.to(memory_format=memory_format)
     lr_at = lr_schedule(recipe, n)
@@ -127,10 +141,13 @@ def train_packed(net: nn.Module, members: list[Member], recipe: Recipe, augment:
     net.train()
     step = 0
     for epoch in range(recipe.epochs):
-        streams = [epoch_batches(m.source, m.labels, recipe.batch_size, m.generator, augment, memory_format, m.rows)
-                   for m in members]
+        if streamed:
+            steps = streamed_batches(streamed[0], epoch, members, streamed[1], device, memory_format)
+        else:
+            steps = zip(*[epoch_batches(m.source, m.labels, recipe.batch_size, m.generator, augment, memory_format,
+                                        m.rows) for m in members])
         epoch_loss = torch.zeros(n_models, device=device)
-        for batches in zip(*streams):
+        for batches in steps:
             x = torch.cat([b for b, _ in batches], 1)  # (B, N*C, ...)
             if x.dim() == 4:
                 x = x.contiguous(memory_format=memory_format)
@@ -151,6 +168,19 @@ def train_packed(net: nn.Module, members: list[Member], recipe: Recipe, augment:
                 alive[j] = False
     net.zero_grad(set_to_none=True)  # the gradients are not needed after training: free their memory
     return failures
+
+
+def streamed_batches(stream: SharedStream, epoch: int, members: list[Member], norm, device,
+                     memory_format) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """One epoch of a shared stream as training batches: each member's uint8 batch moved to the device,
+    normalised, padded, and cropped and flipped there by the member's own generator (:func:`augment_block`)."""
+    for step in stream.epoch(epoch):
+        batches = []
+        for (images, labels), member in zip(step, members):
+            x = _pad(normalize(images, *norm, device))
+            batches.append((augment_block(x, x.shape[-1] - 2 * CROP_PADDING, member.generator, memory_format),
+                            labels.to(device)))
+        yield batches
 
 
 @torch.no_grad()
@@ -226,11 +256,21 @@ def _run_group(config, data: TransferData, dd: DeviceData, masks, seeds, source_
     packed = PackedNetwork([m.net for m in models]).to(device)  # train_packed picks the memory format
     for m in models:
         m.net = None  # the pack holds the weights now
-    failures = train_packed(packed, [Member(dd.source, m.rows, m.labels, m.generator) for m in models],
-                            Recipe.from_section(p), compile=compile)
+    if isinstance(data.source, StreamedSource):  # one pass over the disk copy for the whole pack
+        stream = SharedStream(data.source, [m.mask for m in models], p.batch_size)
+        failures = train_packed(packed, [Member(None, None, m.labels, m.generator) for m in models],
+                                Recipe.from_section(p), compile=compile, streamed=(stream, dd.norm))
+    else:
+        failures = train_packed(packed, [Member(dd.source, m.rows, m.labels, m.generator) for m in models],
+                                Recipe.from_section(p), compile=compile)
     timings = {"pretrain_s": time.perf_counter() - start}
     metrics = [{} for _ in models]
-    if source_test is not None and dd.source_test is not None:
+    if isinstance(source_test, StreamedSource):
+        packed.eval()
+        accuracies = _streamed_source_accuracy(packed, [m.mask for m in models], source_test, dd, p.batch_size)
+        for metric, acc in zip(metrics, accuracies):
+            metric["source_acc"] = acc
+    elif source_test is not None and dd.source_test is not None:
         packed.eval()
         logits = packed_infer(packed, n, dd.source_test, p.batch_size)  # (N, n_test, k)
         for m, logit, metric in zip(models, logits, metrics):
@@ -282,6 +322,25 @@ def _run_group(config, data: TransferData, dd: DeviceData, masks, seeds, source_
         if isinstance(result, SubsetRunResult):
             result.timings = {k: v / n for k, v in timings.items()}
     return results
+
+
+@torch.no_grad()
+def _streamed_source_accuracy(net: nn.Module, masks: list[np.ndarray], held_out: StreamedSource, dd: DeviceData,
+                              batch_size: int, chunk: int = 1024) -> list[float]:
+    """Each model's accuracy on the held-out images of its kept classes, decoded from disk a chunk at a time."""
+    labels = held_out.labels.numpy()
+    keeps = np.stack([np.asarray(m, bool)[labels] for m in masks])  # (N, n)
+    relabel = np.cumsum(np.stack(masks), axis=1) - 1
+    positions = np.flatnonzero(keeps.any(axis=0))
+    right, total = np.zeros(len(masks)), keeps.sum(axis=1)
+    for start in range(0, len(positions), chunk):
+        part = positions[start:start + chunk]
+        logits = packed_infer(net, len(masks), normalize(held_out.decode(part), *dd.norm, dd.device), batch_size)
+        for j in range(len(masks)):
+            mine = keeps[j, part]
+            pred = logits[j][torch.from_numpy(mine).to(logits.device)].argmax(1).cpu().numpy()
+            right[j] += (pred == relabel[j][labels[part[mine]]]).sum()
+    return [float(r / t) if t else float("nan") for r, t in zip(right, total)]
 
 
 @torch.no_grad()

@@ -5,7 +5,6 @@ No tracking here; :class:`transfer_core.execute.SubsetRunner` wraps :func:`run_s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,19 +16,7 @@ from transfer_core.data import check_mask, class_rows
 from transfer_core.train.loop import Recipe, infer, normalize, pick_device, seed_everything, train, \
     train_linear_head
 from transfer_core.train.models import Normalized, build_model, fused_for_inference
-from transfer_core.train.outputs import accuracy, per_example_outputs
-
-
-@dataclass
-class SubsetRunResult:
-    """What one run produces. Outputs are per example, in the split's order."""
-
-    class_mask: np.ndarray  # (n_source_classes,) bool
-    model: Normalized  # the transferred target model; takes uint8 images (N, 3, R, R)
-    target_outputs: dict[str, np.ndarray]  # test split: margin, prob, correct, pred, each (n_test,)
-    val_outputs: dict[str, np.ndarray]  # validation split: the same, each (n_val,)
-    metrics: dict[str, float]
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+from transfer_core.train.outputs import SubsetRunResult, accuracy, per_example_outputs
 
 
 def source_subset(source: ImageSet, class_mask: np.ndarray) -> tuple[ImageSet, torch.Tensor]:
@@ -129,6 +116,12 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
     """
     device = device or pick_device()
     class_mask = check_mask(class_mask, data.source.n_classes)
+    if not isinstance(data.source, ImageSet):  # a streamed source: a pack of one reads it from disk
+        from transfer_core.train.packed import run_pack
+        (result,) = run_pack(config, data, [class_mask], [seed], source_test, device)
+        if isinstance(result, Exception):
+            raise result
+        return result
     generator = seed_everything(seed)
     timings, metrics = {}, {}
 
