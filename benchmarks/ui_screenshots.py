@@ -7,13 +7,15 @@ and writes PNGs plus ``ui_checks.json`` (what each page showed, measured from th
     python benchmarks/ui_screenshots.py                          # the store `make run` wrote
     python benchmarks/ui_screenshots.py --tracking-uri sqlite:////tmp/x/mlruns/mlflow.db --out /tmp/shots
 
-Pages:
-  experiments.png         the experiment list
-  landing.png             ``#/experiments/<id>`` as a new browser profile opens it (MLflow 3.17 picks
-                          GenAI or Model training from a per-browser toggle, not the experiment)
-  training_runs.png       the runs table in Model training mode, subset runs shown (Dataset column)
-  report.png              the analysis run's ``report.html`` in the Artifacts tab
-  counterfactual_runs.png the counterfactual grid's runs with their order, k and seed columns
+Nothing is seeded: the browser has an empty profile, so each page is what a newcomer's first
+visit shows when following a link the tool prints. Pages:
+  landing.png             the experiment link ``main`` and ``make ui`` print (Model training mode?)
+  every_model.png         the shared view of every trained model (names as drawn, metric columns)
+  subset_run.png          one sweep model's run page
+  report.png              the analysis run's ``report.html`` in the Artifacts tab;
+  report_after_link.png   the same after clicking one of its links (does the report stay?)
+  accuracy_vs_k.png       the shared chart view: target accuracy against k per order
+  registry.png            the champion's model version (does Source Run open the training run?)
 
 Needs ``apt-get install -y chromium``. Runs as root with --no-sandbox.
 """
@@ -237,57 +239,25 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-# MLflow 3.17's UI keeps a page's state in the browser's localStorage; the script seeds it to hide
-# the assistant panel, expand nested runs and, for the counterfactual page, add the README's chart.
-ASSISTANT_CLOSED = {"mlflow.assistant.panelOpen_v1": "false", "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1": "true"}
-SECTION = "transfer-core-section"
-
-
-def experiment_state(search: str, columns: list[str], charts: list[dict] | None = None,
-                     group_by: list[str] = (), expanded: list[str] = ()) -> dict:
-    """The runs page's saved state (MLflow 3.17.2's shape): a search, columns, charts, grouping, open parents."""
-    return {
-        "searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
-        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-        "selectedColumns": ["attributes.`Dataset`", *columns], "columnOrder": [], "columnWidths": {},
-        "runsExpanded": {run_id: True for run_id in expanded}, "runsPinned": [], "runsHidden": [],
-        "runsVisibilityMap": {}, "runsHiddenMode": "SHOW_ALL",
-        "compareRunCharts": charts or [],
-        "compareRunSections": [{"uuid": SECTION, "name": "Counterfactual", "display": True, "isReordered": False,
-                                "deleted": False, "isGenerated": False}] if charts else [],
-        "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
-        "useGroupedValuesInCharts": True, "hideEmptyCharts": True,  # charts show each group's mean
-        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": key}
-                                                                    for key in group_by]} if group_by else None,
-        "groupsExpanded": {}, "autoRefreshEnabled": False,
-        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""}}
-
-
-SCATTER_K = {"uuid": "transfer-core-k-chart", "type": "SCATTER", "runsCountToCompare": 500,
-             "metricSectionId": SECTION, "deleted": False, "isGenerated": False,
-             "xaxis": {"key": "k", "type": "PARAM"}, "yaxis": {"key": "target_test_acc", "type": "METRIC"}}
 TEXT = "document.body.innerText"
 MODE = f"({TEXT}.includes('Judges') ? 'GenAI' : 'Model training')"  # only the GenAI sidebar lists judges
+# The runs table's rows (ag-grid splits a row into pinned and centre parts: joined by row index).
+ROWS = ("Object.values([...document.querySelectorAll('.ag-row')].reduce((m, r) => {"
+        "const i = r.getAttribute('row-index'); m[i] = (m[i] || '') + ' ' + r.innerText; return m; }, {}))")
+# What each row shows of its run name: the text of its name cell as drawn (cut at the column width).
+NAMES = ("[...document.querySelectorAll('.ag-row a')].filter(a => a.closest('.ag-cell'))"
+         ".map(a => { const cell = a.closest('.ag-cell'); const w = cell.getBoundingClientRect().width;"
+         " const r = document.createRange(); r.selectNodeContents(a); const full = a.innerText;"
+         " return a.scrollWidth > cell.clientWidth ? full.slice(0, Math.floor(full.length * w / a.scrollWidth))"
+         " : full; })")
+HEADERS = "[...document.querySelectorAll('.ag-header-cell')].map(h => h.innerText.trim()).filter(Boolean)"
 
 
-def ancestors(client, run) -> list[str]:
-    """``run`` and the runs it nests under (a sweep under its ``main`` run), so the table can open them."""
-    chain = [run.info.run_id]
-    while (parent := client.get_run(chain[-1]).data.tags.get("mlflow.parentRunId")) and parent not in chain:
-        chain.append(parent)
-    return chain
-
-
-def take(browser: Browser, base: str, out: Path, name: str, route: str, ready: str, check: str,
-         storage: dict[str, str] | None = None, settle_s: float = 4.0) -> dict:
-    """Seed localStorage, open ``base/#route``, wait for ``ready``, screenshot, return ``check``'s value."""
-    browser.open(f"{base}/#/experiments", "document.readyState === 'complete'", settle_s=0.5)
-    browser.page.evaluate("localStorage.clear()")
-    for key, value in (storage or {}).items():
-        browser.page.evaluate(f"localStorage.setItem({json.dumps(key)}, {json.dumps(value)})")
+def take(browser: Browser, out: Path, name: str, url: str, ready: str, check: str, settle_s: float = 4.0) -> dict:
+    """Open ``url`` as a link is followed (nothing seeded), wait for ``ready``, screenshot, return ``check``."""
     started = time.monotonic()
-    found = browser.open(f"{base}/#{route}", ready, settle_s=settle_s)
-    result = {"url": f"{base}/#{route}", "ready": bool(found), "ready_s": round(time.monotonic() - started, 1),
+    found = browser.open(url, ready, settle_s=settle_s)
+    result = {"url": url, "ready": bool(found), "ready_s": round(time.monotonic() - started, 1),
               **(browser.page.evaluate(check) or {})}
     browser.page.screenshot(out / f"{name}.png")
     print(f"{name}.png: " + ", ".join(f"{k}={v}" for k, v in result.items() if k != "url"))
@@ -299,14 +269,19 @@ def main() -> int:
 
     from transfer_core.track import latest_run
     from transfer_core.track.runs import ANALYSIS, COUNTERFACTUAL, SWEEP
+    from transfer_core.track.store import ui_url
+    from transfer_core.track.views import CHART_VIEW, RUNS_VIEW, view_url
 
-    parser = argparse.ArgumentParser(description="Screenshots of the MLflow UI over a transfer_core store.")
+    parser = argparse.ArgumentParser(description="Screenshots of the MLflow UI over a transfer_core store, as a "
+                                                 "newcomer's browser (an empty profile) meets it.")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI")
-                        or f"sqlite:///{Path('mlruns/mlflow.db').resolve()}")
+                        or f"sqlite:///{Path('mlruns/mlflow.db').resolve()}", help="the store to look at")
     parser.add_argument("--artifact-root", default=None, help="default: the folder of a sqlite store")
-    parser.add_argument("--experiment", default="transfer_core")
-    parser.add_argument("--out", default="outputs/ui")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--experiment", default="transfer_core", help="the experiment the pipeline wrote")
+    parser.add_argument("--model", default=None, help="registered model; default: <experiment>-target")
+    parser.add_argument("--out", default="outputs/ui", help="folder for the PNGs and ui_checks.json")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium",
+                        help="the Chromium executable")
     args = parser.parse_args()
     if not Path(args.chromium).is_file():
         sys.exit("chromium is not installed; apt-get install -y chromium, or pass --chromium PATH")
@@ -325,55 +300,65 @@ def main() -> int:
     port = free_port()
     ui = start_ui(args.tracking_uri, root, port)
     browser = Browser(args.chromium)
+    base = f"http://127.0.0.1:{port}"
     checks = {"experiment": args.experiment, "experiment_kind_tag": experiment.tags.get("mlflow.experimentKind"),
-              "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M")}
+              "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "browser_profile": "empty (new for this run; nothing written to local storage)"}
     try:
         browser.page.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
                           mobile=False)
-        base = f"http://127.0.0.1:{port}"
-        state_key = f'MLflowLocalStorage-1.1-ExperimentPage-["{exp}"]-ReactComponentState'
-        checks["experiments"] = take(browser, base, out, "experiments", "/experiments",
-                                     f"{TEXT}.includes({json.dumps(args.experiment)})", "({})")
-        checks["landing"] = take(  # what a new browser shows: MLflow picks the mode, not the experiment's tag
-            browser, base, out, "landing", f"/experiments/{exp}", f"{TEXT}.includes({json.dumps(args.experiment)})",
-            f"({{mode: {MODE}, lands_on: location.hash}})")
+        name = json.dumps(args.experiment)
+        checks["landing"] = take(browser, out, "landing", ui_url(exp, base=base), f"{TEXT}.includes({name})",
+                                 f"({{mode: {MODE}}})")
+        checks["every_model"] = take(
+            browser, out, "every_model", view_url(exp, RUNS_VIEW, base=base), f"{ROWS}.length > 0",
+            f"({{mode: {MODE}, rows: {ROWS}.length, names_as_drawn: {NAMES}.slice(0, 12), "
+            f"distinct_names_as_drawn: new Set({NAMES}).size, names: {NAMES}.length, "
+            f"columns: {HEADERS}}})")
         if sweep is not None:
-            sweep_id = sweep.data.tags["sweep_id"]
-            rows = ("Object.values([...document.querySelectorAll('.ag-row')].reduce((m, r) => {"  # a row's cells
-                    "const i = r.getAttribute('row-index'); m[i] = (m[i] || '') + ' ' + r.innerText; return m; }, {}))"
-                    f".filter(t => t.includes({json.dumps(sweep_id + '-')}))")  # sit in pinned and centre parts
-            checks["training_runs"] = take(
-                browser, base, out, "training_runs", f"/experiments/{exp}/runs?workflowType=machine_learning",
-                f"{rows}.length > 0",
-                f"({{mode: {MODE}, model_rows: {rows}.length, with_dataset: {rows}.filter(t => / of \\d+ classes/"
-                f".test(t)).length}})",
-                {**ASSISTANT_CLOSED, state_key: json.dumps(experiment_state(
-                    f"tags.sweep_id = '{sweep_id}'", ["metrics.`target_test_acc`", "metrics.`target_val_acc`"],
-                    expanded=ancestors(client, sweep)))})
+            model = client.search_runs([exp], f"tags.sweep_id = '{sweep.data.tags['sweep_id']}' "
+                                              "and tags.`transfer_core.kind` = 'subset_run'", max_results=1)[0]
+            run_name = json.dumps(model.info.run_name)
+            checks["subset_run"] = take(browser, out, "subset_run", ui_url(exp, model.info.run_id, base=base),
+                                        f"{TEXT}.includes('target_test_acc') || {TEXT}.includes('Metrics')",
+                                        f"({{mode: {MODE}, shows_name: {TEXT}.includes({run_name})}})")
         if analysis is not None:
-            route = (f"/experiments/{exp}/runs/{analysis.info.run_id}/artifacts/report.html"
-                     "?workflowType=machine_learning")
             frame = "document.querySelector('iframe.mlflow-html-iframe')"
-            checks["report"] = take(browser, base, out, "report", route, f"{frame} && {frame}.src", "({})",
-                                    ASSISTANT_CLOSED, settle_s=5)
+            checks["report"] = take(browser, out, "report",
+                                    ui_url(exp, analysis.info.run_id, "report.html", base=base),
+                                    f"{frame} && {frame}.src", f"({{mode: {MODE}}})", settle_s=5)
             checks["report"].update(browser.frame_evaluate("blob:", (
-                "({title: document.title, sections: document.querySelectorAll('section').length, "
-                "pictures: document.images.length, "
-                "pictures_shown: [...document.images].filter(i => i.complete && i.naturalWidth > 0).length})")) or {})
-            checks["report"]["report_bytes"] = next((f.file_size for f in client.list_artifacts(analysis.info.run_id)
-                                                     if f.path == "report.html"), None)
-            print("report.html in the preview:", {k: v for k, v in checks["report"].items() if k != "url"})
+                "(() => { const before = document.querySelectorAll('section').length;"
+                " const links = [...document.querySelectorAll('a[href]')];"
+                " const inPage = links.filter(a => a.getAttribute('href').startsWith('#'));"
+                " const other = links.length - inPage.length;"
+                " if (inPage.length) inPage[inPage.length - 1].click();"
+                " return {sections: before, pictures: document.images.length, in_page_links: inPage.length,"
+                " links_that_would_leave: other, artifact_paths_as_text: document.querySelectorAll('code').length,"
+                " scrolled_to: Math.round(window.scrollY)}; })()")) or {})
+            time.sleep(1)
+            after = browser.frame_evaluate("blob:", "({sections: document.querySelectorAll('section').length,"
+                                                    " url: location.protocol})") or {}
+            checks["report"]["after_clicking_a_link"] = after
+            browser.page.screenshot(out / "report_after_link.png")
+            print("report after a link:", checks["report"])
         if grid is not None:
-            cf_id = grid.data.tags["counterfactual_id"]
-            checks["counterfactual"] = take(
-                browser, base, out, "counterfactual",
-                f"/experiments/{exp}/runs?workflowType=machine_learning&compareRunsMode=CHART",
-                "document.querySelectorAll('.js-plotly-plot, canvas, svg.main-svg').length > 0",
-                f"({{mode: {MODE}, charts: document.querySelectorAll('.js-plotly-plot').length}})",
-                {**ASSISTANT_CLOSED, state_key: json.dumps(experiment_state(
-                    f"tags.counterfactual_id = '{cf_id}' and tags.`transfer_core.kind` = 'counterfactual_run'",
-                    ["params.`order`", "params.`k`", "params.`seed`", "metrics.`target_test_acc`"], [SCATTER_K],
-                    group_by=["order", "k"]))}, settle_s=6)
+            checks["accuracy_vs_k"] = take(
+                browser, out, "accuracy_vs_k", view_url(exp, CHART_VIEW, chart=True, base=base),
+                "document.querySelectorAll('.js-plotly-plot').length > 0",
+                f"({{mode: {MODE}, charts: document.querySelectorAll('.js-plotly-plot').length,"
+                " points: document.querySelectorAll('.js-plotly-plot .point').length,"
+                " says_no_charts: document.body.innerText.includes('No charts')})", settle_s=6)
+        model_name = args.model or f"{args.experiment}-target"
+        version = client.get_model_version_by_alias(model_name, "champion")
+        checks["registry"] = take(
+            browser, out, "registry", f"{base}/#/models/{model_name}/versions/{version.version}",
+            f"{TEXT}.includes('Source Run') || {TEXT}.includes('Source run')",
+            "({source_run_links: [...document.querySelectorAll('a')].map(a => a.getAttribute('href') || '')"
+            ".filter(h => h.includes('/runs/'))})")
+        checks["registry"]["trained_by"] = version.run_id
+        checks["registry"]["source_run_is_the_training_run"] = any(
+            version.run_id in link for link in checks["registry"]["source_run_links"])
     finally:
         browser.close()
         stop(ui)

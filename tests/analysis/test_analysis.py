@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from transfer_core.analysis import findings, influence
+from transfer_core.analysis import findings, influence, report
 from transfer_core.data import synthetic
 from transfer_core.analysis import AnalysisOptions, class_ranking, estimate
 from transfer_core.analysis.run import check_compatible
@@ -139,12 +139,14 @@ def test_near_duplicates_list_exactly_the_planted_copies(planted):
 class _Links(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.hrefs, self.images = set(), []
+        self.hrefs, self.images, self.anchors, self.ids = set(), [], set(), set()
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        if tag == "a" and "href" in attrs and not attrs["href"].startswith("#"):
-            self.hrefs.add(attrs["href"])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag == "a" and "href" in attrs:
+            (self.anchors if attrs["href"].startswith("#") else self.hrefs).add(attrs["href"].lstrip("#"))
         if tag == "img":
             self.images.append(attrs["src"])
 
@@ -159,6 +161,10 @@ def test_report_opens_and_links_every_artifact(planted):
             "datamodel.csv", "image_grids.json", "grids/grid_000.png"} <= files
     assert files <= parser.hrefs  # every artifact is linked ...
     assert all((root / href).is_file() for href in parser.hrefs)  # ... and every link resolves
+    assert parser.anchors and parser.anchors <= parser.ids  # the contents point at sections that exist
+    # In the MLflow UI's preview frame a followed link blanks the report: a script makes in-page links
+    # scroll and shows file links as artifact paths there (benchmarks/ui_screenshots.py clicks one).
+    assert report.BROWSE_IN_UI in (root / "report.html").read_text(encoding="utf-8")
     assert len(parser.images) >= 8
     for src in parser.images:  # pictures are embedded, so the report is self-contained
         assert src.startswith("data:image/png;base64,")

@@ -88,7 +88,7 @@ def test_two_worker_processes_log_through_a_shared_server_that_refuses_a_wrong_p
     assert summary.complete and summary.n_trained == 2
     runs = finished_children(summary)
     assert len(runs) == 2
-    workers = {r.data.tags["claim_pid"] for r in runs}
+    workers = {r.data.tags["transfer_core.claim_pid"] for r in runs}
     assert len(workers) == 2 and str(os.getpid()) not in workers  # both workers trained, not this process
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)  # stored by the server
     collected = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
@@ -126,7 +126,7 @@ def test_ray_executor_on_a_local_ray_instance_trains_a_pack_in_one_task(tracking
     assert summary.complete and summary.n_trained == 2
     runs = finished_children(summary)
     assert sorted(int(r.data.tags["index"]) for r in runs) == [0, 1]
-    pids = {r.data.tags["claim_pid"] for r in runs}
+    pids = {r.data.tags["transfer_core.claim_pid"] for r in runs}
     assert len(pids) == 1 and str(os.getpid()) not in pids  # one Ray task (worker) trained both
     assert {r.data.tags["pack_size"] for r in runs} == {"2"}
 
@@ -142,7 +142,7 @@ def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(trac
                                      "tags.`transfer_core.kind` = 'subset_run' and attributes.status = 'RUNNING'")
         if running:
             victim = running[0]
-            os.kill(int(victim.data.tags["claim_pid"]), signal.SIGKILL)
+            os.kill(int(victim.data.tags["transfer_core.claim_pid"]), signal.SIGKILL)
         time.sleep(0.1)
     thread.join(300)
     assert victim is not None and summaries, "the sweep ended before a worker could be killed"

@@ -65,6 +65,33 @@ def test_every_step_ran_once_under_one_main_run(main_job):
     assert sweep.data.tags["tune_run_id"] == mains[0].data.tags["step.tune"]  # provenance, not a guess
 
 
+def test_the_printed_links_open_shared_views_that_select_the_runs_they_show(main_job):
+    """`main` prints a link per shared view; each view's filter, run through MLflow's own search, selects
+    the trained models (flat: no parent run) or the grid's points, and its chart plots k against accuracy."""
+    from transfer_core.track.views import CHART_VIEW, RUNS_VIEW, SHARED_VIEW_PREFIX
+
+    work, env, output = main_job
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("transfer_core")
+    runs_link = re.search(r"every model: +(\S+)", output).group(1)
+    chart_link = re.search(r"accuracy vs k: +(\S+)", output).group(1)
+    assert f"viewStateShareKey={RUNS_VIEW}" in runs_link and "workflowType=machine_learning" in runs_link
+    assert f"viewStateShareKey={CHART_VIEW}" in chart_link and "compareRunsMode=CHART" in chart_link
+    views = {}
+    for key in (RUNS_VIEW, CHART_VIEW):
+        envelope = json.loads(experiment.tags[SHARED_VIEW_PREFIX + key])
+        assert isinstance(envelope["name"], str) and isinstance(envelope["createdAt"], int)
+        views[key] = json.loads(envelope["state"])  # the UI reads `state` as a JSON string
+    models = client.search_runs([experiment.experiment_id], views[RUNS_VIEW]["searchFilter"], max_results=1000)
+    kinds = {r.data.tags["transfer_core.kind"] for r in models}
+    assert kinds == {"subset_run", "counterfactual_run"} and len(models) == 16 + 2 * 3  # 16 models, 2 ks x 3 seeds
+    points = client.search_runs([experiment.experiment_id], views[CHART_VIEW]["searchFilter"])
+    assert len(points) == 6 and all("k" in r.data.params and "target_test_acc" in r.data.metrics for r in points)
+    (card,) = views[CHART_VIEW]["compareRunCharts"]
+    assert (card["type"], card["xaxis"]["key"], card["yaxis"]["key"]) == ("SCATTER", "k", "target_test_acc")
+    assert "metrics.`target_test_acc`" in views[RUNS_VIEW]["selectedColumns"]
+
+
 def test_the_readme_model_loading_snippet_runs_as_written(main_job, data_root):
     """README "Using the registered model", verbatim, in a fresh process in the folder `make run` used."""
     work, env, _ = main_job

@@ -225,13 +225,13 @@ def write_subpopulations(ctx: AnalysisState) -> None:
                                    ctx.runs.source_classes, test.file_names)
     subs.to_csv(ctx.root / "subpopulations.csv", index=False)
     sub_rows = []
-    for target, group in subs.groupby("target_class", sort=False):
-        for r in group.head(GRID_CLASSES).itertuples():
-            members = np.array([int(i) for i in r.examples.split(";") if i])
-            sub_rows.append((f"{target} <- {r.source_class}\n({r.n_examples})",
-                             [("", img) for img in _examples(test, members)]))
-    figures.pairs(sub_rows[:3 * ctx.options.max_grid_classes], "Sub-populations: target examples grouped by their "
-                  "most influential source class", ctx.root / "subpopulations.png")
+    for target, group in subs.groupby("target_class", sort=False):  # the largest group of each class: one row
+        r = next(group.itertuples())
+        members = np.array([int(i) for i in r.examples.split(";") if i])
+        sub_rows.append((f"{target} <- {r.source_class}\n({r.n_examples})",
+                         [("", img) for img in _examples(test, members)]))
+    figures.pairs(sub_rows[:ctx.options.max_grid_classes], "Sub-populations: each target class's largest group "
+                  "by most influential source class", ctx.root / "subpopulations.png")
     ctx.sections.append(report.Section("Sub-populations", "Target examples of each class grouped by the source class "
                                        "with the largest influence on them.",
                                        ["subpopulations.csv", "subpopulations.png"], ["subpopulations.png"],

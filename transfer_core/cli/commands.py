@@ -438,3 +438,18 @@ def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id,
                    analysis_run_id=analysis_run_id, counterfactual_run_id=counterfactual_run_id, top_k=top_k,
                    subpopulation=subpopulation)
     click.echo(f"results written to {path}")
+
+
+@main.command("links")
+@click.option("--tracking-uri", type=TEXT, default=None, envvar="MLFLOW_TRACKING_URI",
+              help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.")
+@click.option("--base", type=TEXT, default="http://127.0.0.1:5000", show_default=True,
+              help="Where the MLflow UI answers.")
+@friendly_errors
+def links_command(tracking_uri, base):
+    """Print the MLflow UI links of every experiment this tool wrote: its runs in Model training mode,
+    and the saved views a pipeline run made (every trained model; accuracy against k). Writes nothing."""
+    from transfer_core.track.views import experiment_links
+
+    for line in experiment_links(open_context(tracking_uri, None).client, base):
+        click.echo(line)

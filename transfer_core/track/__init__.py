@@ -11,8 +11,9 @@
 from transfer_core.track.artifacts import (CHECKPOINT_ARTIFACT, CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT,
                                            VAL_OUTPUTS_ARTIFACT, load_checkpoint, log_subset_result, save_checkpoint)
 from transfer_core.track.runs import (KIND_TAG, artifact_path, describe_run, describe_step, get_run_of_kind,
-                                      latest_run, log_metrics, log_new_params, mark_failed, now_ms, one_line, quote,
-                                      run_config, run_filter, run_scope, search_all, set_tags, to_local_path)
+                                      latest_run, log_metrics, log_new_params, mark_failed, metric_value, now_ms,
+                                      one_line, quote, run_config, run_filter, run_scope, search_all, set_tags,
+                                      to_local_path)
 from transfer_core.track.store import (DEFAULT_EXPERIMENT, TrackingError, client_for, default_tracking_uri,
                                        existing_experiment, get_experiment_id, open_store)
 
@@ -20,7 +21,7 @@ __all__ = ["CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT", "MASK_ARTIFACT", "OUTPUTS_
            "load_checkpoint",
            "log_subset_result", "save_checkpoint", "KIND_TAG", "artifact_path", "describe_run", "describe_step",
            "get_run_of_kind", "latest_run",
-           "log_metrics", "log_new_params", "mark_failed", "now_ms", "one_line", "quote", "run_config",
+           "log_metrics", "log_new_params", "mark_failed", "metric_value", "now_ms", "one_line", "quote", "run_config",
            "run_filter", "run_scope", "search_all", "set_tags", "to_local_path", "DEFAULT_EXPERIMENT",
            "TrackingError", "client_for", "default_tracking_uri", "existing_experiment", "get_experiment_id",
            "open_store"]

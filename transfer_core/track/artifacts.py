@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from transfer_core.config import RunConfig
 from transfer_core.track.datasets import log_dataset_inputs
-from transfer_core.track.runs import NOTE_TAG, now_ms
+from transfer_core.track.runs import NOTE_TAG, metric_value, now_ms
 from transfer_core.train import Normalized, build_model, save_outputs
 
 MASK_ARTIFACT = "class_mask.npy"
@@ -59,7 +59,7 @@ def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, resu
             f"(`{CLASSES_ARTIFACT}`, `{MASK_ARTIFACT}`; the `pretrain` dataset), transferred to "
             f"`{config.data.target}` ({config.transfer.mode}). Per-example outputs: `{OUTPUTS_ARTIFACT}` (test), "
             f"`{VAL_OUTPUTS_ARTIFACT}` (validation).")
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+    client.log_batch(run_id, metrics=[Metric(k, metric_value(v), now, 0) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(NOTE_TAG, note)])
     if inputs:
         log_dataset_inputs(client, run_id, inputs)

@@ -7,9 +7,9 @@ just ``sweep_id`` for the parent run of a sweep.
 The protocol needs nothing but a tracking store whose writes are visible to later reads
 (sqlite, an ``mlflow server`` on a database): no unique constraints, no locks.
 
-1. Write a claim: a RUNNING run tagged with who holds it (``claim_host``, ``claim_pid``)
-   and a ``heartbeat`` (unix seconds) that a background thread refreshes every
-   :data:`HEARTBEAT_S` seconds while the run trains.
+1. Write a claim: a RUNNING run tagged with who holds it (``transfer_core.claim_host``,
+   ``transfer_core.claim_pid``) and a ``transfer_core.heartbeat`` (unix seconds) that a
+   background thread refreshes every :data:`HEARTBEAT_S` seconds while the run trains.
 2. Read every other run of the same key (``tags.sweep_id = ... and tags.index = ...``).
 3. If any of them is FINISHED, or is a *live* claim, withdraw: tag our claim
    ``superseded=true`` and end it KILLED. Otherwise we hold the key.
@@ -45,9 +45,11 @@ HEARTBEAT_S = 15.0  # how often a claim's heartbeat tag is refreshed
 STALE_AFTER_S = 90.0  # a claim from another host without a heartbeat for this long is dead
 SAME_HOST_STALE_AFTER_S = 3600.0  # guards against a reused pid on the same host
 SUPERSEDED_TAG = "superseded"
-HOST, PID = "claim_host", "claim_pid"
-HEARTBEAT = "heartbeat"
-ESTABLISHED_TAG = "established"  # on a parent run: it won its creation race
+# Internal bookkeeping, under the package's tag prefix so that it stays apart from the user's tags.
+HOST, PID = "transfer_core.claim_host", "transfer_core.claim_pid"
+HEARTBEAT = "transfer_core.heartbeat"
+LEGACY = {HOST: "claim_host", PID: "claim_pid", HEARTBEAT: "heartbeat"}  # names before 2026-12-03, still read
+ESTABLISHED_TAG = "transfer_core.established"  # on a parent run: it won its creation race
 ACTIVE = ("RUNNING", "SCHEDULED")
 PARENT_TRIES = 30
 
@@ -67,6 +69,10 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def is_established(run) -> bool:
+    return run.data.tags.get(ESTABLISHED_TAG, run.data.tags.get("established")) == "true"
+
+
 def is_superseded(run) -> bool:
     return run.data.tags.get(SUPERSEDED_TAG) == "true"
 
@@ -75,7 +81,7 @@ def is_live(run, now: float | None = None) -> bool:
     """Whether ``run`` is an active claim whose holder still runs (see the module docstring)."""
     if run.info.status not in ACTIVE or is_superseded(run):
         return False
-    tags = run.data.tags
+    tags = {**{new: run.data.tags[old] for new, old in LEGACY.items() if old in run.data.tags}, **run.data.tags}
     now = time.time() if now is None else now
     try:
         age = now - float(tags.get(HEARTBEAT, run.info.start_time / 1000))
@@ -146,7 +152,7 @@ def _settle(client, experiment_id, kind, key, params, run_name, extra_tags, invo
     for _ in range(PARENT_TRIES):
         parents = [r for r in client.search_runs([experiment_id], wanted, order_by=["attributes.start_time ASC"])
                    if not is_superseded(r)]
-        settled = [r for r in parents if r.data.tags.get(ESTABLISHED_TAG) == "true"]
+        settled = [r for r in parents if is_established(r)]
         if settled:
             if check is not None:
                 check(settled[0])
@@ -160,7 +166,7 @@ def _settle(client, experiment_id, kind, key, params, run_name, extra_tags, invo
                 own = client.create_run(experiment_id, tags={**tags, MLFLOW_RUN_NAME: run_name}).info.run_id
             rivals = [r for r in client.search_runs([experiment_id], wanted)
                       if r.info.run_id != own and not is_superseded(r)]
-            if not any(is_live(r) or r.data.tags.get(ESTABLISHED_TAG) == "true" for r in rivals):
+            if not any(is_live(r) or is_established(r) for r in rivals):
                 for rival in rivals:  # candidates of commands that died before settling
                     supersede(client, rival, own)
                 log_new_params(client, own, params)

@@ -188,8 +188,8 @@ def existing_experiment(client: MlflowClient, name: str) -> str:
 
 
 def ui_url(experiment_id: str, run_id: str | None = None, artifact: str | None = None,
-           base: str = "http://127.0.0.1:5000") -> str:
-    """A link into the MLflow UI in Model training mode.
+           base: str = "http://127.0.0.1:5000", query: dict[str, str] | None = None) -> str:
+    """A link into the MLflow UI in Model training mode (``query``: further URL parameters).
 
     MLflow 3.17's UI opens every experiment in the mode of a per-browser toggle (GenAI by
     default), not by the experiment's ``mlflow.experimentKind`` tag; ``workflowType`` in the
@@ -198,4 +198,5 @@ def ui_url(experiment_id: str, run_id: str | None = None, artifact: str | None =
     path = f"#/experiments/{experiment_id}"
     if run_id:
         path += f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
-    return f"{base}/{path}?workflowType=machine_learning"
+    parameters = {**(query or {}), "workflowType": "machine_learning"}
+    return f"{base}/{path}?" + "&".join(f"{k}={v}" for k, v in parameters.items())

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from transfer_core.config import ConfigError, RunConfig, with_overrides
-from transfer_core.track.runs import KIND_TAG, TUNE_TRIAL
+from transfer_core.track.runs import KIND_TAG, TUNE_TRIAL, metric_value
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,12 @@ class TrialRecorder:
 
     def epoch(self, epoch: int, loss: float, val_acc: float) -> None:
         now = _now()
-        self.metrics += [Metric("train_loss", float(loss), now, epoch), Metric("val_acc", float(val_acc), now, epoch)]
+        self.metrics += [Metric("train_loss", metric_value(loss), now, epoch),
+                         Metric("val_acc", metric_value(val_acc), now, epoch)]
 
     def finish(self, state: str, value: float | None = None, reason: str | None = None) -> None:
         if value is not None:
-            self.metrics.append(Metric("target_val_acc", float(value), _now(), 0))
+            self.metrics.append(Metric("target_val_acc", metric_value(value), _now(), 0))
         tags = [RunTag(STATE_TAG, state)] + ([RunTag(REASON_TAG, reason[:4000])] if reason else [])
         self.client.log_batch(self.run_id, metrics=self.metrics, tags=tags)
         self.client.set_terminated(self.run_id, status=RUN_STATUS[state])
@@ -137,7 +138,7 @@ def log_study_summary(client: MlflowClient, run_id: str, study: optuna.Study, ba
             (folder / BEST_PARAMS_ARTIFACT).write_text(json.dumps(best, indent=2, sort_keys=True))
         client.log_artifacts(run_id, str(folder))
     now = _now()
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+    client.log_batch(run_id, metrics=[Metric(k, metric_value(v), now, 0) for k, v in metrics.items()],
                      params=[Param(f"best.{k}", v) for k, v in (best or {}).items()],
                      tags=[RunTag(f"plot_skipped.{k}", v[:4000]) for k, v in skipped.items()])
     if best is None:

@@ -33,6 +33,7 @@ from transfer_core.track import (KIND_TAG, describe_run, get_experiment_id, run_
                                  to_local_path)
 from transfer_core.track.runs import MAIN
 from transfer_core.track.store import mark_training_experiment, ui_url
+from transfer_core.track.views import save_pipeline_views
 from transfer_core.tune import TuneSettings, tune, tuned_recipe
 from transfer_core.workflow.publish import publish
 from transfer_core.workflow.settings import STUDY, PipelineSettings
@@ -55,6 +56,7 @@ class PipelineResult:
     split_half: float  # the validation ranking's split-half Spearman
     n_models: int
     results_path: str = ""
+    views: dict[str, str] = dataclasses.field(default_factory=dict)  # "runs"/"chart" -> a link (track.views)
 
     @property
     def model_uri(self) -> str:
@@ -73,7 +75,10 @@ class PipelineResult:
         steps = "\n".join(f"- {step}: run `{run_id}`" for step, run_id in self.steps.items())
         return (f"The pipeline: {' -> '.join(self.steps)}.\n\n{steps}\n\nReport: `report.html` in the Artifacts "
                 f"of analysis run `{self.analysis_run_id}`. Champion: `{self.model_uri}` (version "
-                f"{self.model_version}): {self.message}\n\nNote: {self.stability_line()}.")
+                f"{self.model_version}): {self.message}\n\n"
+                + "".join(f"[{label}]({self.views[key]}) " for key, label in
+                          (("runs", "Every trained model"), ("chart", "Accuracy against k")) if key in self.views)
+                + f"\n\nNote: {self.stability_line()}.")
 
     def where_to_look(self, tracking_uri: str) -> str:
         ui = f"mlflow ui --backend-store-uri {tracking_uri}"
@@ -84,6 +89,8 @@ class PipelineResult:
                  f"                    then open {ui_url(self.experiment_id)}",
                  f"  analysis report:  {self.report_path}",
                  f"                    in the UI: {ui_url(self.experiment_id, self.analysis_run_id, 'report.html')}",
+                 *([f"  every model:      {self.views['runs']}",
+                    f"  accuracy vs k:    {self.views['chart']}"] if self.views else []),
                  f"  registered model: {self.model_uri}  (version {self.model_version})",
                  f"  champion:         {self.message}"]
         if self.results_path:
@@ -167,11 +174,12 @@ def _steps(s: PipelineSettings, ctx: Context, experiment_id: str, echo) -> Pipel
         results = str(publish(s.experiment, s.publish, ctx=ctx, analysis_run_id=analysis.run_id,
                               counterfactual_run_id=outcome.runs.parent_run_id,
                               subpopulation=s.subpopulation or None))
+    views = save_pipeline_views(ctx.client, experiment_id, outcome.runs.grid_id)
     analysis_run = ctx.client.get_run(analysis.run_id)
     report = str(analysis.report_path) if to_local_path(analysis_run.info.artifact_uri) is not None else \
         f"{analysis_run.info.artifact_uri}/report.html"
     return PipelineResult(steps, experiment_id, summary.sweep_id, analysis.run_id, outcome.runs.parent_run_id,
                           registration.name, registration.version, registration.message, report,
                           analysis_run.data.metrics.get("selection_split_half_spearman", float("nan")),
-                          summary.n_models, results)
+                          summary.n_models, results, views)
 
