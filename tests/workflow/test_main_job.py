@@ -75,6 +75,7 @@ def test_the_printed_links_open_shared_views_that_select_the_runs_they_show(main
     experiment = client.get_experiment_by_name("transfer_core")
     runs_link = re.search(r"every model: +(\S+)", output).group(1)
     chart_link = re.search(r"accuracy vs k: +(\S+)", output).group(1)
+    assert "/runs?" in runs_link and "/runs?" in chart_link  # without the tab, the UI drops the key
     assert f"viewStateShareKey={RUNS_VIEW}" in runs_link and "workflowType=machine_learning" in runs_link
     assert f"viewStateShareKey={CHART_VIEW}" in chart_link and "compareRunsMode=CHART" in chart_link
     views = {}

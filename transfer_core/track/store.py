@@ -188,14 +188,15 @@ def existing_experiment(client: MlflowClient, name: str) -> str:
 
 
 def ui_url(experiment_id: str, run_id: str | None = None, artifact: str | None = None,
-           base: str = "http://127.0.0.1:5000", query: dict[str, str] | None = None) -> str:
-    """A link into the MLflow UI in Model training mode (``query``: further URL parameters).
+           base: str = "http://127.0.0.1:5000", query: dict[str, str] | None = None, tab: str | None = None) -> str:
+    """A link into the MLflow UI in Model training mode (``tab``: an experiment tab such as ``runs``;
+    ``query``: further URL parameters).
 
     MLflow 3.17's UI opens every experiment in the mode of a per-browser toggle (GenAI by
     default), not by the experiment's ``mlflow.experimentKind`` tag; ``workflowType`` in the
     link chooses Model training.
     """
-    path = f"#/experiments/{experiment_id}"
+    path = f"#/experiments/{experiment_id}" + (f"/{tab}" if tab and not run_id else "")
     if run_id:
         path += f"/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
     parameters = {**(query or {}), "workflowType": "machine_learning"}

@@ -6,7 +6,7 @@ envelope ``{name, createdAt, updatedAt, state}`` (``state`` is a JSON string of 
 and the UI state), and ``#/experiments/<id>?viewStateShareKey=<key>`` opens it. The key names and
 the card fields below are those of the MLflow 3.17 UI bundle; a key the UI does not know is ignored,
 and ``runsExpanded`` is dropped on read, so a view selects runs by its filter, not by expanding
-parents. A filter that leaves the parent runs out lists their children as rows of their own.
+parents; the runs view groups runs by kind, which lists nested runs as rows of their own.
 
 Two views per experiment, rewritten by every pipeline run (the same key, so the same link):
   ``transfer_core-runs``            every trained model (sweep and grid), with accuracy, classes kept,
@@ -29,8 +29,7 @@ SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 RUNS_VIEW = "transfer_core-runs"
 CHART_VIEW = "transfer_core-counterfactual"
 RUN_COLUMNS = (("metrics", "target_test_acc"), ("metrics", "target_val_acc"), ("params", "subset.n_kept"),
-               ("params", "order"), ("params", "k"), ("params", "seed"), ("metrics", "source_acc"),
-               ("attributes", "Dataset"))
+               ("params", "order"), ("params", "k"), ("params", "seed"), ("metrics", "source_acc"))
 
 
 def column(kind: str, key: str) -> str:
@@ -44,10 +43,14 @@ def _facets(search_filter: str, order_by: str) -> dict:
 
 
 def runs_view_state() -> dict:
-    """The runs table of every trained model: sweep models and grid points, newest first."""
+    """The runs table of every trained model: sweep models and grid points, newest first, grouped by kind.
+
+    Grouped, because the table shows a run that has a parent under that parent, collapsed, even when
+    a filter leaves the parent out (seen in 3.17.2); a grouped table lists every matching run."""
     kinds = f"tags.`{KIND_TAG}` LIKE '%_run'"  # subset_run and counterfactual_run (no IN for tags)
     return {**_facets(kinds, "attributes.start_time"), "selectedColumns": [column(*c) for c in RUN_COLUMNS],
-            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False, "groupBy": None,
+            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
+            "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": KIND_TAG}]},
             "groupsExpanded": {}, "hideEmptyCharts": True, "useGroupedValuesInCharts": True,
             "isAccordionReordered": False, "chartsSearchFilter": ""}
 
@@ -83,9 +86,12 @@ def save_view(client: MlflowClient, experiment_id: str, key: str, name: str, sta
 
 
 def view_url(experiment_id: str, key: str, chart: bool = False, base: str = "http://127.0.0.1:5000") -> str:
-    """The link that opens view ``key`` (in Model training mode; ``chart``: on the Chart tab)."""
-    return ui_url(experiment_id, base=base, query={"viewStateShareKey": key,
-                                                   **({"compareRunsMode": "CHART"} if chart else {})})
+    """The link that opens view ``key`` (in Model training mode; ``chart``: on the Chart tab).
+
+    It names the Runs tab: ``#/experiments/<id>?viewStateShareKey=...`` is redirected to the
+    experiment's overview, and the key is lost on the way."""
+    return ui_url(experiment_id, base=base, tab="runs",
+                  query={"viewStateShareKey": key, **({"compareRunsMode": "CHART"} if chart else {})})
 
 
 def save_pipeline_views(client: MlflowClient, experiment_id: str, grid_id: str) -> dict[str, str]:
