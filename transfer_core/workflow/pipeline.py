@@ -32,6 +32,7 @@ from transfer_core.sweep import SweepIncomplete, sweep_with_summary
 from transfer_core.track import (KIND_TAG, describe_run, get_experiment_id, run_scope, set_tags,
                                  to_local_path)
 from transfer_core.track.runs import MAIN
+from transfer_core.counterfactual.report import PLOT_ARTIFACT
 from transfer_core.track.store import mark_training_experiment, ui_url
 from transfer_core.track.views import save_pipeline_views
 from transfer_core.tune import TuneSettings, tune, tuned_recipe
@@ -91,6 +92,7 @@ class PipelineResult:
                  f"                    in the UI: {ui_url(self.experiment_id, self.analysis_run_id, 'report.html')}",
                  *([f"  every model:      {self.views['runs']}",
                     f"  accuracy vs k:    {self.views['chart']}"] if self.views else []),
+                 f"  its figure:       {ui_url(self.experiment_id, self.counterfactual_run_id, PLOT_ARTIFACT)}",
                  f"  registered model: {self.model_uri}  (version {self.model_version})",
                  f"  champion:         {self.message}"]
         if self.results_path:
