@@ -9,8 +9,9 @@
 3. **Decode work per model of a pack**: images decoded per epoch for a pack of N models (N = 1, 2, 4, 8)
    against what N models alone would decode.
 4. **Peak memory of a short sweep**: ``transfer-core sweep`` (in its own process, one worker, a pack of
-   one) on the tree at ``--sweep-resolution``; its peak resident memory against the decoded size of the
-   tree at that resolution (the in-memory path would hold all of it).
+   one) on the tree at ``--sweep-resolution``, each model on ``--sweep-images-per-class`` images of its
+   kept classes; its peak resident memory against the decoded size of the tree at that resolution (the
+   in-memory path decoded all of it).
 5. With a GPU: models per hour of packed training on the imagenet64 recipe (not on a CPU).
 
     TRANSFER_CORE_CACHE=/tmp/streambench/cache python benchmarks/bench_stream.py --images 20000
@@ -55,6 +56,22 @@ def decode_rate(split, resolution: int, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def decode_and_share(split, args) -> None:
+    """Steps 2 and 3: decode + augmentation per core, and the decode work per model of a pack."""
+    from transfer_core.data import class_mask
+    from transfer_core.data.stream import SharedStream, StreamedSource
+
+    print("\n| resolution | decode + augmentation, images/s on one core |\n|---|---|")
+    for r in args.resolutions:
+        print(f"| {r} px | {decode_rate(split, r, args.decode_images):,.0f} |", flush=True)
+    source = StreamedSource(split, np.arange(len(split)), 16)
+    print("\n| models in the pack | images decoded per epoch | per model | alone, per model |\n|---|---|---|---|")
+    for n in (1, 2, 4, 8):
+        stream = SharedStream(source, [class_mask(0, i, args.classes) for i in range(n)], batch_size=256)
+        counts = stream.keeps.any(axis=0).sum()  # what one epoch decodes: images any member keeps
+        print(f"| {n} | {counts:,} | {counts / n:,.0f} | {stream.n_images:,} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20000, help="train images in the generated tree")
@@ -64,10 +81,14 @@ def main() -> None:
     parser.add_argument("--decode-images", type=int, default=2048, help="images timed per resolution")
     parser.add_argument("--sweep-resolution", type=int, default=224)
     parser.add_argument("--sweep-models", type=int, default=2)
+    parser.add_argument("--sweep-images-per-class", type=int, default=20,
+                        help="images per kept class a sweep model trains on (0: all; all at 224 px took over 14 "
+                             "minutes a model on 2 CPU cores)")
+    parser.add_argument("--sweep-batch", type=int, default=16, help="pretraining batch size of the sweep")
+    parser.add_argument("--skip-to-sweep", action="store_true", help="only step 4, on a tree made before")
     args = parser.parse_args()
     os.environ.setdefault("TRANSFER_CORE_CACHE", str(args.workdir / "cache"))
     from transfer_core.data.prepared import PreparedSplit, prepare
-    from transfer_core.data.stream import SharedStream, StreamedSource
 
     print(f"{time.strftime('%Y-%m-%d %H:%M')} load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
           f"{os.cpu_count()} cores", flush=True)
@@ -81,24 +102,16 @@ def main() -> None:
     print(f"prepare: {len(split)} images in {time.perf_counter() - start:.1f} s ({os.cpu_count()} threads; "
           f"{split.offsets[-1] / 2 ** 20:.0f} MiB of JPEG, longest side 256)", flush=True)
 
-    print("\n| resolution | decode + augmentation, images/s on one core |\n|---|---|")
-    for r in args.resolutions:
-        print(f"| {r} px | {decode_rate(split, r, args.decode_images):,.0f} |", flush=True)
-
-    from transfer_core.data import class_mask
-    source = StreamedSource(split, np.arange(len(split)), 16)
-    print("\n| models in the pack | images decoded per epoch | per model | alone, per model |\n|---|---|---|---|")
-    for n in (1, 2, 4, 8):
-        stream = SharedStream(source, [class_mask(0, i, args.classes) for i in range(n)], batch_size=256)
-        counts = stream.keeps.any(axis=0).sum()  # what one epoch decodes: images any member keeps
-        print(f"| {n} | {counts:,} | {counts / n:,.0f} | {stream.n_images:,} |", flush=True)
+    if not args.skip_to_sweep:
+        decode_and_share(split, args)
 
     store = args.workdir / f"sweep-{int(time.time())}"
     store.mkdir(parents=True)
     sets = [f"data.source=imagefolder:{tree}", f"data.resolution={args.sweep_resolution}", "data.source_store=jpeg",
             "data.target=synthetic-target", "data.target_resolution=32", "pretrain.arch=resnet_small",
-            "pretrain.width=8", "pretrain.epochs=1", "pretrain.peak_epoch=0.5", "pretrain.batch_size=64",
-            "transfer.epochs=2", "data.source_images_per_class=0"]
+            "pretrain.width=8", "pretrain.epochs=1", "pretrain.peak_epoch=0.5",
+            f"pretrain.batch_size={args.sweep_batch}", "transfer.epochs=2",
+            f"data.source_images_per_class={args.sweep_images_per_class}"]
     command = [sys.executable, "-m", "transfer_core.cli", "sweep", "--profile", "imagenet", "--n-models",
                str(args.sweep_models), "--workers", "1", "--pack", "1", "--no-progress",
                "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}", *sum((["--set", s] for s in sets), [])]
