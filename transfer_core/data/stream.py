@@ -36,7 +36,7 @@ from transfer_core.config import ConfigError
 from transfer_core.data.images import channel_stats
 from transfer_core.data.prepared import PreparedSplit
 
-CHUNK_IMAGES = 1024  # images decoded per chunk of the shared pass
+CHUNK_IMAGES = 256  # images decoded per chunk of the shared pass
 PREFETCH_CHUNKS = 2  # chunks decoded ahead of the one being routed
 NORM_SAMPLE = 4096  # images the normalisation statistics are taken from
 

@@ -326,7 +326,7 @@ def _run_group(config, data: TransferData, dd: DeviceData, masks, seeds, source_
 
 @torch.no_grad()
 def _streamed_source_accuracy(net: nn.Module, masks: list[np.ndarray], held_out: StreamedSource, dd: DeviceData,
-                              batch_size: int, chunk: int = 1024) -> list[float]:
+                              batch_size: int, chunk: int = 256) -> list[float]:
     """Each model's accuracy on the held-out images of its kept classes, decoded from disk a chunk at a time."""
     labels = held_out.labels.numpy()
     keeps = np.stack([np.asarray(m, bool)[labels] for m in masks])  # (N, n)
