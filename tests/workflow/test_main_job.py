@@ -264,3 +264,19 @@ def test_a_change_to_the_analysis_code_recomputes_the_analysis_and_what_follows(
     version = client.get_model_version("transfer_core-target", changed.model_version)
     assert version.tags["counterfactual_run_id"] == changed.counterfactual_run_id
     assert client.get_run(changed.analysis_run_id).data.tags["transfer_core.code_version"]  # provenance
+
+
+def test_links_prints_the_same_links_and_refuses_a_missing_store(main_job, tmp_path):
+    from click.testing import CliRunner
+
+    from transfer_core.cli import main as cli
+
+    work, env, output = main_job
+    shown = CliRunner().invoke(cli, ["links", "--tracking-uri", env["MLFLOW_TRACKING_URI"]])
+    assert shown.exit_code == 0, shown.output
+    for label in ("every model", "accuracy vs k"):
+        printed = re.search(rf"{label}: +(\S+)", output).group(1)
+        assert printed in shown.output
+    missing = tmp_path / "none" / "mlflow.db"
+    refused = CliRunner().invoke(cli, ["links", "--tracking-uri", f"sqlite:///{missing}"])
+    assert refused.exit_code == 1 and "no MLflow store at" in refused.output and not missing.parent.exists()
