@@ -449,10 +449,10 @@ def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id,
 def links_command(tracking_uri, base):
     """Print the MLflow UI links of every experiment this tool wrote: its runs in Model training mode,
     and the saved views a pipeline run made (every trained model; accuracy against k). Writes nothing."""
-    from transfer_core.track.store import DEFAULT_STORE_DIR, sqlite_path
+    from transfer_core.track.store import default_tracking_uri, sqlite_path
     from transfer_core.track.views import experiment_links
 
-    uri = tracking_uri or f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
+    uri = tracking_uri or default_tracking_uri(create=False)
     store = sqlite_path(uri)
     if store is not None and not store.is_file():
         raise click.ClickException(f"there is no MLflow store at {store} yet; run `make run` (or a transfer-core "

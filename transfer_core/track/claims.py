@@ -48,8 +48,9 @@ SUPERSEDED_TAG = "superseded"
 # Internal bookkeeping, under the package's tag prefix so that it stays apart from the user's tags.
 HOST, PID = "transfer_core.claim_host", "transfer_core.claim_pid"
 HEARTBEAT = "transfer_core.heartbeat"
-LEGACY = {HOST: "claim_host", PID: "claim_pid", HEARTBEAT: "heartbeat"}  # names before 2026-12-03, still read
 ESTABLISHED_TAG = "transfer_core.established"  # on a parent run: it won its creation race
+LEGACY = {HOST: "claim_host", PID: "claim_pid", HEARTBEAT: "heartbeat",  # names before 2026-12-03, still read
+          ESTABLISHED_TAG: "established"}
 ACTIVE = ("RUNNING", "SCHEDULED")
 PARENT_TRIES = 30
 
@@ -69,8 +70,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _tag(run, name: str, default=None):
+    """Tag ``name`` of ``run``, or its name before 2026-12-03 (:data:`LEGACY`)."""
+    return run.data.tags.get(name, run.data.tags.get(LEGACY.get(name, name), default))
+
+
 def is_established(run) -> bool:
-    return run.data.tags.get(ESTABLISHED_TAG, run.data.tags.get("established")) == "true"
+    return _tag(run, ESTABLISHED_TAG) == "true"
 
 
 def is_superseded(run) -> bool:
@@ -81,14 +87,14 @@ def is_live(run, now: float | None = None) -> bool:
     """Whether ``run`` is an active claim whose holder still runs (see the module docstring)."""
     if run.info.status not in ACTIVE or is_superseded(run):
         return False
-    tags = {**{new: run.data.tags[old] for new, old in LEGACY.items() if old in run.data.tags}, **run.data.tags}
     now = time.time() if now is None else now
     try:
-        age = now - float(tags.get(HEARTBEAT, run.info.start_time / 1000))
+        age = now - float(_tag(run, HEARTBEAT, run.info.start_time / 1000))
     except ValueError:
         age = float("inf")
-    if tags.get(HOST) == socket.gethostname() and tags.get(PID, "").isdigit():
-        return pid_alive(int(tags[PID])) and age < SAME_HOST_STALE_AFTER_S
+    pid = _tag(run, PID, "")
+    if _tag(run, HOST) == socket.gethostname() and pid.isdigit():
+        return pid_alive(int(pid)) and age < SAME_HOST_STALE_AFTER_S
     return age < STALE_AFTER_S
 
 

@@ -46,11 +46,13 @@ class TrackingError(ConfigError):
     """The tracking store cannot be reached or holds something unexpected."""
 
 
-def default_tracking_uri() -> str:
+def default_tracking_uri(create: bool = True) -> str:
+    """$MLFLOW_TRACKING_URI, else the embedded store ``mlruns/mlflow.db`` (its folder made if ``create``)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    DEFAULT_STORE_DIR.mkdir(exist_ok=True)
+    if create:
+        DEFAULT_STORE_DIR.mkdir(exist_ok=True)
     return f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
 
 

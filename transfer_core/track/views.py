@@ -3,7 +3,7 @@
 MLflow's UI keeps a runs table's filter, columns and charts in the browser's local storage. It
 also reads them from the server: an experiment tag ``mlflow.sharedViewState.<key>`` holds the
 envelope ``{name, createdAt, updatedAt, state}`` (``state`` is a JSON string of the search facets
-and the UI state), and ``#/experiments/<id>?viewStateShareKey=<key>`` opens it. The key names and
+and the UI state), and ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens it. The key names and
 the card fields below are those of the MLflow 3.17 UI bundle; a key the UI does not know is ignored,
 and ``runsExpanded`` is dropped on read, so a view selects runs by its filter, not by expanding
 parents; the runs view groups runs by kind, which lists nested runs as rows of their own.
