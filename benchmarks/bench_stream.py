@@ -11,7 +11,8 @@
 4. **Peak memory of a short sweep**: ``transfer-core sweep`` (in its own process, one worker, a pack of
    one) on the tree at ``--sweep-resolution``, each model on ``--sweep-images-per-class`` images of its
    kept classes; its peak resident memory against the decoded size of the tree at that resolution (the
-   in-memory path decoded all of it).
+   in-memory path decoded all of it). The source's normalisation statistics are computed again (their
+   cached file is removed first), as on a first sweep.
 5. With a GPU: models per hour of packed training on the imagenet64 recipe (not on a CPU).
 
     TRANSFER_CORE_CACHE=/tmp/streambench/cache python benchmarks/bench_stream.py --images 20000
@@ -105,6 +106,8 @@ def main() -> None:
     if not args.skip_to_sweep:
         decode_and_share(split, args)
 
+    for stats in folder.glob("norm-*.npy"):  # the peak includes a first sweep's normalisation statistics
+        stats.unlink()
     store = args.workdir / f"sweep-{int(time.time())}"
     store.mkdir(parents=True)
     sets = [f"data.source=imagefolder:{tree}", f"data.resolution={args.sweep_resolution}", "data.source_store=jpeg",

@@ -16,6 +16,7 @@ from transfer_core.config import build_config
 from transfer_core.data import DataError, class_mask, load_source, load_transfer_data, subset_digest
 from transfer_core.data import prepared as prepared_module
 from transfer_core.data.prepared import PreparedSplit, PrepareSpec, prepare
+from transfer_core.data import stream as stream_module
 from transfer_core.data.stream import SharedStream, StreamedSource
 from transfer_core.data.synthetic import write_image_folder
 
@@ -92,6 +93,20 @@ def test_each_epoch_holds_a_models_kept_images_once_and_a_pack_reads_what_each_m
             assert torch.equal(torch.cat([m[1] for m in mine]), torch.from_numpy(relabel[labels[order]]))
     assert not np.array_equal(pack.member_order(0, 0), pack.member_order(0, 1))  # a new shuffle each epoch
     assert pack.decoded == 2 * int(np.isin(labels, np.flatnonzero(np.stack(masks).any(0))).sum())  # once per epoch
+
+
+def test_normalisation_statistics_are_those_of_the_whole_sample_though_decoded_a_chunk_at_a_time(tree, tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(stream_module, "NORM_CHUNK", 7)  # 192 images: 28 chunks, the last one short
+    source = StreamedSource.open(prepare(tree / "train", root=tmp_path, progress=False), resolution=24)
+    mean, std = source.norm()
+    x = source.decode(np.arange(len(source))).double()  # naive: every image at once, two passes
+    naive_mean = x.mean(dim=(0, 2, 3))
+    naive_std = ((x - naive_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3)).div(x.numel() / 3 - 1).sqrt()
+    assert torch.allclose(mean.double(), naive_mean, rtol=1e-6)
+    assert torch.allclose(std.double(), naive_std, rtol=1e-5)
+    assert torch.equal(torch.stack(StreamedSource.open(source.prepared.folder, resolution=24).norm()),
+                       torch.stack([mean, std]))  # kept in the prepared folder, read back as computed
 
 
 def test_a_broken_image_and_an_empty_class_folder_are_one_sentence(tree, tmp_path):

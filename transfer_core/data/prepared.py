@@ -245,6 +245,7 @@ class PreparedSplit:
         if not manifest_path.is_file():
             raise DataError(f"{self.folder} is not a finished prepared copy; run `transfer-core prepare` again")
         self.manifest = json.loads(manifest_path.read_text())
+        self.manifest.pop("stat", None)  # the key's file stats: 150 B of Python objects an image, never read here
         with np.load(self.folder / "index.npz") as npz:
             self.offsets, self.sizes, self.file_sha = npz["offsets"], npz["sizes"], npz["file_sha"]
             self.labels = torch.from_numpy(npz["labels"].astype(np.int64))

@@ -33,12 +33,13 @@ import numpy as np
 import torch
 
 from transfer_core.config import ConfigError
-from transfer_core.data.images import channel_stats
+from transfer_core.data.images import channel_stats_of_batches
 from transfer_core.data.prepared import PreparedSplit
 
 CHUNK_IMAGES = 256  # images decoded per chunk of the shared pass
 PREFETCH_CHUNKS = 2  # chunks decoded ahead of the one being routed
 NORM_SAMPLE = 4096  # images the normalisation statistics are taken from
+NORM_CHUNK = 64  # of which this many are decoded at a time
 
 
 def epoch_permutation(n_images: int, order_seed: int, epoch: int) -> np.ndarray:
@@ -108,9 +109,10 @@ class StreamedSource:
         if path.is_file():
             mean, std = np.load(path)
         else:
-            sample = np.random.default_rng(0).permutation(len(self.rows))[:NORM_SAMPLE]
-            with ThreadPoolExecutor(self.workers) as pool:
-                mean, std = (t.numpy() for t in channel_stats(self.decode(np.sort(sample), pool)))
+            sample = np.sort(np.random.default_rng(0).permutation(len(self.rows))[:NORM_SAMPLE])
+            with ThreadPoolExecutor(self.workers) as pool:  # a chunk at a time: memory does not grow with the sample
+                chunks = (self.decode(sample[i:i + NORM_CHUNK], pool) for i in range(0, len(sample), NORM_CHUNK))
+                mean, std = (t.numpy() for t in channel_stats_of_batches(chunks))
             tmp = path.with_suffix(f".{id(self)}.tmp.npy")
             np.save(tmp, np.stack([mean, std]))
             tmp.replace(path)
