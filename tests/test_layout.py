@@ -10,7 +10,7 @@ import transfer_core
 
 PACKAGE = Path(transfer_core.__file__).resolve().parent
 # The pipeline's stages in data-flow order; a stage may import only the ones before it.
-STAGES = ["config", "data", "train", "track", "execute", "sweep", "tune", "analysis", "counterfactual", "registry",
+STAGES = ["config", "data", "train", "attribution", "track", "execute", "sweep", "tune", "analysis", "counterfactual", "registry",
           "workflow", "cli"]
 
 
