@@ -31,12 +31,14 @@ import torch
 from transfer_core.attribution.ensemble import Member
 from transfer_core.attribution.gradients import GRADIENTS, OUTPUTS, attributed_parameters
 from transfer_core.attribution.kernel import Kernel
+from transfer_core.attribution.probe import LinearProbe, refit_gradients
 from transfer_core.attribution.projection import PROJECTORS
 from transfer_core.attribution.scores import Attribution, TargetScores
 from transfer_core.config import ConfigError
 from transfer_core.data import ImageSet, set_digest
 from transfer_core.train import pick_device
 
+PROBES = ("fixed", "refit")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 SUM_CHUNK = 1024  # target images per backward pass of a summed gradient (no per-example memory)
 
@@ -61,6 +63,10 @@ class AttributionSettings:
     cache_mib:        projection rows kept on the device (else drawn again per chunk).
     target_output:    the transferred model's output that is attributed: ``margin`` (TRAK's) or ``prob``
                       (the true class's probability; the source side always uses TRAK's margin).
+    probe:            ``fixed``: the target gradient holds the transferred head fixed (TRAK through the transfer);
+                      ``refit``: the head re-fits to the changed backbone (:mod:`~.probe`; needs
+                      :meth:`Attributor.add_probe`, fixed-feature transfer). Group scores only: per-example
+                      target scores always hold the head fixed.
     """
 
     proj_dim: int = 1024
@@ -74,6 +80,7 @@ class AttributionSettings:
     projection_dtype: str = "float32"
     cache_mib: int = 512
     target_output: str = "margin"
+    probe: str = "fixed"
 
     def __post_init__(self):
         object.__setattr__(self, "params", tuple(self.params))
@@ -81,7 +88,8 @@ class AttributionSettings:
                   (self.gradients in GRADIENTS, f"gradients {self.gradients!r}", ", ".join(GRADIENTS)),
                   (self.dtype in ("float32", "float64"), f"dtype {self.dtype!r}", "float32, float64"),
                   (self.projection_dtype in DTYPES, f"projection_dtype {self.projection_dtype!r}", ", ".join(DTYPES)),
-                  (self.target_output in OUTPUTS, f"target_output {self.target_output!r}", ", ".join(OUTPUTS))]
+                  (self.target_output in OUTPUTS, f"target_output {self.target_output!r}", ", ".join(OUTPUTS)),
+                  (self.probe in PROBES, f"probe {self.probe!r}", ", ".join(PROBES))]
         for ok, what, choices in checks:
             if not ok:
                 raise ConfigError(f"unknown attribution {what}; choose one of {choices}")
@@ -127,6 +135,7 @@ class Attributor:
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.targets: dict[str, TargetSet] = {}
         self._memory: dict[int, dict] = {}
+        self.probe_data = None
         self._checked = False
 
     # -- configuration -------------------------------------------------------------------------------------------
@@ -148,9 +157,20 @@ class Attributor:
                                        list(images.file_names))
         self._checked = False
 
+    def add_probe(self, images: ImageSet, weight_decay: float, label_smoothing: float = 0.0) -> None:
+        """The target train split the transferred head was fitted on and its recipe (``config.transfer``'s
+        ``weight_decay`` and ``label_smoothing``): needed by ``probe="refit"``."""
+        self.probe_data = (images.images, images.labels, float(weight_decay), float(label_smoothing))
+        self._checked = False
+
     def metadata(self) -> dict:
-        return {"settings": asdict(self.settings), "source": {"n": len(self.source), "digest": set_digest(self.source)},
-                "targets": {name: t.describe() for name, t in self.targets.items()}}
+        out = {"settings": asdict(self.settings), "source": {"n": len(self.source), "digest": set_digest(self.source)},
+               "targets": {name: t.describe() for name, t in self.targets.items()}}
+        if self.settings.probe == "refit" and self.probe_data is not None:
+            images, labels, weight_decay, label_smoothing = self.probe_data
+            out["probe"] = {"digest": set_digest(ImageSet(images, labels, [], [])), "weight_decay": weight_decay,
+                            "label_smoothing": label_smoothing}
+        return out
 
     def _check_metadata(self) -> None:
         if self._checked or self.save_dir is None:
@@ -216,15 +236,31 @@ class Attributor:
             q[chunk.to(device)] = grads_source.out_to_loss(x, y).double()
         kernel = Kernel(phi, s.ridge)
         out = {"rows": rows.numpy(), "q": q.cpu().numpy()}
+        group_chunks = []  # (target name, group index, a function yielding the group's chunks (x, y))
         for name, target in self.targets.items():
-            summed = torch.zeros(grads_target.n_params, len(target.group_names), dtype=phi.dtype, device=device)
             for g in range(len(target.group_names)):
                 members = torch.from_numpy(np.flatnonzero(target.groups == g))
-                for chunk in members.split(SUM_CHUNK):
-                    summed[:, g] += grads_target.summed(inputs(target.images, chunk),
-                                                        target.labels[chunk].to(device)).to(phi.dtype)
-            projected = projector.project([(0, summed.T.contiguous())], summed.shape[1]).to(phi.dtype)  # (G, k)
-            out[f"sum__{name}"] = kernel.scores(projected.T).cpu().numpy()
+
+                def chunks(target=target, members=members):
+                    for chunk in members.split(SUM_CHUNK):
+                        yield inputs(target.images, chunk), target.labels[chunk].to(device)
+                group_chunks.append((name, g, chunks))
+        if s.probe == "refit":
+            if self.probe_data is None:
+                raise ConfigError("probe='refit' needs the target train split the head was fitted on: add_probe")
+            images, labels, weight_decay, label_smoothing = self.probe_data
+            probe = LinearProbe(lambda r: inputs(images, r), labels.to(device), weight_decay, label_smoothing)
+            sums = refit_gradients(target_net, names, probe, [c for _, _, c in group_chunks],
+                                   OUTPUTS[s.target_output], SUM_CHUNK).to(phi.dtype)
+        else:
+            sums = phi.new_zeros(len(group_chunks), grads_target.n_params)
+            for j, (_, _, chunks) in enumerate(group_chunks):
+                for x, y in chunks():
+                    sums[j] += grads_target.summed(x, y).to(phi.dtype)
+        group_scores = kernel.scores(projector.project([(0, sums)], len(sums)).to(phi.dtype).T)  # (n_m, all groups)
+        for name, target in self.targets.items():
+            columns = [j for j, (owner, _, _) in enumerate(group_chunks) if owner == name]
+            out[f"sum__{name}"] = group_scores[:, columns].cpu().numpy()
             examples = []
             for chunk in torch.from_numpy(target.per_example).split(s.chunk_size) if len(target.per_example) else ():
                 x, y = inputs(target.images, chunk), target.labels[chunk].to(device)
