@@ -51,7 +51,7 @@ def load(config):
     return load_transfer_data(config.data)
 
 
-def attributor(name: str, data, config, settings, test_groups: str = "all"):
+def attributor(name: str, data, config, settings, test_groups: str = "all", others: int = 99):
     """The Attributor of run ``name`` with the study's targets (``test_groups``: ``all``, one group, or
     ``classes``, one per CIFAR-10 class; with ``probe=refit`` each group costs a backward pass over the
     target train split)."""
@@ -61,8 +61,8 @@ def attributor(name: str, data, config, settings, test_groups: str = "all"):
     att = Attributor(data.source, settings, save_dir=OUT / "runs" / name)
     att.add_targets("validation", data.target_val, groups=np.where(ranking, 0, -1), group_names=["ranking"])
     rng = np.random.default_rng(0)
-    others = rng.choice(np.setdiff1d(np.arange(len(data.target_test)), [LEAK_TEST_INDEX]), 99, replace=False)
-    per_example = np.concatenate([[LEAK_TEST_INDEX], np.sort(others)])
+    others = rng.choice(np.setdiff1d(np.arange(len(data.target_test)), [LEAK_TEST_INDEX]), others, replace=False)
+    per_example = np.concatenate([[LEAK_TEST_INDEX], np.sort(others)]).astype(int)
     if test_groups == "classes":
         att.add_targets("test", data.target_test, groups=data.target_test.labels.numpy(),
                         group_names=list(data.target_test.class_names), per_example=per_example)
@@ -77,14 +77,18 @@ def existing(name: str, data, config):
     from transfer_core.attribution import AttributionSettings
     meta = json.loads((OUT / "runs" / name / "metadata.json").read_text())
     groups = "classes" if len(meta["targets"]["test"]["group_names"]) > 1 else "all"
-    return attributor(name, data, config, AttributionSettings(**meta["settings"]), groups)
+    return attributor(name, data, config, AttributionSettings(**meta["settings"]), groups,
+                      len(meta["targets"]["test"]["per_example"]) - 1)
 
 
-def member(config, data, kind: str, index: int):
-    """Member ``index`` of ``kind``: from the cache, else trained and cached."""
+def member(config, data, kind: str, index: int, wait: bool = False):
+    """Member ``index`` of ``kind``: from the cache, else trained and cached (``wait``: wait until another
+    process has cached it, so that two featurizations of one ensemble never train a member twice)."""
     import torch
     from transfer_core.attribution import Member, train_member
     path = OUT / "members" / kind / f"model_{index:05d}.pt"
+    while wait and not path.is_file():
+        time.sleep(10)
     if path.is_file():
         saved = torch.load(path, weights_only=False)
         return Member(saved["source"], saved["target"], saved["rows"], saved["labels"], data.source_norm,
@@ -103,7 +107,7 @@ def settings_from(args):
     return AttributionSettings(proj_dim=args.proj_dim, projection=args.projection, seed=args.seed,
                                params=tuple(p for p in args.params.split(",") if p), chunk_size=args.chunk_size,
                                ridge=args.ridge, projection_dtype=args.projection_dtype,
-                               target_output=args.target_output, probe=args.probe)
+                               target_output=args.target_output, probe=args.probe, kernel=args.kernel)
 
 
 def cmd_run(args) -> None:
@@ -111,15 +115,21 @@ def cmd_run(args) -> None:
     torch.set_num_threads(args.threads)
     config = study_config()
     data = load(config)
+    start, stop = (int(x) for x in args.models.split(":"))
+    if args.train_only:
+        for i in range(start, stop):
+            m = member(config, data, args.kind, i)
+            print(f"{args.kind} member {i}: train {m.info['train_cpu_s']:.1f} CPU-s, load {os.getloadavg()[0]:.2f}",
+                  flush=True)
+        return
     settings = settings_from(args)
-    att = attributor(args.name, data, config, settings, args.test_groups)
+    att = attributor(args.name, data, config, settings, args.test_groups, args.per_example)
     (OUT / "runs" / args.name).mkdir(parents=True, exist_ok=True)
     (OUT / "runs" / args.name / "kind.txt").write_text(args.kind)
-    start, stop = (int(x) for x in args.models.split(":"))
     for i in range(start, stop):
         if att.done(i):
             continue
-        m = member(config, data, args.kind, i)
+        m = member(config, data, args.kind, i, wait=args.wait_for_members)
         out = att.featurize(i, m)
         info = out["info"]
         print(f"{args.name} model {i}: train {info['train_cpu_s']:.1f} CPU-s, featurize {info['featurize_cpu_s']:.1f}"
@@ -256,8 +266,10 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train (cached) and featurize models")
     run.add_argument("--kind", default="full", choices=["subset", "full", "half_examples"])
+    run.add_argument("--train-only", action="store_true", help="only train and cache the members")
+    run.add_argument("--wait-for-members", action="store_true", help="wait for members another process trains")
     run.add_argument("--models", default="0:10", help="START:STOP model indices")
-    run.add_argument("--name", required=True)
+    run.add_argument("--name", default="", help="the featurization's name (not needed with --train-only)")
     run.add_argument("--proj-dim", type=int, default=1024)
     run.add_argument("--projection", default="gaussian")
     run.add_argument("--projection-dtype", default="float32")
@@ -269,6 +281,9 @@ def main(argv=None) -> None:
     run.add_argument("--target-output", default="margin", choices=["margin", "prob"])
     run.add_argument("--probe", default="fixed", choices=["fixed", "refit"])
     run.add_argument("--test-groups", default="all", choices=["all", "classes"])
+    run.add_argument("--kernel", default="trak", choices=["trak", "dot"])
+    run.add_argument("--per-example", type=int, default=99,
+                     help="test images scored one by one besides 9609 (with --kernel dot each costs a pass)")
     cost = sub.add_parser("retrain-cost", help="CPU seconds of retrained sweep models")
     cost.add_argument("--n", type=int, default=3)
     cost.add_argument("--threads", type=int, default=1)

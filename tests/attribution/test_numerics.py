@@ -8,6 +8,7 @@ fast paths must agree to 1e-9 relative (observed: about 1e-15).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -93,6 +94,16 @@ def test_fast_gradients_match_a_loop_of_autograd(name, arch):
     np.testing.assert_allclose(got, expected, rtol=0, atol=RTOL * np.abs(expected).max())
     summed = GRADIENTS[name](net, names).summed(x, y).numpy()
     np.testing.assert_allclose(summed, expected.sum(0), rtol=0, atol=RTOL * np.abs(expected).max() * len(x))
+
+
+def test_directional_derivatives_are_gradients_dotted_with_the_tangent():
+    net = tiny(3)
+    names = attributed_parameters(net)
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    computer = GRADIENTS["layerwise"](net, names)
+    tangent = torch.randn(computer.n_params, dtype=torch.float64)
+    expected = naive_gradients(net, names, x, y) @ tangent.numpy()
+    np.testing.assert_allclose(computer.directional(x, y, tangent).detach().numpy(), expected, rtol=1e-10)
 
 
 def test_a_parameter_subset_takes_only_those_columns():
@@ -192,9 +203,12 @@ def naive_scores(members_: list[Member], source: ImageSet, target: ImageSet, set
         g_target = naive_gradients(m.target_network, names, normalised(target.images), target.labels)
         projector = PROJECTORS[settings.projection](g_source.shape[1], settings.proj_dim, (settings.seed, model_id),
                                                     dtype=torch.float64)
-        p = projector.matrix().numpy()
-        phi, phi_t = g_source @ p, g_target @ p
-        kernel = phi.T @ phi
+        if settings.kernel == "dot":  # the plain inner product: no projection, no inverse
+            phi, phi_t, kernel = g_source, g_target, np.eye(g_source.shape[1])
+        else:
+            p = projector.matrix().numpy()
+            phi, phi_t = g_source @ p, g_target @ p
+            kernel = phi.T @ phi
         with torch.no_grad():
             probs = torch.softmax(m.source_network(normalised(source.images[m.rows])), 1).numpy()
         q = 1 - probs[np.arange(len(rows)), m.labels.numpy()]
@@ -230,10 +244,11 @@ def attribute(scenario, settings: AttributionSettings, save_dir=None) -> Attribu
 SETTINGS = AttributionSettings(proj_dim=8, dtype="float64", projection_dtype="float64", chunk_size=4)
 
 
-def test_scores_match_the_naive_implementation(scenario):
+@pytest.mark.parametrize("settings", [SETTINGS, replace(SETTINGS, kernel="dot")], ids=["trak", "dot"])
+def test_scores_match_the_naive_implementation(scenario, settings):
     source, target, members_ = scenario
-    result = attribute(scenario, SETTINGS).finalize()
-    expected_pe, expected_classes = naive_scores(members_, source, target, SETTINGS,
+    result = attribute(scenario, settings).finalize()
+    expected_pe, expected_classes = naive_scores(members_, source, target, settings,
                                                  target.labels.numpy(), np.array([1, 4, 7]))
     got_pe = result.example_scores("test")
     np.testing.assert_allclose(got_pe, expected_pe, rtol=RTOL, atol=RTOL * np.abs(expected_pe).max())

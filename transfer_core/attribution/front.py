@@ -39,6 +39,7 @@ from transfer_core.data import ImageSet, set_digest
 from transfer_core.train import pick_device
 
 PROBES = ("fixed", "refit")
+KERNELS = ("trak", "dot")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 SUM_CHUNK = 1024  # target images per backward pass of a summed gradient (no per-example memory)
 
@@ -67,6 +68,10 @@ class AttributionSettings:
                       ``refit``: the head re-fits to the changed backbone (:mod:`~.probe`; needs
                       :meth:`Attributor.add_probe`, fixed-feature transfer). Group scores only: per-example
                       target scores always hold the head fixed.
+    kernel:           ``trak``: ``phi_t^T (Phi^T Phi + lambda)^-1 phi_i`` on projected gradients; ``dot``: the plain
+                      gradient inner product ``g_t . g_i`` (the limit of a large ridge, up to scale), exact, with no
+                      per-example gradient or projection: one forward-mode pass over the source per target
+                      vector (a group, or a per-example target).
     """
 
     proj_dim: int = 1024
@@ -81,6 +86,7 @@ class AttributionSettings:
     cache_mib: int = 512
     target_output: str = "margin"
     probe: str = "fixed"
+    kernel: str = "trak"
 
     def __post_init__(self):
         object.__setattr__(self, "params", tuple(self.params))
@@ -89,7 +95,8 @@ class AttributionSettings:
                   (self.dtype in ("float32", "float64"), f"dtype {self.dtype!r}", "float32, float64"),
                   (self.projection_dtype in DTYPES, f"projection_dtype {self.projection_dtype!r}", ", ".join(DTYPES)),
                   (self.target_output in OUTPUTS, f"target_output {self.target_output!r}", ", ".join(OUTPUTS)),
-                  (self.probe in PROBES, f"probe {self.probe!r}", ", ".join(PROBES))]
+                  (self.probe in PROBES, f"probe {self.probe!r}", ", ".join(PROBES)),
+                  (self.kernel in KERNELS, f"kernel {self.kernel!r}", ", ".join(KERNELS))]
         for ok, what, choices in checks:
             if not ok:
                 raise ConfigError(f"unknown attribution {what}; choose one of {choices}")
@@ -227,14 +234,32 @@ class Attributor:
             return (images[index].to(device, dtype) - mean) / std
 
         rows = member.rows.cpu()
-        phi = torch.empty(len(rows), projector.proj_dim, dtype=torch.float64 if dtype == torch.float64 else
-                          torch.float32, device=device)
+        accumulate = torch.float64 if dtype == torch.float64 else torch.float32
+
+        def source_chunks():  # (positions in rows, x, y), a chunk at a time
+            for chunk in torch.arange(len(rows)).split(s.chunk_size):
+                yield chunk.to(device), inputs(self.source.images, rows[chunk]), member.labels[chunk].to(device)
+
         q = torch.empty(len(rows), dtype=torch.float64, device=device)
-        for chunk in torch.arange(len(rows)).split(s.chunk_size):
-            x, y = inputs(self.source.images, rows[chunk]), member.labels[chunk].to(device)
-            phi[chunk.to(device)] = projector.project(grads_source.blocks(x, y), len(chunk)).to(phi.dtype)
-            q[chunk.to(device)] = grads_source.out_to_loss(x, y).double()
-        kernel = Kernel(phi, s.ridge)
+        phi = None
+        if s.kernel == "trak":
+            phi = torch.empty(len(rows), projector.proj_dim, dtype=accumulate, device=device)
+        for chunk, x, y in source_chunks():
+            q[chunk] = grads_source.out_to_loss(x, y).double()
+            if phi is not None:
+                phi[chunk] = projector.project(grads_source.blocks(x, y), len(chunk)).to(accumulate)
+        if phi is not None:
+            kernel = Kernel(phi, s.ridge)
+
+            def score(vectors: torch.Tensor) -> torch.Tensor:  # (V, n_params) -> (n_m, V)
+                return kernel.scores(projector.project([(0, vectors)], len(vectors)).to(accumulate).T)
+        else:
+            def score(vectors: torch.Tensor) -> torch.Tensor:  # exact dot products g_i . vector, by forward mode
+                out = torch.empty(len(rows), len(vectors), dtype=accumulate, device=device)
+                for chunk, x, y in source_chunks():
+                    for j, vector in enumerate(vectors):
+                        out[chunk, j] = grads_source.directional(x, y, vector).to(accumulate)
+                return out
         out = {"rows": rows.numpy(), "q": q.cpu().numpy()}
         group_chunks = []  # (target name, group index, a function yielding the group's chunks (x, y))
         for name, target in self.targets.items():
@@ -251,22 +276,21 @@ class Attributor:
             images, labels, weight_decay, label_smoothing = self.probe_data
             probe = LinearProbe(lambda r: inputs(images, r), labels.to(device), weight_decay, label_smoothing)
             sums = refit_gradients(target_net, names, probe, [c for _, _, c in group_chunks],
-                                   OUTPUTS[s.target_output], SUM_CHUNK).to(phi.dtype)
+                                   OUTPUTS[s.target_output], SUM_CHUNK).to(accumulate)
         else:
-            sums = phi.new_zeros(len(group_chunks), grads_target.n_params)
+            sums = torch.zeros(len(group_chunks), grads_target.n_params, dtype=accumulate, device=device)
             for j, (_, _, chunks) in enumerate(group_chunks):
                 for x, y in chunks():
-                    sums[j] += grads_target.summed(x, y).to(phi.dtype)
-        group_scores = kernel.scores(projector.project([(0, sums)], len(sums)).to(phi.dtype).T)  # (n_m, all groups)
+                    sums[j] += grads_target.summed(x, y).to(accumulate)
+        group_scores = score(sums)  # (n_m, every group of every target)
         for name, target in self.targets.items():
             columns = [j for j, (owner, _, _) in enumerate(group_chunks) if owner == name]
             out[f"sum__{name}"] = group_scores[:, columns].cpu().numpy()
-            examples = []
-            for chunk in torch.from_numpy(target.per_example).split(s.chunk_size) if len(target.per_example) else ():
-                x, y = inputs(target.images, chunk), target.labels[chunk].to(device)
-                examples.append(projector.project(grads_target.blocks(x, y), len(chunk)).to(phi.dtype))
-            per_example = torch.cat(examples) if examples else phi.new_zeros(0, projector.proj_dim)
-            out[f"example__{name}"] = kernel.scores(per_example.T).reshape(len(rows), -1).cpu().numpy()
+            vectors = [grads_target.dense(inputs(target.images, chunk), target.labels[chunk].to(device))
+                       for chunk in torch.from_numpy(target.per_example).split(s.chunk_size)] \
+                if len(target.per_example) else []
+            vectors = torch.cat(vectors).to(accumulate) if vectors else sums.new_zeros(0, grads_target.n_params)
+            out[f"example__{name}"] = score(vectors).reshape(len(rows), -1).cpu().numpy()
         info = {**member.info, "model_id": int(model_id), "n_attributed": int(len(rows)),
                 "n_params": grads_source.n_params, "featurize_cpu_s": time.process_time() - start}
         out["info"] = info

@@ -123,6 +123,19 @@ class GradientComputer(ABC):
         grads = torch.autograd.grad(self.output(values, y).sum(), list(leaves.values()))
         return torch.cat([g.reshape(-1) for g in grads])
 
+    def directional(self, x: torch.Tensor, y: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: each example's gradient dotted with ``tangent (n_params,)``, i.e. the derivative of its output
+        along ``tangent``: one forward-mode pass (``torch.func.jvp``), no per-example gradient."""
+        params = dict(self.network.named_parameters())
+        primals = {n: params[n].detach() for n in self.names}
+        tangents = {n: tangent[self.offsets[n]:self.offsets[n] + params[n].numel()].view_as(params[n]).to(
+            params[n].dtype) for n in self.names}
+
+        def values(attributed):
+            return self.output(torch.func.functional_call(self.network, attributed, (x,), strict=False), y)
+
+        return torch.func.jvp(values, (primals,), (tangents,))[1].detach()
+
     @torch.no_grad()
     def out_to_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``1 - p_y`` ``(B,)`` of the chunk."""
