@@ -62,7 +62,7 @@ def overhead(args) -> None:
     import numpy as np
     import torch
 
-    import transfer_core.execute.runner as runner_module
+    import transfer_core.execute.subset_runner as runner_module
     from transfer_core.config import build_config, parse_overrides
     from transfer_core.execute import Context, Job, SubsetRunner
     from transfer_core.execute.tasks import attempt_pack

@@ -2,7 +2,7 @@
 
 A run is fully described by a :class:`RunConfig`: which data, how the source model is
 pretrained, how it is transferred, and how its class subset is drawn. Named profiles ship
-with the package (``transfer_core/settings/profiles/<name>.toml``, also reachable as
+with the package (``transfer_core/presets/profiles/<name>.toml``, also reachable as
 ``experiments/profiles`` in a checkout); any field can be overridden with a dotted
 ``section.field=value`` string (``pretrain.epochs=4``), which is how the CLI, MLflow
 params and Optuna values all reach the config as plain strings.
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-SETTINGS_DIR = Path(__file__).resolve().parent / "settings"  # package data: profiles and studies
-PROFILE_DIR = SETTINGS_DIR / "profiles"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # package data: profiles and studies (TOML)
+PROFILE_DIR = PRESETS_DIR / "profiles"
 DEFAULT_PROFILE = "quick"
 ARCHS = ("resnet_small", "resnet_small_grid", "resnet18")
 SOURCE_STORES = ("memory", "jpeg", "raw")  # raw: a fixed-resolution uint8 memory map (64 px and below)
@@ -215,7 +215,7 @@ def profile_names() -> list[str]:
 
 
 def load_profile(name: str) -> RunConfig:
-    """Load a named profile (``settings/profiles/<name>.toml``) or a path to a .toml file into a RunConfig."""
+    """Load a named profile (``presets/profiles/<name>.toml``) or a path to a .toml file into a RunConfig."""
     path = named_or_path(name, PROFILE_DIR, "profile")
     with open(path, "rb") as fh:
         table = tomllib.load(fh)

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from transfer_core.analysis import findings, influence, report
 from transfer_core.data import synthetic
 from transfer_core.analysis import AnalysisOptions, class_ranking, estimate
-from transfer_core.analysis.run import check_compatible
+from transfer_core.analysis.step import check_compatible
 from transfer_core.cli import main
 from transfer_core.config import ConfigError, build_config
 from transfer_core.data import load_split

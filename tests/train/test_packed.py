@@ -23,8 +23,8 @@ from transfer_core.train import normalize, run_subset
 from transfer_core.train.loop import CROP_PADDING, Recipe, infer, train
 from transfer_core.train.memory import PackBudget, pack_budget, step_bytes
 from transfer_core.train.models import ResNet18, SmallResNet, SmallResNetGrid, build_model
-from transfer_core.train.packed import Member, packed_infer, run_pack, train_packed
-from transfer_core.train.packing import PackedNetwork
+from transfer_core.train.packed_training import Member, packed_infer, run_pack, train_packed
+from transfer_core.train.packed_layers import PackedNetwork
 
 CONFIG = build_config("synthetic", {"pretrain.epochs": "1", "transfer.epochs": "2"})
 

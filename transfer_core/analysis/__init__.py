@@ -7,7 +7,7 @@ Pure computation (:mod:`~transfer_core.analysis.influence` estimators,
 :mod:`~transfer_core.analysis.estimate`, :mod:`~transfer_core.analysis.findings`,
 :mod:`~transfer_core.analysis.duplicates`) is kept apart from pictures
 (:mod:`~transfer_core.analysis.figures`), the report and the MLflow step
-(:mod:`~transfer_core.analysis.run`). To add an estimator, add a function to
+(:mod:`~transfer_core.analysis.step`). To add an estimator, add a function to
 ``influence.ESTIMATORS`` and test it against a naive loop in ``tests/analysis``.
 Sign convention everywhere: positive influence = including the source class helps the target.
 """
@@ -16,11 +16,11 @@ from transfer_core.analysis.estimate import OUTPUTS, AnalysisOptions, Estimates,
 # also the name of its module, which would shadow a lazy export of the function
 
 _EXPORTS = {
-    "AnalysisResult": "transfer_core.analysis.run",
-    "analyze": "transfer_core.analysis.run",
-    "class_ranking": "transfer_core.analysis.run",
-    "find_analysis_run": "transfer_core.analysis.run",
-    "get_analysis_run": "transfer_core.analysis.run",
+    "AnalysisResult": "transfer_core.analysis.step",
+    "analyze": "transfer_core.analysis.step",
+    "class_ranking": "transfer_core.analysis.step",
+    "find_analysis_run": "transfer_core.analysis.step",
+    "get_analysis_run": "transfer_core.analysis.step",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = ["OUTPUTS", "AnalysisOptions", "Estimates", "estimate", *_EXPORTS]

@@ -7,7 +7,7 @@ Pure pieces (:mod:`~transfer_core.counterfactual.grid`: which classes each point
 plan as a record; :mod:`~transfer_core.counterfactual.summary`: intervals over seeds, the
 selection and the paired contrasts) are kept apart from what reads the store
 (:mod:`~transfer_core.counterfactual.gate`: a plan's table and its look, recomputed), training
-the grid (:mod:`~transfer_core.counterfactual.run`) and logging its report.
+the grid (:mod:`~transfer_core.counterfactual.step`) and logging its report.
 """
 from transfer_core import lazy_exports
 
@@ -25,10 +25,10 @@ _EXPORTS = {
     "SUMMARY_ARTIFACT": "transfer_core.counterfactual.report",
     "TABLE_ARTIFACT": "transfer_core.counterfactual.report",
     "log_report": "transfer_core.counterfactual.report",
-    "CounterfactualOutcome": "transfer_core.counterfactual.run",
-    "CounterfactualRuns": "transfer_core.counterfactual.run",
-    "counterfactual_from_analysis": "transfer_core.counterfactual.run",
-    "run_counterfactual": "transfer_core.counterfactual.run",
+    "CounterfactualOutcome": "transfer_core.counterfactual.step",
+    "CounterfactualRuns": "transfer_core.counterfactual.step",
+    "counterfactual_from_analysis": "transfer_core.counterfactual.step",
+    "run_counterfactual": "transfer_core.counterfactual.step",
     "CONTRASTS": "transfer_core.counterfactual.summary",
     "RULE_VERSION": "transfer_core.counterfactual.summary",
     "STABILITY_THRESHOLD": "transfer_core.counterfactual.summary",

@@ -6,7 +6,7 @@
            instance or a cluster (:mod:`transfer_core.execute.ray_cluster`).
 
 Tasks go to workers in packs of up to ``pack`` models, trained together as one network on
-one device (:mod:`transfer_core.execute.packs`); with ``pack = 1`` each model trains alone.
+one device (:mod:`transfer_core.execute.pack_tasks`); with ``pack = 1`` each model trains alone.
 
 Every attempt claims its task through the tracking store first, so executors and commands
 may overlap freely: a task another live process holds is checked again later, with a growing

@@ -45,7 +45,7 @@ class ExecutorSettings:
     ``ray_cpus_per_run`` CPUs and ``ray_gpus_per_run`` GPUs (a fraction lets packs share a
     card), on the cluster at ``ray_address`` (``$RAY_ADDRESS``, else a new local instance).
     ``pack``: models trained at once as one network, or ``"auto"`` (as many as fit in the
-    device's memory on a GPU, 1 on a CPU; see :func:`transfer_core.execute.packs.resolve_pack`).
+    device's memory on a GPU, 1 on a CPU; see :func:`transfer_core.execute.pack_tasks.resolve_pack`).
     ``compile``: ``torch.compile`` packed training, once per process.
     """
 

@@ -1,12 +1,12 @@
 """Jobs, tasks and one attempt at a pack of tasks: what every executor runs, wherever it runs.
 
 A :class:`Job` is what a worker needs to train models of one config (it builds a
-:class:`~transfer_core.execute.runner.SubsetRunner` once). A :class:`Task` is one model: its
+:class:`~transfer_core.execute.subset_runner.SubsetRunner` once). A :class:`Task` is one model: its
 kept classes, its training seed, and the *key* tags that name it (``sweep_id`` + ``index``
 for a sweep's model; ``grid_id`` + ``order`` + ``k`` + ``seed`` for a grid point).
 Executors hand workers *packs*: tuples of up to ``Job.pack`` tasks. :func:`attempt_pack`
 claims each task's key through the tracking store (:mod:`transfer_core.track.claims`) and
-trains the ones this process gets, together (:mod:`transfer_core.execute.packs`) or, with
+trains the ones this process gets, together (:mod:`transfer_core.execute.pack_tasks`) or, with
 ``Job.pack == 1``, one at a time; so executors and commands may overlap freely.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ def make_runner(job: Job, threads: int):
     import torch
 
     from transfer_core.execute.context import Context
-    from transfer_core.execute.runner import SubsetRunner
+    from transfer_core.execute.subset_runner import SubsetRunner
 
     torch.set_num_threads(threads)
     runner = SubsetRunner(job.config, job.experiment, Context(job.tracking_uri, job.data_root))
@@ -127,7 +127,7 @@ def attempt_pack(runner, job: Job, tasks: tuple[Task, ...], heartbeat: Heartbeat
     """Claim each task and train the ones this process gets, each logged as a child of its parent run.
 
     Returns one Outcome per task, in order. With ``job.packed`` the claimed tasks train together
-    (:func:`transfer_core.execute.packs.train_pack`); otherwise one by one. A process killed
+    (:func:`transfer_core.execute.pack_tasks.train_pack`); otherwise one by one. A process killed
     meanwhile loses only the runs it had claimed: they are left RUNNING, and the next command
     supersedes and retrains them.
     """
@@ -143,7 +143,7 @@ def attempt_pack(runner, job: Job, tasks: tuple[Task, ...], heartbeat: Heartbeat
         heartbeat.hold(run_id)
     try:
         if job.packed and claimed:
-            from transfer_core.execute.packs import train_pack
+            from transfer_core.execute.pack_tasks import train_pack
             start = time.perf_counter()
             errors = train_pack(runner, job, claimed)
             wall = time.perf_counter() - start

@@ -34,7 +34,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual import (RULE_VERSION, SELECTION_ARTIFACT, EvidenceRule, Selection, read_plan,
                                           recompute_selection)
-from transfer_core.counterfactual.run import stability_warning
+from transfer_core.counterfactual.step import stability_warning
 from transfer_core.counterfactual.summary import STABILITY_THRESHOLD
 from transfer_core.data import load_split
 from transfer_core.execute import Context

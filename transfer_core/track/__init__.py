@@ -4,11 +4,11 @@
   several processes open a new one at once; experiments, tagged as training experiments.
 - :mod:`~transfer_core.track.runs`: the one place for "latest FINISHED run of kind X", "is this
   id a run of kind X", filter quoting, params logged once, and FINISHED/FAILED endings.
-- :mod:`~transfer_core.track.artifacts`: what a subset run logs; model checkpoints.
+- :mod:`~transfer_core.track.run_record`: what a subset run logs; model checkpoints.
 - :mod:`~transfer_core.track.claims`: claiming a key (a model, a grid point, a parent run)
   through the store, so no work is done twice when commands overlap.
 """
-from transfer_core.track.artifacts import (CHECKPOINT_ARTIFACT, CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT,
+from transfer_core.track.run_record import (CHECKPOINT_ARTIFACT, CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT,
                                            VAL_OUTPUTS_ARTIFACT, load_checkpoint, log_subset_result, save_checkpoint)
 from transfer_core.track.runs import (KIND_TAG, artifact_path, describe_run, describe_step, get_run_of_kind,
                                       latest_run, log_metrics, log_new_params, mark_failed, metric_value, now_ms,

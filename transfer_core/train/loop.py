@@ -176,7 +176,7 @@ def epoch_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, g
     for each block of :func:`augment_block_size` permuted examples, its crops and flips
     (:func:`augment_block`); batches are consecutive slices of the block. The one place a
     training set becomes batches: :func:`train` and packed training
-    (:func:`~transfer_core.train.packed.train_packed`, one such stream per model) use it, so a
+    (:func:`~transfer_core.train.packed_training.train_packed`, one such stream per model) use it, so a
     model's batches do not depend on whether it trains alone or in a pack.
     """
     n = len(labels)
@@ -291,7 +291,7 @@ def train_linear_head(features: torch.Tensor, y: torch.Tensor, n_classes: int, r
 def feature_standardization(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std ``(..., D)`` over the examples of features ``(..., N, D)`` (std at least 1e-6).
 
-    Leading dimensions are models of a pack (:mod:`transfer_core.train.packed`), standardised apart.
+    Leading dimensions are models of a pack (:mod:`transfer_core.train.packed_training`), standardised apart.
     """
     return features.mean(-2), features.std(-2).clamp_min(1e-6)
 

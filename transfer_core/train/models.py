@@ -98,7 +98,7 @@ def training_memory_format(model: nn.Module) -> torch.memory_format:
     input channels: torch 2.14's CPU weight gradient of such a convolution in channels_last
     corrupts the heap (seen: ``resnet_small`` of width 4 at 16 px, and of width 8 at 64 px, alone
     and packed; width 16 trains). Channels are counted per group, so a packed network
-    (:mod:`~transfer_core.train.packing`, grouped convolutions) trains in the format its members
+    (:mod:`~transfer_core.train.packed_layers`, grouped convolutions) trains in the format its members
     train in alone."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and module.in_channels // module.groups < 16:

@@ -3,7 +3,7 @@
 :class:`PipelineSettings` holds the steps' every default. ``transfer-core main``, the MLproject
 ``main`` entry point (``mlflow run .``, which calls it) and the study (a named settings file,
 ``transfer-core main --settings cifar100_to_cifar10``) all run :func:`run_pipeline`; the
-settings files ship with the package (``transfer_core/settings/studies/``).
+settings files ship with the package (``transfer_core/presets/studies/``).
 
 Each step runs in this process through its library function, with the one :class:`Context`
 (store, data, executor) the entry point opened, and is its own MLflow run. Each step reuses

@@ -9,11 +9,11 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 
-from transfer_core.config import (DEFAULT_PROFILE, SETTINGS_DIR, ConfigError, RunConfig, named_or_path,
+from transfer_core.config import (DEFAULT_PROFILE, PRESETS_DIR, ConfigError, RunConfig, named_or_path,
                                   parse_overrides, resolve_config)
 from transfer_core.track.store import DEFAULT_EXPERIMENT
 
-STUDIES_DIR = SETTINGS_DIR / "studies"  # named settings files (package data)
+STUDIES_DIR = PRESETS_DIR / "studies"  # named settings files (package data)
 STUDY = "cifar100_to_cifar10"  # the study a finding needs: README "Results"
 
 
@@ -33,7 +33,7 @@ class PipelineSettings:
     """
 
     profile: str = field(default=DEFAULT_PROFILE, metadata=_help(
-        "Named config of every model (settings/profiles), or a path to a .toml file."))
+        "Named config of every model (presets/profiles), or a path to a .toml file."))
     experiment: str = field(default=DEFAULT_EXPERIMENT, metadata=_help("MLflow experiment every step writes to."))
     overrides: tuple[str, ...] = field(default=(), metadata=_help(
         "Config overrides FIELD=VALUE applied to every step, e.g. pretrain.epochs=2 (comma-separated)."))
@@ -86,7 +86,7 @@ class PipelineSettings:
 
     @classmethod
     def load(cls, settings: str | None = None, **given) -> "PipelineSettings":
-        """A named settings file (``settings/studies/<name>.toml``) or a path to one, then ``given`` on top."""
+        """A named settings file (``presets/studies/<name>.toml``) or a path to one, then ``given`` on top."""
         values = {}
         if settings:
             path = named_or_path(settings, STUDIES_DIR, "settings")

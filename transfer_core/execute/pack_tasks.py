@@ -6,7 +6,7 @@ is the largest pack that fits in its free memory (:mod:`transfer_core.train.memo
 explicit N that does not fit is refused with the largest that does. :func:`train_pack`
 trains the tasks one worker claimed (:func:`transfer_core.execute.tasks.attempt_pack`) with
 :func:`transfer_core.train.run_pack` and logs each model exactly as
-:meth:`SubsetRunner.run <transfer_core.execute.runner.SubsetRunner.run>` does, so packed and
+:meth:`SubsetRunner.run <transfer_core.execute.subset_runner.SubsetRunner.run>` does, so packed and
 unpacked runs cannot be told apart (but for the tag ``pack_size``).
 """
 from __future__ import annotations

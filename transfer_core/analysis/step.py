@@ -3,7 +3,7 @@
 Reads every FINISHED run of a sweep (:func:`transfer_core.sweep.collect_sweep`), refuses
 runs of different configs and too few runs per class, fits influences
 (:mod:`~transfer_core.analysis.estimate`), and logs the findings
-(:mod:`~transfer_core.analysis.artifacts`) as artifacts of an analysis run tagged
+(:mod:`~transfer_core.analysis.writers`) as artifacts of an analysis run tagged
 ``transfer_core.kind=analysis``, ``sweep_id`` and ``sweep_parent_run_id``.
 
 Sign convention everywhere: positive influence = including the source class helps the target.
@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from transfer_core.analysis import influence
-from transfer_core.analysis.artifacts import RANKING_ARTIFACT, REPORT_ARTIFACT, SELECTION_ARTIFACT, write_artifacts
+from transfer_core.analysis.writers import RANKING_ARTIFACT, REPORT_ARTIFACT, SELECTION_ARTIFACT, write_artifacts
 from transfer_core.analysis.estimate import AnalysisOptions
 from transfer_core.config import ConfigError, RunConfig, from_params
 from transfer_core.data import load_transfer_data, validation_digests
