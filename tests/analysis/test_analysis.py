@@ -19,13 +19,13 @@ from mlflow.tracking import MlflowClient
 
 from transfer_core.analysis import findings, influence, report
 from transfer_core.data import synthetic
-from transfer_core.analysis import AnalysisOptions, class_ranking, estimate
+from transfer_core.analysis import AnalysisSettings, class_ranking, estimate
 from transfer_core.analysis.step import check_compatible
 from transfer_core.cli import main
 from transfer_core.config import ConfigError, build_config
 from transfer_core.data import load_split
 from transfer_core.execute import SubsetRunner
-from transfer_core.sweep import run_sweep
+from transfer_core.sweep import SweepSettings, run_sweep
 from transfer_core.track import artifact_path
 
 N_MODELS = 40  # measured z of the weakest planted effect at 40 runs: about 4 (synthetic.py's docstring)
@@ -43,17 +43,19 @@ def planted(tmp_path_factory, _empty_store, make_ctx):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(root)
         mlflow.set_tracking_uri(uri)
-        sweep_id = run_sweep(build_config("synthetic"), N_MODELS, experiment=EXPERIMENT, ctx=make_ctx(workers=2))
+        ctx = make_ctx(uri, workers=2)
+        sweep_id = run_sweep(build_config("synthetic"), SweepSettings(n_models=N_MODELS), experiment=EXPERIMENT,
+                             ctx=ctx)
         start = time.perf_counter()
-        result = CliRunner().invoke(main, ["analyze", "--experiment", EXPERIMENT, "--bootstrap", "200",
-                                           "--no-progress"], catch_exceptions=False)
+        result = CliRunner().invoke(main, ["analyze", "--experiment", EXPERIMENT, "--output", "margin",
+                                           "--bootstrap", "200", "--no-progress"], catch_exceptions=False)
         print(f"analyze of {N_MODELS} runs took {time.perf_counter() - start:.1f} s")
         assert result.exit_code == 0, result.output
         client = MlflowClient()
         experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
         (run,) = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'analysis'")
-        yield {"sweep_id": sweep_id, "run": run, "output": result.output,
-               "artifacts": Path(artifact_path(run, "report.html")).parent}
+        yield {"sweep_id": sweep_id, "run": run, "output": result.output, "ctx": ctx,
+               "artifacts": Path(artifact_path(run, "report.html", client)).parent}
         mlflow.set_tracking_uri(None)
 
 
@@ -107,7 +109,7 @@ def test_leaked_class_dominates_the_copied_test_images(planted):
     # the group of copied images: leaked is the top class and its bootstrap interval excludes zero
     from transfer_core.sweep import collect_sweep
     runs = collect_sweep(planted["sweep_id"], MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id,
-                         progress=False)
+                         ctx=planted["ctx"])
     group = np.zeros((400, 1), bool)
     group[leaked] = True
     means = influence.group_means(runs.outputs["margin"], group)
@@ -194,12 +196,13 @@ def test_a_packed_sweep_reads_like_the_unpacked_one(planted, make_ctx):
     from transfer_core.sweep import collect_sweep, sweep_with_summary
 
     client = MlflowClient()
-    summary = sweep_with_summary(build_config("synthetic"), N_PACKED, experiment=EXPERIMENT + "-packed",
+    summary = sweep_with_summary(build_config("synthetic"), SweepSettings(n_models=N_PACKED),
+                                 experiment=EXPERIMENT + "-packed",
                                  ctx=make_ctx(workers=2, pack=8))
     assert summary.complete and summary.sweep_id == planted["sweep_id"]  # same config, same sweep id
-    packed = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
+    packed = collect_sweep(summary.sweep_id, summary.experiment_id, ctx=planted["ctx"])
     alone = collect_sweep(planted["sweep_id"], client.get_experiment_by_name(EXPERIMENT).experiment_id,
-                          progress=False)
+                          ctx=planted["ctx"])
     first = slice(0, N_PACKED)
     np.testing.assert_array_equal(packed.indices, alone.indices[first])
     np.testing.assert_array_equal(packed.masks, alone.masks[first])
@@ -250,7 +253,8 @@ def test_estimate_aggregates_are_means_of_the_per_example_influences():
     labels = np.repeat(np.arange(3), 7)
     outputs = {"margin": rng.normal(size=(60, 21)).astype(np.float16), "prob": rng.random((60, 21)).astype(np.float16),
                "correct": rng.random((60, 21)) < 0.6}
-    est = estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisOptions(bootstrap=50))
+    est = estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"],
+                   AnalysisSettings(output="margin", bootstrap=50))
     table = est.aggregates.set_index(["output", "scope", "class_index"]).sort_index()
     for output in ("margin", "correct"):  # the difference of means is linear in the outputs
         per_example = influence.difference_of_means(masks, outputs[output]).influence
@@ -259,7 +263,7 @@ def test_estimate_aggregates_are_means_of_the_per_example_influences():
     assert "prob" not in est.aggregates["output"].unique()
     assert est.bootstrap_se.shape == (21, 5) and est.ridge.coef.shape == (21, 5)
     with pytest.raises(ConfigError, match="unknown output 'logit'"):
-        estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisOptions(output="logit"))
+        estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisSettings(output="logit"))
 
 
 def test_incompatible_runs_are_refused_naming_runs_and_fields():
@@ -284,12 +288,12 @@ def test_too_few_runs_are_refused_saying_how_many_are_missing(planted):
     assert len(analysis_runs(EXPERIMENT)) == 1  # the refused analysis logged nothing
 
 
-def test_analyze_refuses_bad_input_and_records_nothing(tracking):
+def test_analyze_refuses_bad_input_and_records_nothing(ctx):
     cli = CliRunner()
     missing = cli.invoke(main, ["analyze", "--experiment", "nowhere"])
     assert missing.exit_code != 0 and "experiment 'nowhere' does not exist" in missing.output
-    SubsetRunner(build_config("synthetic", TINY), experiment="tiny").run(0, tags={"sweep_id": "sweep-a"})
-    other = SubsetRunner(build_config("synthetic", {**TINY, "transfer.lr": "0.05"}), experiment="tiny")
+    SubsetRunner(build_config("synthetic", TINY), "tiny", ctx).run(0, tags={"sweep_id": "sweep-a"})
+    other = SubsetRunner(build_config("synthetic", {**TINY, "transfer.lr": "0.05"}), "tiny", ctx)
     run_id, _ = other.run(1, tags={"sweep_id": "sweep-a"})
     mixed = cli.invoke(main, ["analyze", "--experiment", "tiny"])  # its only sweep
     assert mixed.exit_code != 0 and f"run {run_id} has transfer.lr=0.05 but run" in mixed.output
@@ -299,10 +303,10 @@ def test_analyze_refuses_bad_input_and_records_nothing(tracking):
     assert analysis_runs("tiny") == []  # nothing was logged by the refused analyses
 
 
-def test_cifar_test_duplicates_in_cifar100_train_are_found(data_root):
+def test_cifar_test_duplicates_in_cifar100_train_are_found(data_root, dirs):
     """The exact cross-dataset copies between CIFAR-10 test and CIFAR-100 train, at native 32 px."""
-    test = load_split("cifar10", "test", 32, data_root)
-    source = load_split("cifar100", "train", 32, data_root)
+    test = load_split("cifar10", "test", 32, dirs)
+    source = load_split("cifar100", "train", 32, dirs)
     start = time.perf_counter()
     table = findings.near_duplicates(test, source, threshold=0.98)
     seconds = time.perf_counter() - start
@@ -354,10 +358,10 @@ def test_a_plant_only_the_test_split_shows_never_chooses_a_removal(planted):
     from transfer_core.data import validation_halves
     from transfer_core.sweep import collect_sweep
     runs = collect_sweep(planted["sweep_id"], MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id,
-                         progress=False)
+                         ctx=planted["ctx"])
     planted_class = synthetic.SOURCE_CLASSES.index("noise_gray")
     halves = validation_halves(runs.val_labels, 0)
-    options = AnalysisOptions(bootstrap=0)
+    options = AnalysisSettings(output="margin", bootstrap=0)
 
     def fit(test_outputs, val_outputs):
         est = estimate(runs.masks, test_outputs, runs.target_labels, runs.source_classes, synthetic.TARGET_CLASSES,

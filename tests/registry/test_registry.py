@@ -63,7 +63,7 @@ def grid(tmp_path_factory, make_ctx):
     os.environ["MLFLOW_TRACKING_URI"] = uri
     cwd = os.getcwd()
     os.chdir(root)  # artifacts under root/mlruns
-    runner = SubsetRunner(build_config("synthetic"), experiment="reg test", ctx=make_ctx(uri))
+    runner = SubsetRunner(build_config("synthetic"), "reg test", make_ctx(uri))
     grids = {}
     for bottom, seeds in (("misleading", 6), ("noise_gray", 3)):  # the full source flips on rings: 6 seeds
         plan = CounterfactualPlan(("bottom",), (0, 1), seeds)
@@ -104,7 +104,7 @@ def test_the_planted_harmful_class_makes_a_pruned_champion(grid):
     print("planted:", selection.reason)
     assert selection.k == 1 and selection.removed == ["misleading"] and selection.n_seeds == 6
     assert selection.is_champion and selection.select_diff_ci_low > 0, selection
-    result = register_champion(runs.parent_run_id, name="planted")
+    result = register_champion(runs.parent_run_id, name="planted", ctx=runner.ctx)
     assert result.pruned and "the pruned source is champion" in result.message
     version = MlflowClient().get_model_version_by_alias("planted", CHAMPION)
     assert version.tags["pruned"] == "true" and json.loads(version.tags["removed_classes"]) == ["misleading"]
@@ -117,7 +117,7 @@ def test_no_real_effect_keeps_the_full_source_champion_and_says_why(grid):
     runner, _, _, _, (null_runs, null_selection) = grid
     print("null:", null_selection.reason)
     assert null_selection.removed == ["noise_gray"] and not null_selection.is_champion, null_selection
-    result = register_champion(null_runs.parent_run_id, name="null")
+    result = register_champion(null_runs.parent_run_id, name="null", ctx=runner.ctx)
     assert not result.pruned and "so the full source is champion" in result.message
     version = MlflowClient().get_model_version_by_alias("null", CHAMPION)
     assert version.tags["pruned"] == "false" and version.tags["k"] == "0"
@@ -129,7 +129,7 @@ def test_too_few_seeds_are_refused_naming_the_command_that_makes_a_new_plan(grid
     plan = {**runs.plan, "n_seeds": 2}
     with pytest.raises(ConfigError, match=r"has 2 seed\(s\) per point.*fixed in the plan.*`transfer-core "
                                           r"counterfactual --analysis misleading --ks 0,1 --seeds 3`"):
-        register_champion(parent_with(runner, replace(selection, n_seeds=2), plan))
+        register_champion(parent_with(runner, replace(selection, n_seeds=2), plan), ctx=runner.ctx)
 
 
 def test_a_selection_from_before_plans_were_records_is_refused_naming_the_command(grid):
@@ -138,7 +138,7 @@ def test_a_selection_from_before_plans_were_records_is_refused_naming_the_comman
     stale = replace(selection, is_champion=True, rule_version=0, look=0)
     with pytest.raises(ConfigError, match=r"was made before plans and looks were recorded.*redo it with "
                                           r"`transfer-core counterfactual --analysis b{32}`"):
-        register_champion(parent_with(runner, stale), name="stale")
+        register_champion(parent_with(runner, stale), name="stale", ctx=runner.ctx)
     assert MlflowClient().search_registered_models("name = 'stale'") == []
 
 
@@ -151,7 +151,7 @@ def test_register_recomputes_the_gate_instead_of_trusting_the_stored_file(grid, 
     (tmp_path / SELECTION_ARTIFACT).write_text(forged.to_json())
     client.log_artifact(null_runs.parent_run_id, str(tmp_path / SELECTION_ARTIFACT))
     try:
-        result = register_champion(null_runs.parent_run_id, name="forged")
+        result = register_champion(null_runs.parent_run_id, name="forged", ctx=runner.ctx)
     finally:
         (tmp_path / SELECTION_ARTIFACT).write_text(null_selection.to_json())
         client.log_artifact(null_runs.parent_run_id, str(tmp_path / SELECTION_ARTIFACT))
@@ -163,7 +163,7 @@ def test_register_recomputes_the_gate_instead_of_trusting_the_stored_file(grid, 
 
 def test_pruned_champion_round_trip_in_a_fresh_process(grid):
     runner, runs, selection, uri, _ = grid
-    result = register_champion(runs.parent_run_id)
+    result = register_champion(runs.parent_run_id, ctx=runner.ctx)
     assert result.pruned and result.name == "reg_test-target" and "pruned source is champion" in result.message
     client = MlflowClient()
     version = client.get_model_version_by_alias(result.name, CHAMPION)
@@ -190,8 +190,8 @@ def test_pruned_champion_round_trip_in_a_fresh_process(grid):
 
 def test_registering_again_reuses_the_version_after_recomputing(grid):
     runner, runs, _, _, _ = grid
-    first = register_champion(runs.parent_run_id, name="again")
-    second = register_champion(runs.parent_run_id, name="again")
+    first = register_champion(runs.parent_run_id, name="again", ctx=runner.ctx)
+    second = register_champion(runs.parent_run_id, name="again", ctx=runner.ctx)
     assert second.version == first.version and "reused" in second.message
     assert len(MlflowClient().search_model_versions("name = 'again'")) == 1
     client = MlflowClient()
@@ -201,9 +201,9 @@ def test_registering_again_reuses_the_version_after_recomputing(grid):
 def test_bad_runs_are_refused_clearly(grid):
     runner, runs, _, _, _ = grid
     with pytest.raises(ConfigError, match="is a counterfactual_run run, not a counterfactual run"):
-        register_champion(runs.table.run_id.iloc[0])
+        register_champion(runs.table.run_id.iloc[0], ctx=runner.ctx)
     with pytest.raises(ConfigError, match="there is no MLflow run"):
-        register_champion("0" * 32)
+        register_champion("0" * 32, ctx=runner.ctx)
     with pytest.raises(ConfigError, match="experiment 'no such experiment' does not exist"):
         latest_counterfactual_run(MlflowClient(), "no such experiment")
     MlflowClient().create_experiment("empty")

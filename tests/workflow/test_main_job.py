@@ -17,8 +17,8 @@ import pytest
 import requests
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
+from transfer_core.data import load_split
 from transfer_core.track import artifact_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +32,10 @@ def readme_block(heading: str, language: str) -> str:
     return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
 
 
+def env_tracking_uri(work) -> str:
+    return f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
+
+
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
     """`mlflow run . --env-manager local` with the README's synthetic parameters, in a fresh folder."""
@@ -41,7 +45,7 @@ def main_job(tmp_path_factory):
     env.pop("MLFLOW_RUN_ID", None)
     (work / "mlruns").mkdir()
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "profile=synthetic",
-               "-P", "n_models=16", "-P", "ks=0,1", "-P", "orders=bottom", "-P", "tune_trials=2", "-P", "seeds=3",
+               "-P", "n_models=16", "-P", "ks=0,1", "-P", "orders=bottom", "-P", "total_trials=2", "-P", "seeds=3",
                "-P", "overrides=pretrain.epochs=2,transfer.epochs=4"]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -93,26 +97,27 @@ def test_the_printed_links_open_shared_views_that_select_the_runs_they_show(main
     assert "metrics.`target_test_acc`" in views[RUNS_VIEW]["selectedColumns"]
 
 
-def test_the_readme_model_loading_snippet_runs_as_written(main_job, data_root):
-    """README "Using the registered model", verbatim, in a fresh process in the folder `make run` used."""
+def test_the_readme_model_loading_snippet_runs_as_written(main_job):
+    """README "Using the registered model", verbatim, in a fresh process in the folder `make run` used: it prints
+    the champion's prediction for a test image and its test accuracy, which is the registered version's own."""
     work, env, _ = main_job
     snippet = readme_block("Using the registered model", "python")
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(work / "cat.png")
-    env = {**env, "TRANSFER_CORE_DATA": str(data_root)}
+    env = dict(env)
     env.pop("MLFLOW_TRACKING_URI")  # the snippet sets it itself
-    done = subprocess.run([sys.executable, "-c", snippet + "\nprint('accuracy', float(accuracy))"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     first, last = done.stdout.strip().splitlines()[0], done.stdout.strip().splitlines()[-1]
-    label, prob = first.rsplit(" ", 1)
-    assert label in ("vertical", "diagonal", "rings", "horizontal") and 0 < float(prob) <= 1
-    assert last.startswith("accuracy ")
+    assert re.fullmatch(r"test image 0: (vertical|diagonal|rings|horizontal) \(\d\.\d\d\), truly \w+", first), first
+    client = MlflowClient(env_tracking_uri(work))
+    version = client.get_model_version_by_alias("transfer_core-target", "champion")
+    assert last == f"test accuracy: {float(version.tags['test_acc']):.4f}", (last, version.tags["test_acc"])
 
 
 def test_rerunning_main_reuses_every_step(main_job):
     work, env, _ = main_job
     command = [sys.executable, "-m", "transfer_core.cli", "main", "--profile", "synthetic", "--n-models", "16",
-               "--ks", "0,1", "--orders", "bottom", "--tune-trials", "2", "--seeds", "3",
+               "--ks", "0,1", "--orders", "bottom", "--total-trials", "2", "--seeds", "3",
                "--set", "pretrain.epochs=2,transfer.epochs=4"]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -154,10 +159,10 @@ def test_subset_runs_log_their_source_and_target_splits_as_datasets(main_job):
     for run in runs:
         by_context = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
         assert set(by_context) == {"pretrain", "transfer", "validation", "evaluation"}
-        n_classes = len(json.loads(Path(artifact_path(run, "source_classes.json")).read_text()))
-        kept = int(np.load(artifact_path(run, "class_mask.npy")).sum())
+        n_classes = len(json.loads(Path(artifact_path(run, "source_classes.json", MlflowClient())).read_text()))
+        kept = int(np.load(artifact_path(run, "class_mask.npy", MlflowClient())).sum())
         assert by_context["pretrain"].name == f"synthetic-source: {kept} of {n_classes} classes"
-    masks = {np.load(artifact_path(r, "class_mask.npy")).tobytes(): next(
+    masks = {np.load(artifact_path(r, "class_mask.npy", MlflowClient())).tobytes(): next(
         d.dataset.digest for d in r.inputs.dataset_inputs if d.tags[0].value == "pretrain") for r in runs}
     assert len(set(masks.values())) == len(masks) == 16  # other kept classes, other digest
 
@@ -212,11 +217,11 @@ def test_the_champion_served_over_rest_gives_the_in_process_logits(main_job, sco
 
     snippet = readme_block("Serving the champion", "python").replace("http://127.0.0.1:5001", scoring_server)
     done = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=120)  # the README's client, verbatim, on the cat.png written above
+                          timeout=120)  # the README's client, verbatim: the target's first test image
     assert done.returncode == 0, done.stderr[-3000:]
-    picture = np.asarray(Image.open(work / "cat.png").convert("RGB").resize((16, 16), Image.BILINEAR))
+    first = load_split("synthetic-target", "test", 16).images[:1]
     with torch.no_grad():
-        local = model(torch.from_numpy(picture.transpose(2, 0, 1).copy())[None]).numpy()
+        local = model(first).numpy()
     assert done.stdout.split()[-1] == classes[int(local.argmax(1)[0])]  # the snippet prints the class name
 
 
@@ -243,9 +248,9 @@ def test_a_change_to_the_analysis_code_recomputes_the_analysis_and_what_follows(
 
     work, env, _ = main_job
     monkeypatch.chdir(work)
-    settings = PipelineSettings(profile="synthetic", n_models=16, ks=(1,), orders=("bottom",), tune_trials=2,
-                                seeds=3, overrides=("pretrain.epochs=2", "transfer.epochs=4"), workers=1)
-    ctx = Context.open(env["MLFLOW_TRACKING_URI"], progress=False)
+    settings = PipelineSettings.load(profile="synthetic", n_models=16, ks=(1,), orders=("bottom",), total_trials=2,
+                                     seeds=3, overrides=("pretrain.epochs=2", "transfer.epochs=4"), workers=1)
+    ctx = Context.open(env["MLFLOW_TRACKING_URI"], cache_dir=env["TRANSFER_CORE_CACHE"], progress=False)
     lines: list[str] = []
     same = run_pipeline(settings, ctx, echo=lines.append)
     assert all(f"[{step}] reusing FINISHED run" in "\n".join(lines) for step in STEPS), lines  # nothing changed

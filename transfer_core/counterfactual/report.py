@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from transfer_core.counterfactual.gate import look_of, read_plan, record_shown
-from transfer_core.counterfactual.grid import FULL, ORDERS
+from transfer_core.counterfactual.settings import FULL, ORDERS
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, contrasts, select, summarize
 from transfer_core.track import describe_step, log_metrics
 

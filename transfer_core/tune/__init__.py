@@ -14,7 +14,7 @@ _EXPORTS = {
     "Choices": "transfer_core.tune.space",
     "Range": "transfer_core.tune.space",
     "SearchSpace": "transfer_core.tune.space",
-    "TuneSettings": "transfer_core.tune.space",
+    "TuneSettings": "transfer_core.tune.settings",
     "StorageError": "transfer_core.tune.study",
     "TunedRecipe": "transfer_core.tune.study",
     "TuneResult": "transfer_core.tune.study",
