@@ -18,9 +18,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# `mlflow run` into the tool's experiment, made first by the tool (artifacts beside the store), never Default.
+EXPERIMENT ?= transfer_core
+
 run: install
 	mkdir -p mlruns
-	PATH=$(abspath $(VENV))/bin:$$PATH mlflow run . --env-manager local $(ARGS)
+	@$(VENV)/bin/transfer-core experiment $(EXPERIMENT) > /dev/null
+	PATH=$(abspath $(VENV))/bin:$$PATH mlflow run . --env-manager local --experiment-name $(EXPERIMENT) $(ARGS)
 
 test: install
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

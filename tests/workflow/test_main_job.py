@@ -38,15 +38,20 @@ def env_tracking_uri(work) -> str:
 
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
-    """`mlflow run . --env-manager local` with the README's synthetic parameters, in a fresh folder."""
+    """What `make run` runs (the tool makes its experiment, then `mlflow run . --env-manager local
+    --experiment-name transfer_core`), with the README's synthetic parameters, in a fresh folder."""
     work = tmp_path_factory.mktemp("main")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # MLproject calls `python`
     env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
     (work / "mlruns").mkdir()
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "profile=synthetic",
-               "-P", "n_models=16", "-P", "ks=0,1", "-P", "orders=bottom", "-P", "total_trials=2", "-P", "seeds=3",
-               "-P", "overrides=pretrain.epochs=2,transfer.epochs=4"]
+    made = subprocess.run([sys.executable, "-m", "transfer_core.cli", "experiment", "transfer_core"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0 and made.stdout.strip().isdigit(), made.stderr[-2000:]
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name",
+               "transfer_core", "-P", "profile=synthetic", "-P", "n_models=16", "-P", "ks=0,1", "-P", "orders=bottom",
+               "-P", "total_trials=2", "-P", "seeds=3", "-P", "overrides=pretrain.epochs=2,transfer.epochs=4"]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     return work, env, done.stdout + done.stderr
@@ -63,6 +68,11 @@ def test_every_step_ran_once_under_one_main_run(main_job):
         run = client.get_run(mains[0].data.tags[f"step.{step}"])
         assert run.info.status == "FINISHED", step
         assert run.data.tags.get("transfer_core.step_key") or step == "register", step  # reusable by its key
+    assert mains[0].data.tags.get("mlflow.project.entryPoint") == "main"  # mlflow run's own run is the pipeline's
+    assert client.search_runs(["0"]) == []  # no stub left in Default
+    every = client.search_runs([experiment.experiment_id], max_results=1000)
+    beside = (work / "mlruns" / "artifacts").resolve().as_uri()
+    assert every and all(r.info.artifact_uri.startswith(beside) for r in every)  # artifacts beside the store
     version = client.get_model_version_by_alias("transfer_core-target", "champion")
     assert version.tags["counterfactual_run_id"] == mains[0].data.tags["step.counterfactual"]
     sweep = client.get_run(mains[0].data.tags["step.sweep"])
@@ -135,7 +145,7 @@ def test_experiments_are_training_experiments_and_step_runs_say_what_they_did(ma
     work, env, _ = main_job
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     written = {r.info.experiment_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
-    assert written == {"0", client.get_experiment_by_name("transfer_core").experiment_id}  # `mlflow run` used Default
+    assert written == {client.get_experiment_by_name("transfer_core").experiment_id}  # `mlflow run` used it too
     for experiment_id in written:
         assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     main = client.search_runs(list(written), "tags.`transfer_core.kind` = 'main'",
@@ -145,8 +155,7 @@ def test_experiments_are_training_experiments_and_step_runs_say_what_they_did(ma
         run = client.get_run(main.data.tags[f"step.{step}"])
         assert run.info.run_name.startswith(prefix), (step, run.info.run_name)
         assert len(run.data.tags["mlflow.note.content"]) > 40, step
-    invocation = [r for r in client.search_runs(["0"]) if r.data.tags.get("main_run_id") == main.info.run_id]
-    assert [r.info.run_name for r in invocation] == ["main-transfer_core"]
+    assert main.data.tags.get("mlflow.project.entryPoint") == "main"  # the pipeline's run is mlflow run's run
 
 
 def test_subset_runs_log_their_source_and_target_splits_as_datasets(main_job):

@@ -371,6 +371,22 @@ def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id,
     click.echo(f"results written to {path}")
 
 
+@main.command("experiment")
+@click.argument("name", default=DEFAULT_EXPERIMENT, metavar="[NAME]")
+@store_options
+@friendly_errors
+def experiment_command(name, **store):
+    """Create experiment NAME (default transfer_core) as the tool makes one, if missing, and print its id.
+
+    The tool's experiments keep their artifacts beside a sqlite store (mlruns/artifacts/<name>) and open in
+    the UI's Model training mode. `mlflow run --experiment-name NAME` creates a missing experiment its own
+    way instead (artifacts under ./mlruns/<id> of wherever it runs), so `make run` calls this first.
+    """
+    from transfer_core.track import get_experiment_id
+
+    click.echo(get_experiment_id(open_context(**store).client, name))
+
+
 @main.command("links")
 @click.option("--tracking-uri", type=TEXT, default=None, envvar="MLFLOW_TRACKING_URI",
               help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db.")
