@@ -2,7 +2,7 @@
 
 The package's stages, in the order data flows through them::
 
-    config         RunConfig: typed, validated at construction; profiles in experiments/profiles
+    config         RunConfig: typed, validated at construction; profiles in presets/profiles
     data           datasets as uint8 tensors, the target's splits, class masks
     train          networks and the tensor training loop; one subset run as pure computation
     track          the MLflow store, run lookups and lifecycle, what a run logs, claims
@@ -26,7 +26,6 @@ Sign convention everywhere: positive influence = including the source class help
 import importlib
 
 from transfer_core.config import ConfigError, RunConfig, build_config, load_profile
-from transfer_core.data import class_mask
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "load_profile", "class_mask", "SubsetRunner", "Context"]
 
@@ -46,5 +45,7 @@ def lazy_exports(package: str, exports: dict[str, str]):
     return __getattr__, lambda: sorted(exports)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, {"SubsetRunner": "transfer_core.execute",
+# torch loads with the first of these, not with the package: MLflow's UI server imports transfer_core.track.ui
+__getattr__, __dir__ = lazy_exports(__name__, {"class_mask": "transfer_core.data",
+                                               "SubsetRunner": "transfer_core.execute",
                                                "Context": "transfer_core.execute"})
