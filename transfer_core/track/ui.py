@@ -8,9 +8,10 @@ plays no part (mlflow/mlflow#24498). No server setting changes that default. So 
 
 :func:`create_app` is an MLflow server app (the ``mlflow.app`` entry point ``transfer-core`` in
 ``pyproject.toml``, started by ``mlflow server --app-name transfer-core``, as MLflow's own
-``basic-auth`` app is). It is MLflow's app, every route unchanged, except that the UI's page
-(``index.html``) carries one small script ahead of MLflow's bundle. In the browser, before the UI
-loads, that script
+``basic-auth`` app is; the hook is documented at
+https://mlflow.org/docs/latest/self-hosting/security/custom). It is MLflow's app, every route
+unchanged, except that the UI's page (``index.html``) carries one small script ahead of MLflow's
+bundle. In the browser, before the UI loads, that script
 
 - writes ``mlflow.workflowType_v1 = "machine_learning"`` when the key is not set yet, so a new
   browser starts in Model training mode; a choice made later with the toggle is kept;
