@@ -28,7 +28,6 @@ Sign convention everywhere: positive influence = including the source class help
 import importlib
 
 from transfer_core.config import ConfigError, RunConfig, build_config, load_profile
-from transfer_core.data import class_mask
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "load_profile", "class_mask", "SubsetRunner", "Context"]
 
@@ -48,5 +47,7 @@ def lazy_exports(package: str, exports: dict[str, str]):
     return __getattr__, lambda: sorted(exports)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, {"SubsetRunner": "transfer_core.execute",
+# torch loads with the first of these, not with the package: MLflow's UI server imports transfer_core.track.ui
+__getattr__, __dir__ = lazy_exports(__name__, {"class_mask": "transfer_core.data",
+                                               "SubsetRunner": "transfer_core.execute",
                                                "Context": "transfer_core.execute"})

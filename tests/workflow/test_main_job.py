@@ -59,7 +59,16 @@ def main_job(tmp_path_factory):
 
 def test_every_step_ran_once_under_one_main_run(main_job):
     work, env, output = main_job
-    assert "main finished. Where to look:" in output
+    summary = output[output.index("main finished (experiment transfer_core)."):]
+    # read in ten seconds: what was trained, who is champion (one plain sentence), the registered model's own
+    # numbers, one stability verdict, then the links, the registered version's page among them
+    lines = summary.splitlines()
+    assert [line.split(":")[0] for line in lines[1:4]] == ["Trained", "Champion", "Registered"], lines[:6]
+    assert len(lines[2]) < 300 and "look" not in lines[2] and "Bonferroni" not in lines[2]
+    assert re.search(r"validation accuracy 0\.\d{4}, test accuracy 0\.\d{4}", lines[3])
+    assert lines[4].startswith(("Stable ranking", "Unstable ranking")) and "0.5" in lines[4]
+    assert re.search(r"registered model: +http://127\.0\.0\.1:5000/#/models/transfer_core-target/versions/1", summary)
+    assert "make ui" in summary and "mlflow ui --backend-store-uri" not in summary
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("transfer_core")
     mains = client.search_runs([experiment.experiment_id], "tags.`transfer_core.kind` = 'main'")

@@ -304,6 +304,7 @@ def register_command(experiment, counterfactual, name, **kwargs):
     full-source model does, and the command says why in one sentence.
     """
     from transfer_core.registry import latest_counterfactual_run, register_champion
+    from transfer_core.registry.champion import PICKLE_NOTE
 
     rule = settings_from(EvidenceRule(), kwargs)
     ctx = open_context(**kwargs)
@@ -311,7 +312,7 @@ def register_command(experiment, counterfactual, name, **kwargs):
     result = register_champion(run_id, ctx=ctx, name=name, run_id=invocation_run_id(), rule=rule)
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
-    click.echo(f"{result.message}\nregistered {result.name} version {result.version}: {result.uri}")
+    click.echo(f"{result.message}\nregistered {result.name} version {result.version}: {result.uri} ({PICKLE_NOTE})")
 
 
 @main.command("main")
@@ -338,7 +339,7 @@ def main_job(study, progress, **kwargs):
         settings = settings.replace(overrides=",".join([*settings.overrides, *added]))
     ctx = open_context(**kwargs, execution=settings.executor, progress=progress)
     result = run_pipeline(settings, ctx, echo=click.echo, invocation_run_id=invocation_run_id())
-    click.echo(result.where_to_look(ctx.tracking_uri))
+    click.echo(result.where_to_look())
 
 
 @main.command("publish")
@@ -394,15 +395,16 @@ def experiment_command(name, **store):
               help="Where the MLflow UI answers.")
 @friendly_errors
 def links_command(tracking_uri, base):
-    """Print the MLflow UI links of every experiment this tool wrote: its runs in Model training mode,
-    and the saved views a pipeline run made (every trained model; accuracy against k). Writes nothing."""
+    """Print the MLflow UI links of every experiment this tool wrote, as `transfer-core ui` does: its runs in
+    Model training mode, the saved views (every trained model; accuracy against k), the analysis report, the
+    counterfactual figure and the registered version's page, each only when it exists. Writes nothing."""
     from transfer_core.track.store import default_tracking_uri, sqlite_path
-    from transfer_core.track.views import experiment_links
+    from transfer_core.workflow.links import store_links
 
     uri = tracking_uri or default_tracking_uri(create=False)
     store = sqlite_path(uri)
     if store is not None and not store.is_file():
         raise click.ClickException(f"there is no MLflow store at {store} yet; run `make run` (or a transfer-core "
                                    "command) first, or pass --tracking-uri")
-    for line in experiment_links(open_context(uri).client, base):
+    for line in store_links(open_context(uri).client, base):
         click.echo(line)

@@ -136,8 +136,8 @@ def _stack(fn, options):
 
 def profile_option(fn):
     return click.option("--profile", type=TEXT, default=None, show_default=DEFAULT_PROFILE,
-                        help=f"Named experiment config ({', '.join(profile_names())}; they ship with the package in "
-                             "transfer_core/presets/profiles) or a path to a .toml file.")(fn)
+                        help=f"A profile shipped with the package in transfer_core/presets/profiles "
+                             f"({', '.join(profile_names())}) or a path to a .toml file.")(fn)
 
 
 def set_option(fn):

@@ -19,8 +19,10 @@ mlflow::
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +216,22 @@ RULE_SUMMARY = ("the pruned source only when its paired selection-half gain over
                 "(5% / 2^look, Bonferroni over its candidates); else the full source")
 
 
+PICKLE_NOTE = ("the model is saved with pickle, not MLflow's pt2 (torch.export): pickle loads back the very module, "
+               "for any batch size; like any pickle, load it only from a store you trust")
+
+
+@contextmanager
+def _quiet(logger: str):
+    """Hold back ``logger``'s warnings for the block (the caller says the same thing in its own words)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def log_model_files(client: MlflowClient, run_id: str, model, test, target: str) -> str:
     """Save ``model`` as an MLflow model (``pickle`` format, the package's code along) into run ``run_id``'s
     artifacts under ``model/``; returns the source URI a model version points to. Its metadata name the
@@ -225,7 +243,7 @@ def log_model_files(client: MlflowClient, run_id: str, model, test, target: str)
     example = test.images[:N_EXAMPLE_IMAGES].numpy()
     with torch.no_grad():
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):  # its pickle warning: PICKLE_NOTE instead
         path = Path(tmp) / "model"
         mlflow.pytorch.save_model(
             model, str(path), signature=signature, input_example=example, serialization_format="pickle",

@@ -11,7 +11,7 @@ settings files ship with the package (``transfer_core/presets/studies/``).
 Each step runs in this process through its library function, with the one :class:`Context`
 (store, data, executor) the entry point opened, and is its own MLflow run. Each step reuses
 what is already done by its own step key (:mod:`transfer_core.track.steps`): the tune study is
-topped up to ``tune_trials`` and then reused, the sweep trains only missing models, an analysis
+topped up to ``tune.total_trials`` and then reused, the sweep trains only missing models, an analysis
 of the same runs with the same options is reused, the counterfactual plan resumes, and register
 re-points the alias after recomputing the gate. So a rerun (after an interruption, or of the
 same settings) trains nothing it has, and a code change recomputes the steps it touches. The
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -29,16 +28,17 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from transfer_core.analysis import analyze
 from transfer_core.config import resolve_config
 from transfer_core.counterfactual import counterfactual_from_analysis
-from transfer_core.counterfactual.report import PLOT_ARTIFACT
 from transfer_core.execute import Context
 from transfer_core.registry import register_champion
+from transfer_core.registry.champion import PICKLE_NOTE
 from transfer_core.sweep import SweepIncomplete, sweep_with_summary
 from transfer_core.track import (KIND_TAG, describe_run, get_experiment_id, run_scope, set_tags,
                                  to_local_path)
 from transfer_core.track.runs import MAIN
-from transfer_core.track.store import mark_training_experiment, ui_url
+from transfer_core.track.store import mark_training_experiment
 from transfer_core.track.views import save_pipeline_views
 from transfer_core.tune import tune, tuned_recipe
+from transfer_core.workflow.links import study_links
 from transfer_core.workflow.publish import publish
 from transfer_core.workflow.settings import STUDY, PipelineSettings
 
@@ -46,62 +46,58 @@ from transfer_core.workflow.settings import STUDY, PipelineSettings
 @dataclass
 class PipelineResult:
     steps: dict[str, str]  # step -> its run id
+    experiment: str
     experiment_id: str
     sweep_id: str
     analysis_run_id: str
     counterfactual_run_id: str
     model_name: str
     model_version: str
-    message: str  # the champion decision, one sentence
+    message: str  # the champion decision with its protocol details, as register words it
     report_path: str
     split_half: float  # the validation ranking's split-half Spearman
     n_models: int
     stability_threshold: float  # below it the ranking is called unstable (EvidenceRule.stability_threshold)
+    trained: str = ""  # what was trained, one sentence
+    champion: str = ""  # who is champion and why, one plain sentence
+    registered: str = ""  # the registered model's own numbers, one sentence
+    links: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (label, UI link): workflow.links
     results_path: str = ""
-    views: dict[str, str] = dataclasses.field(default_factory=dict)  # "runs"/"chart" -> a link (track.views)
 
     @property
     def model_uri(self) -> str:
         return f"models:/{self.model_name}@champion"
 
-    def stability_line(self) -> str:
-        if self.split_half >= self.stability_threshold:
-            return (f"the validation class ranking reproduces with split-half Spearman {self.split_half:.2f} at "
-                    f"{self.n_models} models")
-        return (f"the class ranking is too unstable for a finding at {self.n_models} models (validation split-half "
-                f"Spearman {self.split_half:.2f}, below {self.stability_threshold}): this run demonstrates the "
-                f"pipeline; `transfer-core main --settings {STUDY}` runs the study that makes one "
-                "(README, \"Results\")")
+    @property
+    def stable(self) -> bool:
+        return self.split_half >= self.stability_threshold
 
+    def stability_line(self) -> str:
+        if self.stable:
+            return (f"Stable ranking: two disjoint halves of the {self.n_models} models rank the classes alike "
+                    f"(validation split-half Spearman {self.split_half:.2f}, at least {self.stability_threshold}).")
+        return (f"Unstable ranking: two disjoint halves of the {self.n_models} models rank the classes with "
+                f"Spearman {self.split_half:.2f}, below {self.stability_threshold}, so this run demonstrates the "
+                f"pipeline rather than a finding; `transfer-core main --settings {STUDY}` runs the study that makes "
+                "one (docs/results.md).")
 
     def note(self) -> str:
         """The pipeline run's description in the MLflow UI (markdown)."""
         steps = "\n".join(f"- {step}: run `{run_id}`" for step, run_id in self.steps.items())
-        return (f"The pipeline: {' -> '.join(self.steps)}.\n\n{steps}\n\nReport: `report.html` in the Artifacts "
-                f"of analysis run `{self.analysis_run_id}`. Champion: `{self.model_uri}` (version "
-                f"{self.model_version}): {self.message}\n\n"
-                + "".join(f"[{label}]({self.views[key]}) " for key, label in
-                          (("runs", "Every trained model"), ("chart", "Accuracy against k")) if key in self.views)
-                + f"\n\nNote: {self.stability_line()}.")
+        links = " ".join(f"[{label}]({link})" for label, link in self.links)
+        return (f"{self.trained}\n\n**{self.champion}** {self.registered}\n\n{self.stability_line()}\n\n"
+                f"{links}\n\nThe steps: {' -> '.join(self.steps)}.\n\n{steps}\n\nThe decision in full: "
+                f"{self.message}")
 
-    def where_to_look(self, tracking_uri: str) -> str:
-        ui = f"mlflow ui --backend-store-uri {tracking_uri}"
-        if tracking_uri.startswith("sqlite:///"):
-            ui += f" --default-artifact-root {Path(tracking_uri[len('sqlite:///'):]).parent}"
-        lines = ["main finished. Where to look:",
-                 f"  MLflow UI:        {ui}",
-                 f"                    then open {ui_url(self.experiment_id)}",
-                 f"  analysis report:  {self.report_path}",
-                 f"                    in the UI: {ui_url(self.experiment_id, self.analysis_run_id, 'report.html')}",
-                 *([f"  every model:      {self.views['runs']}",
-                    f"  accuracy vs k:    {self.views['chart']}"] if self.views else []),
-                 f"  its figure:       {ui_url(self.experiment_id, self.counterfactual_run_id, PLOT_ARTIFACT)}",
-                 f"  registered model: {self.model_uri}  (version {self.model_version})",
-                 f"  champion:         {self.message}"]
+    def where_to_look(self) -> str:
+        """What ``main`` prints at the end: read in ten seconds, links last."""
+        lines = [f"main finished (experiment {self.experiment}).", f"Trained: {self.trained}",
+                 f"Champion: {self.champion}", f"Registered: {self.registered}", self.stability_line(),
+                 "Look at it in the MLflow UI: `make ui` (or `.venv/bin/transfer-core ui`), then open:"]
+        lines += [f"  {label + ':':<18}{link}" for label, link in self.links]
+        lines.append(f"  {'report file:':<18}{self.report_path}")
         if self.results_path:
-            lines.append(f"  results:          {self.results_path}")
-        lines += ["  step runs:        " + ", ".join(f"{k}={v}" for k, v in self.steps.items()),
-                  f"  note:             {self.stability_line()}"]
+            lines.append(f"  {'results:':<18}{self.results_path}")
         return "\n".join(lines)
 
 
@@ -167,16 +163,56 @@ class PipelineState:
         self.steps[step] = run_id
 
     def result(self) -> PipelineResult:
-        s, ctx = self.settings, self.ctx
-        views = save_pipeline_views(ctx.client, self.experiment_id, self.counterfactual.runs.grid_id)
-        analysis_run = ctx.client.get_run(self.analysis.run_id)
+        s, client = self.settings, self.ctx.client
+        save_pipeline_views(client, self.experiment_id, self.counterfactual.runs.grid_id)
+        analysis_run = client.get_run(self.analysis.run_id)
         report = str(self.analysis.report_path) if to_local_path(analysis_run.info.artifact_uri) is not None else \
             f"{analysis_run.info.artifact_uri}/report.html"
         r = self.registration
-        return PipelineResult(self.steps, self.experiment_id, self.sweep.sweep_id, self.analysis.run_id,
+        version = client.get_model_version(r.name, r.version)
+        return PipelineResult(self.steps, s.experiment, self.experiment_id, self.sweep.sweep_id, self.analysis.run_id,
                               self.counterfactual.runs.parent_run_id, r.name, r.version, r.message, report,
                               analysis_run.data.metrics.get("selection_split_half_spearman", float("nan")),
-                              self.sweep.n_models, s.evidence.stability_threshold, self.results_path, views)
+                              self.sweep.n_models, s.evidence.stability_threshold, self.trained_line(),
+                              champion_line(r.pruned, self.counterfactual.selection, s.counterfactual.orders),
+                              registered_line(r, version.tags), study_links(client, client.get_experiment(
+                                  self.experiment_id)), self.results_path)
+
+    def trained_line(self) -> str:
+        config = resolve_config(self.settings.profile, self.settings.override_dict())[0]
+        table = self.counterfactual.runs.table
+        classes = len(self.counterfactual.runs.class_names)
+        plan = self.settings.counterfactual
+        removed = ", ".join(f"k={k}" for k in plan.ks if k)
+        share = "half" if config.alpha == 0.5 else f"{config.alpha:g}"
+        return (f"{self.sweep.n_models} models, each pretrained on a random {share} of the {classes} "
+                f"{config.data.source} classes and transferred to {config.data.target} ({config.transfer.mode} "
+                f"transfer, profile {self.settings.profile}); then {len(table)} counterfactual models: {plan.seeds} "
+                f"seeds of the full source and of the source without the classes the ranking picks "
+                f"({'/'.join(plan.orders)}, {removed}).")
+
+
+def champion_line(pruned: bool, selection, orders) -> str:
+    """Who is champion and why, in one plain sentence (the protocol's details: selection.json and the report)."""
+    gain = 100 * selection.select_diff if selection.select_diff == selection.select_diff else float("nan")
+    if pruned:
+        return (f"the source without the {selection.k} classes the ranking calls most harmful "
+                f"({', '.join(selection.removed[:4])}{', ...' if len(selection.removed) > 4 else ''}): on held-out "
+                f"validation images it beat the full source by {gain:+.2f} points, clearly enough (why, in full: "
+                "selection.json of the counterfactual run, and the report).")
+    if "bottom" not in orders:
+        return "the full source: the plan removed no class it ranks harmful, so no pruned source was a candidate."
+    return (f"the full source: removing the classes the ranking calls most harmful changed held-out validation "
+            f"accuracy by {gain:+.2f} points, not clearly above zero (why, in full: selection.json of the "
+            "counterfactual run, and the report).")
+
+
+def registered_line(registration, tags: dict) -> str:
+    """The registered model's own numbers: it is one seed's model, not the mean the champion's decision used."""
+    mean = tags.get("mean_test_acc")
+    return (f"{registration.uri} (version {registration.version}), one seed's model: validation accuracy "
+            f"{float(tags['val_acc']):.4f}, test accuracy {float(tags['test_acc']):.4f}"
+            + (f" (its source's mean over the plan's seeds: test {float(mean):.4f})." if mean else "."))
 
 
 def _tune(state: PipelineState) -> None:
@@ -227,7 +263,7 @@ def _register(state: PipelineState) -> None:
     state.echo("[register] the champion, on held-out evidence only")
     r = register_champion(state.counterfactual.runs.parent_run_id, ctx=state.ctx, rule=state.settings.evidence)
     state.registration = r
-    state.done("register", r.run_id, r.reused, f"{r.name} version {r.version}")
+    state.done("register", r.run_id, r.reused, f"{r.name} version {r.version}; {PICKLE_NOTE}")
 
 
 def _publish(state: PipelineState) -> None:
