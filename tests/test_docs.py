@@ -8,7 +8,7 @@
   ``--profile`` and ``--set``), the study (``--settings``). An ``mlflow run`` line's ``-e`` must be an
   MLproject entry point and each ``-P`` one of its parameters, checked as the command's option.
   Line continuations (``\\``) are joined, comments dropped, and a command ends at ``|``, ``&&``,
-  ``;`` or a redirection. An inline span of the program alone (```transfer-core```, ```mlflow run .```) names
+  ``;`` or a redirection. An inline span of the program alone (``transfer-core``, ``mlflow run .``) names
   the tool and is not checked. **One placeholder:** the word ``...`` stands for "options as above" and is
   dropped; everything else is written with concrete values.
 - **Python snippets.** Every ```python block runs in a fresh interpreter, in the folder of a tiny
