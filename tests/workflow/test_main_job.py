@@ -1,4 +1,4 @@
-"""The main job end to end through `mlflow run` (synthetic profile), and the README's snippets run as written."""
+"""The main job end to end through `mlflow run` (synthetic profile), and docs/serving.md's snippets run as written."""
 from __future__ import annotations
 
 import json
@@ -25,9 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = ("tune", "sweep", "analyze", "counterfactual", "register")
 
 
-def readme_block(heading: str, language: str) -> str:
-    """The first ```language block under the README section ``heading``."""
-    text = (REPO / "README.md").read_text()
+SERVING_PAGE = "docs/serving.md"  # the snippets these tests run verbatim (tests/test_docs.py runs every page's)
+
+
+def doc_block(heading: str, language: str, page: str = SERVING_PAGE) -> str:
+    """The first ```language block under the section ``heading`` of ``page``."""
+    text = (REPO / page).read_text()
     section = text.split(f"\n## {heading}\n", 1)[1]
     return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
 
@@ -39,7 +42,7 @@ def env_tracking_uri(work) -> str:
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
     """What `make run` runs (the tool makes its experiment, then `mlflow run . --env-manager local
-    --experiment-name transfer_core`), with the README's synthetic parameters, in a fresh folder."""
+    --experiment-name transfer_core`), with synthetic parameters, in a fresh folder."""
     work = tmp_path_factory.mktemp("main")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # MLproject calls `python`
@@ -117,10 +120,10 @@ def test_the_printed_links_open_shared_views_that_select_the_runs_they_show(main
 
 
 def test_the_readme_model_loading_snippet_runs_as_written(main_job):
-    """README "Using the registered model", verbatim, in a fresh process in the folder `make run` used: it prints
-    the champion's prediction for a test image and its test accuracy, which is the registered version's own."""
+    """docs/serving.md "Using the registered model", verbatim, in a fresh process in the folder `make run` used: it
+    prints the champion's prediction for a test image and its test accuracy, which is the registered version's own."""
     work, env, _ = main_job
-    snippet = readme_block("Using the registered model", "python")
+    snippet = doc_block("Using the registered model", "python")
     env = dict(env)
     env.pop("MLFLOW_TRACKING_URI")  # the snippet sets it itself
     done = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True,
@@ -187,12 +190,12 @@ def test_subset_runs_log_their_source_and_target_splits_as_datasets(main_job):
 
 @pytest.fixture(scope="module")
 def scoring_server(main_job):
-    """`mlflow models serve` of the champion on a free loopback port, as the README starts it."""
+    """`mlflow models serve` of the champion on a free loopback port, as docs/serving.md starts it."""
     work, env, _ = main_job
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = readme_block("Serving the champion", "bash").split("\n\n")[0].replace("5001", str(port))
+    command = doc_block("Serving the champion", "bash").split("\n\n")[0].replace("5001", str(port))
     log = open(work / "serve.log", "w")
     proc = subprocess.Popen(["bash", "-c", command], cwd=work, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**env, "MLFLOW_TRACKING_URI": ""})
@@ -233,9 +236,9 @@ def test_the_champion_served_over_rest_gives_the_in_process_logits(main_job, sco
         expected = model(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(np.array(response.json()["predictions"]), expected, rtol=1e-5, atol=1e-5)
 
-    snippet = readme_block("Serving the champion", "python").replace("http://127.0.0.1:5001", scoring_server)
+    snippet = doc_block("Serving the champion", "python").replace("http://127.0.0.1:5001", scoring_server)
     done = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=120)  # the README's client, verbatim: the target's first test image
+                          timeout=120)  # docs/serving.md's client, verbatim: the target's first test image
     assert done.returncode == 0, done.stderr[-3000:]
     first = load_split("synthetic-target", "test", 16).images[:1]
     with torch.no_grad():
@@ -257,9 +260,9 @@ def test_a_bad_request_gets_a_clear_400(scoring_server, payload, says):
 
 
 def test_a_change_to_the_analysis_code_recomputes_the_analysis_and_what_follows(main_job, monkeypatch):
-    """README "The pipeline": a rerun after a code change recomputes exactly the steps whose computing code
-    changed, and the steps that read them. Simulated: the analysis code's digest changes; the tune study and
-    the sweep are reused, a new analysis, counterfactual plan and registration follow."""
+    """docs/pipeline.md, "Reruns reuse what is done": a rerun after a code change recomputes exactly the steps whose
+    computing code changed, and the steps that read them. Simulated: the analysis code's digest changes; the tune
+    study and the sweep are reused, a new analysis, counterfactual plan and registration follow."""
     from transfer_core.execute import Context
     from transfer_core.track import steps
     from transfer_core.workflow import PipelineSettings, run_pipeline
