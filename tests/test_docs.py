@@ -83,19 +83,29 @@ def words(line: str) -> list[str]:
     return list(lexer)
 
 
+WRAPPERS = {"time", "/usr/bin/time", "nice", "exec", "-v"}  # words that run the command after them
+
+
 def commands_in(line: str):
-    """Each command of a shell line (after ``VAR=value`` prefixes, ``time``, ...) as its words."""
+    """Each command of a shell line (after ``VAR=value`` prefixes, ``time``, ...) as its words; a program name
+    counts only where a command starts (``--app-name transfer-core`` is an argument, not a command)."""
     tokens = words(line)
-    start = 0
+    start, at_command = 0, True
     while start < len(tokens):
-        for program in PROGRAMS + (("mlflow", "run"),):
-            if tuple(tokens[start:start + len(program)]) == program:
-                rest = tokens[start + len(program):]
-                end = next((i for i, t in enumerate(rest) if t in ENDS), len(rest))
-                yield program, [t for t in rest[:end] if t != PLACEHOLDER]
-                start += len(program) + end
-                break
+        token = tokens[start]
+        if at_command:
+            for program in PROGRAMS + (("mlflow", "run"),):
+                if tuple(tokens[start:start + len(program)]) == program:
+                    rest = tokens[start + len(program):]
+                    end = next((i for i, t in enumerate(rest) if t in ENDS), len(rest))
+                    yield program, [t for t in rest[:end] if t != PLACEHOLDER]
+                    start += len(program) + end
+                    break
+            else:
+                at_command = token in WRAPPERS or token in ENDS or re.fullmatch(r"[A-Za-z_]\w*=\S*", token)
+                start += 1
         else:
+            at_command = token in ENDS
             start += 1
 
 
