@@ -20,7 +20,7 @@ from transfer_core.registry import CHAMPION, latest_counterfactual_run, model_na
 from transfer_core.data.synthetic import SOURCE_CLASSES
 from transfer_core.track import KIND_TAG
 
-# What README.md's "Using the registered model" shows, plus an accuracy check on the test split.
+# What docs/serving.md's "Using the registered model" shows, plus an accuracy check on the test split.
 LOAD_SNIPPET = """
 import json, sys
 import mlflow, torch

@@ -261,8 +261,9 @@ def counterfactual_command(experiment, analysis, profile, overrides, transfer_mo
 
     The plan (orders, ks, seeds) is fixed when it starts. Another plan on the same analysis is
     another counterfactual run: it reuses the points already trained, and it is another look at
-    the selection half, which may spend a smaller share of the error rate (README, "Every look
-    counts"). The command refuses settings that carve another validation split than the analysis's.
+    the selection half, which may spend a smaller share of the error rate (docs/counterfactual.md,
+    "Every look counts"). The command refuses settings that carve another validation split than the
+    analysis's.
     """
     from transfer_core.counterfactual import counterfactual_from_analysis
     from transfer_core.tune import recipe_from
@@ -328,8 +329,8 @@ def main_job(study, progress, **kwargs):
     """The pipeline: tune -> sweep -> analyze -> counterfactual -> register (-> publish), reusing what is done.
 
     Every step is its own MLflow run; a rerun trains nothing it has, and a code change recomputes
-    the steps whose computing code changed (README, "The pipeline"). `mlflow run .` runs this
-    command; `--settings cifar100_to_cifar10` runs the study behind the README's results.
+    the steps whose computing code changed (docs/pipeline.md). `mlflow run .` runs this command;
+    `--settings cifar100_to_cifar10` runs the study behind the published results (docs/results.md).
     """
     from transfer_core.workflow import run_pipeline
 

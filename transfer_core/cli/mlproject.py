@@ -3,7 +3,7 @@
 Each entry point is one ``transfer-core`` command and takes one parameter per option of it (but
 for where the data and store are, which ``mlflow run`` hands over in the environment, and the
 on/off flags): the same names, with ``""`` meaning "not given", so the command's (and so its
-settings') default applies. ``tests/cli/test_mlproject.py`` checks that the committed file is
+settings') default applies. ``tests/cli/test_options.py`` checks that the committed file is
 this function's output, so a new setting reaches ``mlflow run`` without being written twice.
 """
 from __future__ import annotations

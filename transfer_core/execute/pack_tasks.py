@@ -1,7 +1,7 @@
 """Packs: N claimed models trained at once on one device, each logged as its own run.
 
 :func:`resolve_pack` turns ``--pack N|auto`` into a number before anything is recorded: on
-the CPU ``auto`` is 1 (packing does not pay there; README, "Packed training"), on a GPU it
+the CPU ``auto`` is 1 (packing does not pay there; docs/scaling.md, "Packed training"), on a GPU it
 is the largest pack that fits in its free memory (:mod:`transfer_core.train.memory`), and an
 explicit N that does not fit is refused with the largest that does. :func:`train_pack`
 trains the tasks one worker claimed (:func:`transfer_core.execute.tasks.attempt_pack`) with

@@ -8,7 +8,7 @@ whose recipe the sweep used, and writes into ``out_dir``:
   sub-populations, near duplicates, per-target-class image grids);
 - ``subpopulation_example.png``: one sub-population (target examples grouped under the
   source class that most influences them) next to images of that source class;
-- ``RESULTS.md``: every table the README's results section quotes, each naming the run and
+- ``RESULTS.md``: every table the results page (docs/results.md) quotes, each naming the run and
   artifact it comes from, so every number can be traced to a logged MLflow run; and the
   verdicts, each written from the test that fits its claim (:func:`verdicts`): paired
   contrasts per k with their correction, the champion gate, and which method found each leak.

@@ -28,7 +28,7 @@ from transfer_core.track.store import DEFAULT_EXPERIMENT
 from transfer_core.tune.settings import TuneSettings
 
 STUDIES_DIR = PRESETS_DIR / "studies"  # named settings files (package data)
-STUDY = "cifar100_to_cifar10"  # the study a finding needs: README "Results"
+STUDY = "cifar100_to_cifar10"  # the study a finding needs: docs/results.md
 
 
 def study_names() -> list[str]:
