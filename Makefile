@@ -41,4 +41,4 @@ test: install-test
 # `transfer-core ui` prints the links, then serves MLflow (without its job runner) so that the
 # bare address opens on the study in Model training mode; one worker per two cores (at most 4).
 ui: install
-	$(VENV)/bin/transfer-core ui $(ARGS)
+	$(VENV)/bin/transfer-core ui --experiment $(EXPERIMENT) $(ARGS)
