@@ -180,10 +180,10 @@ def test_subset_runs_log_their_source_and_target_splits_as_datasets(main_job):
     for run in runs:
         by_context = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
         assert set(by_context) == {"pretrain", "transfer", "validation", "evaluation"}
-        n_classes = len(json.loads(Path(artifact_path(run, "source_classes.json", MlflowClient())).read_text()))
-        kept = int(np.load(artifact_path(run, "class_mask.npy", MlflowClient())).sum())
+        n_classes = len(json.loads(Path(artifact_path(run, "source_classes.json", client)).read_text()))
+        kept = int(np.load(artifact_path(run, "class_mask.npy", client)).sum())
         assert by_context["pretrain"].name == f"synthetic-source: {kept} of {n_classes} classes"
-    masks = {np.load(artifact_path(r, "class_mask.npy", MlflowClient())).tobytes(): next(
+    masks = {np.load(artifact_path(r, "class_mask.npy", client)).tobytes(): next(
         d.dataset.digest for d in r.inputs.dataset_inputs if d.tags[0].value == "pretrain") for r in runs}
     assert len(set(masks.values())) == len(masks) == 16  # other kept classes, other digest
 
