@@ -10,8 +10,8 @@ import transfer_core
 
 PACKAGE = Path(transfer_core.__file__).resolve().parent
 # The pipeline's stages in data-flow order; a stage may import only the ones before it.
-STAGES = ["config", "settings", "data", "train", "track", "execute", "sweep", "tune", "analysis", "counterfactual",
-          "registry",
+STAGES = ["config", "settings", "data", "train", "track", "execute", "sweep", "tune", "analysis", "attribution",
+          "counterfactual", "registry",
           "workflow", "cli"]
 
 

@@ -63,3 +63,6 @@ class SubsetRunResult:
     val_outputs: dict[str, np.ndarray]  # validation split: the same, each (n_val,)
     metrics: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    # with run_subset(keep_source_model=True): the pretrained network with its source head (logits over the
+    # kept classes, in class order), before the transfer; a Normalized network on the CPU
+    source_model: nn.Module | None = None
