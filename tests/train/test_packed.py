@@ -130,7 +130,7 @@ def test_a_packed_network_computes_what_each_network_computes_alone(cls, args, n
                 own = (apply(net, x_j).double() - ref).abs().max().item()
                 err = (out[:, j].double() - ref).abs().max().item()
                 bound = 10 * own + 1e-6 * ref.abs().max().item()
-                assert err <= bound, f"{name} of model {j}, train={mode}: float32 error packed {err:.1e}, alone {own:.1e}"
+                assert err <= bound, f"{name}, model {j}, train={mode}: float32 error {err:.1e} packed, {own:.1e} alone"
 
 
 def _source_members(data, n, recipe_seed=200):
