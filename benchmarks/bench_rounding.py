@@ -13,8 +13,8 @@ Trains, per seed index ``s`` (training seed ``run_seed(sweep_seed, s)``, as a co
 does), the full source and the source minus each ``--remove`` class (``random``: the grid's random
 removal of seed ``s``), and prints each run's selection-half and test accuracy. ``--pool`` reads such
 files (each file's seeds are other draws) and prints, per removed class, the gain's mean and standard
-deviation, and how often the champion gate's 97.5% t-interval over ``n`` resampled seeds fails to clear
-zero.
+deviation, and how often the champion gate's 97.5% t-interval over ``n`` resampled seeds does not lie above
+zero (a pruned champion fails; for a class without effect, the full source rightly stays).
 """
 from __future__ import annotations
 
@@ -73,11 +73,11 @@ def pool(args) -> None:
     rng = np.random.default_rng(0)
     for name, values in gains.items():
         x = np.asarray(values)
-        line = f"-{name}: {len(x)} gains, mean {x.mean():+.3f}, sd {x.std(ddof=1):.3f}; the interval does not clear zero at"
+        line = f"-{name}: {len(x)} gains, mean {x.mean():+.3f}, sd {x.std(ddof=1):.3f}; the interval misses zero at"
         for n in args.resample:
             d = rng.choice(x, (20_000, n))
             low = d.mean(1) - stats.t.ppf(1 - 0.025 / 2, n - 1) * d.std(1, ddof=1) / np.sqrt(n)
-            line += f" {n} seeds: {np.mean(low <= 0):.2%} (median low end {np.median(low):+.3f});"
+            line += f" {n} seeds: {np.mean(low <= 0):.2%} of draws (median low end {np.median(low):+.3f});"
         print(line)
 
 
