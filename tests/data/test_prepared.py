@@ -156,5 +156,10 @@ def test_sweeps_on_the_imagenet64_profile_stream_from_disk_and_log_like_any_run(
             assert 0 <= run.data.metrics["source_acc"] <= 1
     alone_runs = collect_sweep(alone.sweep_id, alone.experiment_id, ctx=ctx)
     packed_runs = collect_sweep(packed.sweep_id, packed.experiment_id, ctx=ctx)
+    # The same models: packing reorders floating-point work only (tests/train/test_packed.py: equal to rounding
+    # in float64), and float32 training amplifies a reordering now and then. Seen, largest margin difference:
+    # packed vs alone 0.002 (default and avx512 kernel paths); the same models alone on the default vs the
+    # avx512 path, 0.011: what a rounding change alone does. Two different models of this sweep differ by
+    # 1.0 to 2.3 (median) and 5.7 to 14 (largest): what a packing error would do.
     np.testing.assert_allclose(packed_runs.outputs["margin"].astype(float), alone_runs.outputs["margin"].astype(float),
-                               atol=2e-2)  # the same models: packing reorders floating-point work only
+                               atol=0.1)
