@@ -47,8 +47,9 @@ def study_config():
 
 
 def load(config):
+    from common import environment_dirs
     from transfer_core.data import load_transfer_data
-    return load_transfer_data(config.data)
+    return load_transfer_data(config.data, environment_dirs())
 
 
 def attributor(name: str, data, config, settings, test_groups: str = "all", others: int = 99):

@@ -10,7 +10,8 @@ import transfer_core
 
 PACKAGE = Path(transfer_core.__file__).resolve().parent
 # The pipeline's stages in data-flow order; a stage may import only the ones before it.
-STAGES = ["config", "data", "train", "attribution", "track", "execute", "sweep", "tune", "analysis", "counterfactual", "registry",
+STAGES = ["config", "settings", "data", "train", "track", "execute", "sweep", "tune", "analysis", "attribution",
+          "counterfactual", "registry",
           "workflow", "cli"]
 
 
@@ -47,8 +48,9 @@ def test_every_stage_is_a_package_or_module_with_a_docstring():
         assert path.is_file(), name
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path} says nothing about its stage"
     assert {p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__")} \
-        == {"__init__.py", "config.py", "settings", *[s for s in STAGES if s != "config"]}
-    assert not list((PACKAGE / "settings").rglob("*.py"))  # settings/ is package data: profiles and studies
+        == {"__init__.py", "config.py", "settings.py", "presets",
+            *[s for s in STAGES if s not in ("config", "settings")]}
+    assert not list((PACKAGE / "presets").rglob("*.py"))  # presets/ is package data: profiles and studies
 
 
 def test_stages_import_only_earlier_stages():
@@ -122,7 +124,7 @@ def test_one_step_key_function_and_every_reuse_goes_through_it():
                        "transfer_core.data.prepared", "transfer_core.data.stream",
                        "transfer_core.analysis.duplicates", "transfer_core.track.steps", "transfer_core.track.store"}
     for reuser in ("transfer_core.sweep.sweep", "transfer_core.sweep.collect", "transfer_core.counterfactual.grid",
-                   "transfer_core.analysis.run", "transfer_core.tune.study"):
+                   "transfer_core.analysis.step", "transfer_core.tune.study"):
         assert "step_key(" in source[reuser], reuser
 
 

@@ -2,7 +2,7 @@
 
 A run is fully described by a :class:`RunConfig`: which data, how the source model is
 pretrained, how it is transferred, and how its class subset is drawn. Named profiles ship
-with the package (``transfer_core/settings/profiles/<name>.toml``, also reachable as
+with the package (``transfer_core/presets/profiles/<name>.toml``, also reachable as
 ``experiments/profiles`` in a checkout); any field can be overridden with a dotted
 ``section.field=value`` string (``pretrain.epochs=4``), which is how the CLI, MLflow
 params and Optuna values all reach the config as plain strings.
@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-SETTINGS_DIR = Path(__file__).resolve().parent / "settings"  # package data: profiles and studies
-PROFILE_DIR = SETTINGS_DIR / "profiles"
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"  # package data: profiles and studies (TOML)
+PROFILE_DIR = PRESETS_DIR / "profiles"
 DEFAULT_PROFILE = "quick"
 ARCHS = ("resnet_small", "resnet_small_grid", "resnet18")
 SOURCE_STORES = ("memory", "jpeg", "raw")  # raw: a fixed-resolution uint8 memory map (64 px and below)
@@ -32,6 +32,46 @@ TOP_LEVEL_SECTION = "subset"  # how alpha and sweep_seed are spelled as params: 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; the message names the problem and the fix."""
+
+
+# Dataset specs by name: what kind of data each is. ``imagefolder:<path>`` names a tree on disk.
+DATASETS = {
+    "cifar10": "cifar", "cifar100": "cifar",  # an archive or tree under the data root, else torchvision downloads
+    "synthetic-source": "synthetic", "synthetic-source-valleak": "synthetic",  # generated, with planted classes
+    "synthetic-target": "synthetic",  # generated; ships its own validation split
+}
+IMAGEFOLDER = "imagefolder"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed dataset spec (``data.source`` / ``data.target``): the one parser of specs.
+
+    ``kind`` is ``cifar``, ``synthetic`` or ``imagefolder``; ``name`` the spec as written for the
+    named ones (``cifar100``), ``imagefolder`` for a tree; ``path`` that tree (``<path>/{train,test|val}/<class>/``).
+    """
+
+    kind: str
+    name: str
+    path: str = ""
+
+    @classmethod
+    def parse(cls, text: str, field_name: str = "data.source") -> "DataSpec":
+        text = str(text).strip()
+        if text.startswith(f"{IMAGEFOLDER}:"):
+            path = text.split(":", 1)[1].strip()
+            if not path:
+                raise ConfigError(f"{field_name}={text!r} names no folder; write {IMAGEFOLDER}:/path/to/tree")
+            return cls(IMAGEFOLDER, IMAGEFOLDER, path)
+        if text in DATASETS:
+            return cls(DATASETS[text], text)
+        raise ConfigError(f"unknown dataset {text!r} in {field_name}; use {', '.join(DATASETS)} or "
+                          f"{IMAGEFOLDER}:<path>")
+
+    @property
+    def has_own_validation(self) -> bool:
+        """Whether the dataset ships a validation split (others carve one from train)."""
+        return self.name == "synthetic-target"
 
 
 @dataclass(frozen=True)
@@ -88,7 +128,9 @@ class RunConfig:
         _check(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
         _check(d.source_store in SOURCE_STORES,
                f"unknown data.source_store {d.source_store!r}; choose one of {', '.join(SOURCE_STORES)}")
-        _check(d.source_store == "memory" or d.source.startswith("imagefolder:"),
+        source = DataSpec.parse(d.source, "data.source")
+        DataSpec.parse(d.target, "data.target")
+        _check(d.source_store == "memory" or source.kind == IMAGEFOLDER,
                f"data.source_store={d.source_store} streams an image folder from disk, but data.source is "
                f"{d.source!r}; set data.source=imagefolder:/path or data.source_store=memory")
         _check(d.source_store != "raw" or d.resolution <= 64,
@@ -215,7 +257,7 @@ def profile_names() -> list[str]:
 
 
 def load_profile(name: str) -> RunConfig:
-    """Load a named profile (``settings/profiles/<name>.toml``) or a path to a .toml file into a RunConfig."""
+    """Load a named profile (``presets/profiles/<name>.toml``) or a path to a .toml file into a RunConfig."""
     path = named_or_path(name, PROFILE_DIR, "profile")
     with open(path, "rb") as fh:
         table = tomllib.load(fh)

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from transfer_core.counterfactual.gate import look_of, read_plan, record_shown
-from transfer_core.counterfactual.grid import FULL, ORDERS
+from transfer_core.counterfactual.settings import FULL, ORDERS
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, contrasts, select, summarize
 from transfer_core.track import describe_step, log_metrics
 
@@ -69,7 +69,7 @@ def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = T
                name: str | None = None, invocation_run_id: str | None = None) -> Selection:
     """Write the tables, plot, contrasts, selection and description to the plan's run; end it FINISHED if ``finish``.
 
-    The run must carry its plan record (as :func:`~transfer_core.counterfactual.run.run_counterfactual`
+    The run must carry its plan record (as :func:`~transfer_core.counterfactual.step.run_counterfactual`
     writes it). ``name`` renames the run; an ``invocation_run_id`` (the ``mlflow run`` run, when
     it is another run) gets the same name and a pointer to it (:func:`describe_step`).
     """

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from transfer_core.config import DataConfig
-from transfer_core.data.images import ImageSet
+from transfer_core.data.images import DataDirs, ImageSet
 from transfer_core.data.loading import TransferData, load_transfer_data, validation_halves
 
 DIGEST_CHARS = 12  # hex characters kept: 48 bits, like the tool's other ids (MLflow allows up to 36)
@@ -89,7 +89,7 @@ def transfer_digest(data: TransferData) -> str:
 
 
 @lru_cache(maxsize=8)
-def data_digest(config: DataConfig, data_root: str | None = None) -> str:
+def data_digest(config: DataConfig, dirs: DataDirs = DataDirs()) -> str:
     """The content digest of the data ``config`` gives (pixels and labels, never file sizes or times):
     what the key of a step that trains on it holds. Loads the data once per process and config."""
-    return transfer_digest(load_transfer_data(config, data_root))
+    return transfer_digest(load_transfer_data(config, dirs))

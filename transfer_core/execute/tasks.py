@@ -1,12 +1,12 @@
 """Jobs, tasks and one attempt at a pack of tasks: what every executor runs, wherever it runs.
 
 A :class:`Job` is what a worker needs to train models of one config (it builds a
-:class:`~transfer_core.execute.runner.SubsetRunner` once). A :class:`Task` is one model: its
+:class:`~transfer_core.execute.subset_runner.SubsetRunner` once). A :class:`Task` is one model: its
 kept classes, its training seed, and the *key* tags that name it (``sweep_id`` + ``index``
 for a sweep's model; ``grid_id`` + ``order`` + ``k`` + ``seed`` for a grid point).
 Executors hand workers *packs*: tuples of up to ``Job.pack`` tasks. :func:`attempt_pack`
 claims each task's key through the tracking store (:mod:`transfer_core.track.claims`) and
-trains the ones this process gets, together (:mod:`transfer_core.execute.packs`) or, with
+trains the ones this process gets, together (:mod:`transfer_core.execute.pack_tasks`) or, with
 ``Job.pack == 1``, one at a time; so executors and commands may overlap freely.
 """
 from __future__ import annotations
@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from transfer_core.config import RunConfig
+from transfer_core.data import DataDirs
 from transfer_core.track import one_line, run_filter
 from transfer_core.track.claims import Heartbeat, claim_tags, contest, is_live, is_superseded
 
@@ -32,7 +33,7 @@ class Job:
     config: RunConfig
     experiment: str
     tracking_uri: str
-    data_root: str | None = None
+    dirs: DataDirs = field(default_factory=DataDirs)
     log_checkpoint: bool = False
     pack: int = 1  # models trained at once as one packed network (1: each alone, through run_subset)
     compile: bool = False  # torch.compile the packed network (once per process)
@@ -96,10 +97,10 @@ def make_runner(job: Job, threads: int):
     import torch
 
     from transfer_core.execute.context import Context
-    from transfer_core.execute.runner import SubsetRunner
+    from transfer_core.execute.subset_runner import SubsetRunner
 
     torch.set_num_threads(threads)
-    runner = SubsetRunner(job.config, job.experiment, Context(job.tracking_uri, job.data_root))
+    runner = SubsetRunner(job.config, job.experiment, Context(job.tracking_uri, job.dirs))
     return runner, Heartbeat(runner.client)
 
 
@@ -127,7 +128,7 @@ def attempt_pack(runner, job: Job, tasks: tuple[Task, ...], heartbeat: Heartbeat
     """Claim each task and train the ones this process gets, each logged as a child of its parent run.
 
     Returns one Outcome per task, in order. With ``job.packed`` the claimed tasks train together
-    (:func:`transfer_core.execute.packs.train_pack`); otherwise one by one. A process killed
+    (:func:`transfer_core.execute.pack_tasks.train_pack`); otherwise one by one. A process killed
     meanwhile loses only the runs it had claimed: they are left RUNNING, and the next command
     supersedes and retrains them.
     """
@@ -143,7 +144,7 @@ def attempt_pack(runner, job: Job, tasks: tuple[Task, ...], heartbeat: Heartbeat
         heartbeat.hold(run_id)
     try:
         if job.packed and claimed:
-            from transfer_core.execute.packs import train_pack
+            from transfer_core.execute.pack_tasks import train_pack
             start = time.perf_counter()
             errors = train_pack(runner, job, claimed)
             wall = time.perf_counter() - start

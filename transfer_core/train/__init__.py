@@ -11,8 +11,8 @@ from transfer_core.train.loop import (DivergenceError, NesterovSGD, Recipe, infe
 from transfer_core.train.memory import PackBudget, pack_budget
 from transfer_core.train.models import Normalized, build_model, fused_for_inference
 from transfer_core.train.outputs import OUTPUT_NAMES, accuracy, load_outputs, per_example_outputs, save_outputs
-from transfer_core.train.packed import DeviceData, run_pack, train_packed
-from transfer_core.train.packing import PackedLinear, PackedNetwork
+from transfer_core.train.packed_training import DeviceData, run_pack, train_packed
+from transfer_core.train.packed_layers import PackedLinear, PackedNetwork
 from transfer_core.train.subset import (SubsetRunResult, evaluate_split, frozen_features, pretrain, run_subset,
                                         source_subset, transfer, transfer_and_score)
 

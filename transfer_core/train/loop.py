@@ -62,7 +62,10 @@ class Recipe:
 
 
 def normalize(images: torch.Tensor, mean, std, device) -> torch.Tensor:
-    x = images.to(device, non_blocking=True).float()
+    """``(images - mean) / std`` ``(N, 3, R, R)`` in channels_last, in torch's default dtype: float32, unless a
+    test sets float64 (``torch.set_default_dtype``), in which the whole training computes, so that packed and
+    single-model runs can be compared to rounding."""
+    x = images.to(device, non_blocking=True).to(torch.get_default_dtype())
     return ((x - mean.to(device).view(1, 3, 1, 1)) / std.to(device).view(1, 3, 1, 1)).contiguous(
         memory_format=torch.channels_last)
 
@@ -115,6 +118,10 @@ class NesterovSGD:
 
     The learning rate is given to every :meth:`step`, so a schedule is a plain function.
     Parameters without a gradient in a step are left alone, momentum included.
+
+    Why not torch's own: its first ``step`` imports ``torch._dynamo`` (2.0 s measured on the 2-core
+    machine, 2026-12-07, in every worker process), and a pack zeroes one diverged member's momentum
+    in place (``packed_training._quarantine``), which needs the buffers at hand.
     """
 
     def __init__(self, params, momentum: float = 0.9, weight_decay: float = 0.0):
@@ -176,7 +183,7 @@ def epoch_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, g
     for each block of :func:`augment_block_size` permuted examples, its crops and flips
     (:func:`augment_block`); batches are consecutive slices of the block. The one place a
     training set becomes batches: :func:`train` and packed training
-    (:func:`~transfer_core.train.packed.train_packed`, one such stream per model) use it, so a
+    (:func:`~transfer_core.train.packed_training.train_packed`, one such stream per model) use it, so a
     model's batches do not depend on whether it trains alone or in a pack.
     """
     n = len(labels)
@@ -243,11 +250,13 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, ge
 
 @torch.no_grad()
 def infer(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Apply ``fn`` to ``x`` in batches, in eval precision; returns float32 on x's device."""
+    """Apply ``fn`` to ``x`` in batches, in eval precision; returns float32 on x's device (float64 from a
+    float64 model)."""
     out = []
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         for chunk in x.split(batch_size):
-            out.append(fn(chunk).float())
+            y = fn(chunk)
+            out.append(y if y.dtype == torch.float64 else y.float())
     return torch.cat(out)
 
 
@@ -291,7 +300,7 @@ def train_linear_head(features: torch.Tensor, y: torch.Tensor, n_classes: int, r
 def feature_standardization(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std ``(..., D)`` over the examples of features ``(..., N, D)`` (std at least 1e-6).
 
-    Leading dimensions are models of a pack (:mod:`transfer_core.train.packed`), standardised apart.
+    Leading dimensions are models of a pack (:mod:`transfer_core.train.packed_training`), standardised apart.
     """
     return features.mean(-2), features.std(-2).clamp_min(1e-6)
 

@@ -5,7 +5,7 @@ activations autograd saves in one training step (counted by running the network 
 ``meta`` device, where tensors have shapes but no storage), its augmented block of images
 (:func:`~transfer_core.train.loop.epoch_batches`) and batches, and in fixed-feature transfer
 its cached target features. The data sit on the device once per process
-(:class:`~transfer_core.train.packed.DeviceData`), whatever the pack size; so do the
+(:class:`~transfer_core.train.packed_training.DeviceData`), whatever the pack size; so do the
 temporaries of augmenting one model's block, which models of a pack do one after another.
 Activations are counted at 4 bytes a value; under bf16 autocast on a GPU many are 2, so the
 estimate errs on the safe side (``benchmarks/bench_gpu.py`` prints it beside the measured peak).

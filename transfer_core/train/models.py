@@ -98,7 +98,7 @@ def training_memory_format(model: nn.Module) -> torch.memory_format:
     input channels: torch 2.14's CPU weight gradient of such a convolution in channels_last
     corrupts the heap (seen: ``resnet_small`` of width 4 at 16 px, and of width 8 at 64 px, alone
     and packed; width 16 trains). Channels are counted per group, so a packed network
-    (:mod:`~transfer_core.train.packing`, grouped convolutions) trains in the format its members
+    (:mod:`~transfer_core.train.packed_layers`, grouped convolutions) trains in the format its members
     train in alone."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d) and max(module.stride) > 1 and module.in_channels // module.groups < 16:
@@ -109,17 +109,19 @@ def training_memory_format(model: nn.Module) -> torch.memory_format:
 class Normalized(nn.Module):
     """Wraps a network so it takes uint8 or [0, 255] float images ``(N, 3, R, R)`` directly.
 
-    This is the module that gets registered: callers need no preprocessing code.
+    This is the module that gets registered: callers need no preprocessing code. It computes in
+    the dtype of its ``mean`` buffer: torch's default dtype when it was made (float32, unless a
+    test sets float64).
     """
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", mean.reshape(1, 3, 1, 1).float())
-        self.register_buffer("std", std.reshape(1, 3, 1, 1).float())
+        self.register_buffer("mean", mean.reshape(1, 3, 1, 1).to(torch.get_default_dtype()))
+        self.register_buffer("std", std.reshape(1, 3, 1, 1).to(torch.get_default_dtype()))
 
     def forward(self, images):
-        return self.net((images.float() - self.mean) / self.std)
+        return self.net((images.to(self.mean.dtype) - self.mean) / self.std)
 
 
 class _Method(nn.Module):

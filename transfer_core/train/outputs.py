@@ -22,7 +22,7 @@ def per_example_outputs(logits: torch.Tensor, labels: torch.Tensor) -> dict[str,
         ``prob``    ``(N,)`` float32: softmax probability of the true class;
         ``correct`` ``(N,)`` bool; ``pred`` ``(N,)`` int16: the argmax class.
     """
-    logits = logits.float().cpu()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).cpu()  # float64 stays float64
     labels = labels.cpu()
     rows = torch.arange(len(labels))
     true = logits[rows, labels]

@@ -122,7 +122,7 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
     device = device or pick_device()
     class_mask = check_mask(class_mask, data.source.n_classes)
     if not isinstance(data.source, ImageSet):  # a streamed source: a pack of one reads it from disk
-        from transfer_core.train.packed import run_pack
+        from transfer_core.train.packed_training import run_pack
         (result,) = run_pack(config, data, [class_mask], [seed], source_test, device)
         if isinstance(result, Exception):
             raise result

@@ -1,4 +1,4 @@
-"""Packed training: N subset runs at once in one network (:mod:`~transfer_core.train.packing`), for GPUs.
+"""Packed training: N subset runs at once in one network (:mod:`~transfer_core.train.packed_layers`), for GPUs.
 
     results = run_pack(config, data, masks, seeds)    # list of SubsetRunResult (or the error of that model)
 
@@ -20,7 +20,7 @@ trained alone on a streamed source is a pack of one, so it reads what it would r
 The data sit on the device once per process (:class:`DeviceData`: uint8 moved, then
 normalised and padded there); augmentation runs on the device. In fixed-feature transfer
 all N backbones see the same target images, so their features come from one pass, and the
-N linear heads train together as one :class:`~transfer_core.train.packing.PackedLinear`.
+N linear heads train together as one :class:`~transfer_core.train.packed_layers.PackedLinear`.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from transfer_core.train.loop import (CROP_PADDING, DivergenceError, NesterovSGD
                                       make_optimizer, normalize, one_cpu_thread, pick_device, seed_everything)
 from transfer_core.train.models import Normalized, build_model, training_memory_format
 from transfer_core.train.outputs import per_example_outputs
-from transfer_core.train.packing import PackedLinear, PackedNetwork
+from transfer_core.train.packed_layers import PackedLinear, PackedNetwork
 from transfer_core.train.outputs import SubsetRunResult
 
 
