@@ -78,7 +78,10 @@ def existing(name: str, data, config):
     from transfer_core.attribution import AttributionSettings
     meta = json.loads((OUT / "runs" / name / "metadata.json").read_text())
     groups = "classes" if len(meta["targets"]["test"]["group_names"]) > 1 else "all"
-    return attributor(name, data, config, AttributionSettings(**meta["settings"]), groups,
+    saved = dict(meta["settings"])
+    if "seed" in saved:  # runs made before the field was named projection_seed
+        saved["projection_seed"] = saved.pop("seed")
+    return attributor(name, data, config, AttributionSettings(**saved), groups,
                       len(meta["targets"]["test"]["per_example"]) - 1)
 
 
@@ -105,7 +108,7 @@ def member(config, data, kind: str, index: int, wait: bool = False):
 
 def settings_from(args):
     from transfer_core.attribution import AttributionSettings
-    return AttributionSettings(proj_dim=args.proj_dim, projection=args.projection, seed=args.seed,
+    return AttributionSettings(proj_dim=args.proj_dim, projection=args.projection, projection_seed=args.seed,
                                params=tuple(p for p in args.params.split(",") if p), chunk_size=args.chunk_size,
                                ridge=args.ridge, projection_dtype=args.projection_dtype,
                                target_output=args.target_output, probe=args.probe, kernel=args.kernel)

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from transfer_core.attribution import (GRADIENTS, PROJECTORS, AttributionSettings, Attributor, Member,
+from transfer_core.attribution import (GRADIENTS, OUTPUTS, PROJECTORS, AttributionSettings, Attributor, Member,
                                        attributed_parameters)
 from transfer_core.attribution import projection as projection_module
 from transfer_core.config import ConfigError
@@ -201,7 +201,7 @@ def naive_scores(members_: list[Member], source: ImageSet, target: ImageSet, set
         rows = m.rows.numpy()
         g_source = naive_gradients(m.source_network, names, normalised(source.images[m.rows]), m.labels)
         g_target = naive_gradients(m.target_network, names, normalised(target.images), target.labels)
-        projector = PROJECTORS[settings.projection](g_source.shape[1], settings.proj_dim, (settings.seed, model_id),
+        projector = PROJECTORS[settings.projection](g_source.shape[1], settings.proj_dim, (settings.projection_seed, model_id),
                                                     dtype=torch.float64)
         if settings.kernel == "dot":  # the plain inner product: no projection, no inverse
             phi, phi_t, kernel = g_source, g_target, np.eye(g_source.shape[1])
@@ -241,7 +241,8 @@ def attribute(scenario, settings: AttributionSettings, save_dir=None) -> Attribu
     return att
 
 
-SETTINGS = AttributionSettings(proj_dim=8, dtype="float64", projection_dtype="float64", chunk_size=4)
+SETTINGS = AttributionSettings(ridge=0.0, proj_dim=8, dtype="float64", projection_dtype="float64",
+                               chunk_size=4)  # ridge 0: the exact TRAK kernel the naive loop solves
 
 
 @pytest.mark.parametrize("settings", [SETTINGS, replace(SETTINGS, kernel="dot")], ids=["trak", "dot"])
@@ -270,7 +271,8 @@ def test_scores_match_the_naive_implementation(scenario, settings):
 def test_identity_projection_is_the_exact_kernel(scenario):
     """Without projection (k = n_params > n), Phi^T Phi is singular: the error names the fix; a ridge solves it."""
     with pytest.raises(ValueError, match="singular"):
-        attribute(scenario, AttributionSettings(projection="identity", dtype="float64", projection_dtype="float64"))
+        attribute(scenario, AttributionSettings(ridge=0.0, projection="identity", dtype="float64",
+                                                projection_dtype="float64"))
     result = attribute(scenario, AttributionSettings(projection="identity", dtype="float64",
                                                      projection_dtype="float64", ridge=1e-3)).finalize()
     assert np.isfinite(result.class_influence("test")).all()
@@ -278,13 +280,13 @@ def test_identity_projection_is_the_exact_kernel(scenario):
 
 def test_chunk_size_and_reruns_do_not_change_scores(scenario):
     a = attribute(scenario, SETTINGS).finalize()
-    b = attribute(scenario, AttributionSettings(proj_dim=8, dtype="float64", projection_dtype="float64",
+    b = attribute(scenario, AttributionSettings(ridge=0.0, proj_dim=8, dtype="float64", projection_dtype="float64",
                                                 chunk_size=64)).finalize()
     np.testing.assert_allclose(b.example_scores("test"), a.example_scores("test"), rtol=1e-12, atol=1e-14)
     again = attribute(scenario, SETTINGS).finalize()
     np.testing.assert_array_equal(again.example_scores("test"), a.example_scores("test"))  # same seed: same numbers
-    other = attribute(scenario, AttributionSettings(proj_dim=8, dtype="float64", projection_dtype="float64",
-                                                    seed=1)).finalize()
+    other = attribute(scenario, AttributionSettings(ridge=0.0, proj_dim=8, dtype="float64", projection_dtype="float64",
+                                                    projection_seed=1)).finalize()
     assert not np.allclose(other.example_scores("test"), a.example_scores("test"))
 
 
@@ -310,7 +312,7 @@ def test_resume_reuses_models_and_refuses_other_settings(scenario, tmp_path):
     assert resumed.done(0) and resumed.done(1)
     np.testing.assert_array_equal(resumed.finalize().example_scores("test"), first.finalize().example_scores("test"))
     assert resumed.finalize().cpu_seconds()["train"] == pytest.approx(3.0)
-    other = Attributor(source, AttributionSettings(proj_dim=4, dtype="float64"), save_dir=tmp_path / "attr")
+    other = Attributor(source, AttributionSettings(ridge=0.0, proj_dim=4, dtype="float64"), save_dir=tmp_path / "attr")
     other.add_targets("test", target, groups=target.labels.numpy(), group_names=["t0", "t1"], per_example=[1, 4, 7])
     with pytest.raises(ConfigError, match="settings.proj_dim"):
         other.done(0)
@@ -321,6 +323,12 @@ def test_settings_are_validated():
         AttributionSettings(projection="sparse")
     with pytest.raises(ConfigError, match="proj_dim"):
         AttributionSettings(proj_dim=0)
+
+
+def test_the_settings_choices_are_the_registries():
+    from transfer_core.attribution import KINDS, settings
+    assert settings.KINDS == KINDS and settings.PROJECTIONS == tuple(PROJECTORS)
+    assert settings.GRADIENT_KINDS == tuple(GRADIENTS) and settings.TARGET_OUTPUTS == tuple(OUTPUTS)
 
 
 # -- the re-fitted probe against finite differences of an exactly re-fitted head --------------------------------

@@ -27,7 +27,8 @@ projections), ``kernel`` (the solve), ``ensemble`` (which models, training them)
 :class:`Attributor`), ``scores`` (the :class:`Attribution`: rankings, bootstrap, split-half, top images).
 """
 from transfer_core.attribution.ensemble import KINDS, Member, member_from_result, member_sources, train_member
-from transfer_core.attribution.front import AttributionSettings, Attributor, TargetSet
+from transfer_core.attribution.front import Attributor, TargetSet
+from transfer_core.attribution.settings import AttributionSettings
 from transfer_core.attribution.gradients import GRADIENTS, OUTPUTS, attributed_parameters, margin, out_to_loss
 from transfer_core.attribution.kernel import Kernel
 from transfer_core.attribution.projection import PROJECTORS

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,75 +34,13 @@ from transfer_core.attribution.kernel import Kernel
 from transfer_core.attribution.probe import LinearProbe, refit_gradients
 from transfer_core.attribution.projection import PROJECTORS
 from transfer_core.attribution.scores import Attribution, TargetScores
+from transfer_core.attribution.settings import AttributionSettings
 from transfer_core.config import ConfigError
 from transfer_core.data import ImageSet, set_digest
 from transfer_core.train import pick_device
 
-PROBES = ("fixed", "refit")
-KERNELS = ("trak", "dot")
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 SUM_CHUNK = 1024  # target images per backward pass of a summed gradient (no per-example memory)
-
-
-@dataclass(frozen=True)
-class AttributionSettings:
-    """How an ensemble's models are featurized. Plain values, so a step can log them as params.
-
-    proj_dim:         k, the projected gradient's dimension (TRAK: 2048-20480 on ImageNet; it must stay
-                      below the number of source examples a model is attributed over, or set ``ridge``).
-    projection:       ``gaussian`` | ``rademacher`` | ``identity`` (:data:`~.projection.PROJECTORS`).
-    seed:             the projection of model ``m`` is seeded by ``(seed, m)``.
-    params:           prefixes of the backbone parameters to attribute through (``("stages.1",)``: the last
-                      stage of ``resnet_small_grid``); empty: the whole backbone (every parameter but ``head``).
-    gradients:        ``layerwise`` | ``functional`` | ``naive`` (:data:`~.gradients.GRADIENTS`).
-    chunk_size:       source (and per-example target) images per chunk of per-example gradients: memory is
-                      about chunk_size x (largest layer's parameters + its unfolded input) floats.
-    ridge:            ``lambda = ridge * mean(diag(Phi^T Phi))`` added to the kernel (TRAK: 0).
-    dtype:            ``float32`` | ``float64``: networks, gradients and features.
-    projection_dtype: the projection's matrix product: ``float32``, ``float64`` or ``bfloat16`` (5x faster on
-                      CPUs with AMX, 0.3% relative error in the projected gradients; measured in BENCHMARKS.md).
-    cache_mib:        projection rows kept on the device (else drawn again per chunk).
-    target_output:    the transferred model's output that is attributed: ``margin`` (TRAK's) or ``prob``
-                      (the true class's probability; the source side always uses TRAK's margin).
-    probe:            ``fixed``: the target gradient holds the transferred head fixed (TRAK through the transfer);
-                      ``refit``: the head re-fits to the changed backbone (:mod:`~.probe`; needs
-                      :meth:`Attributor.add_probe`, fixed-feature transfer). Group scores only: per-example
-                      target scores always hold the head fixed.
-    kernel:           ``trak``: ``phi_t^T (Phi^T Phi + lambda)^-1 phi_i`` on projected gradients; ``dot``: the plain
-                      gradient inner product ``g_t . g_i`` (the limit of a large ridge, up to scale), exact, with no
-                      per-example gradient or projection: one forward-mode pass over the source per target
-                      vector (a group, or a per-example target).
-    """
-
-    proj_dim: int = 1024
-    projection: str = "gaussian"
-    seed: int = 0
-    params: tuple[str, ...] = ()
-    gradients: str = "layerwise"
-    chunk_size: int = 256
-    ridge: float = 0.0
-    dtype: str = "float32"
-    projection_dtype: str = "float32"
-    cache_mib: int = 512
-    target_output: str = "margin"
-    probe: str = "fixed"
-    kernel: str = "trak"
-
-    def __post_init__(self):
-        object.__setattr__(self, "params", tuple(self.params))
-        checks = [(self.projection in PROJECTORS, f"projection {self.projection!r}", ", ".join(PROJECTORS)),
-                  (self.gradients in GRADIENTS, f"gradients {self.gradients!r}", ", ".join(GRADIENTS)),
-                  (self.dtype in ("float32", "float64"), f"dtype {self.dtype!r}", "float32, float64"),
-                  (self.projection_dtype in DTYPES, f"projection_dtype {self.projection_dtype!r}", ", ".join(DTYPES)),
-                  (self.target_output in OUTPUTS, f"target_output {self.target_output!r}", ", ".join(OUTPUTS)),
-                  (self.probe in PROBES, f"probe {self.probe!r}", ", ".join(PROBES)),
-                  (self.kernel in KERNELS, f"kernel {self.kernel!r}", ", ".join(KERNELS))]
-        for ok, what, choices in checks:
-            if not ok:
-                raise ConfigError(f"unknown attribution {what}; choose one of {choices}")
-        if self.proj_dim < 1 or self.chunk_size < 1 or self.ridge < 0 or self.cache_mib < 0:
-            raise ConfigError("attribution proj_dim and chunk_size must be >= 1, ridge and cache_mib >= 0; got "
-                              f"{self.proj_dim}, {self.chunk_size}, {self.ridge}, {self.cache_mib}")
 
 
 @dataclass
@@ -171,7 +109,7 @@ class Attributor:
         self._checked = False
 
     def metadata(self) -> dict:
-        out = {"settings": asdict(self.settings), "source": {"n": len(self.source), "digest": set_digest(self.source)},
+        out = {"settings": self.settings.featurization(), "source": {"n": len(self.source), "digest": set_digest(self.source)},
                "targets": {name: t.describe() for name, t in self.targets.items()}}
         if self.settings.probe == "refit" and self.probe_data is not None:
             images, labels, weight_decay, label_smoothing = self.probe_data
@@ -224,7 +162,7 @@ class Attributor:
         grads_source = GRADIENTS[s.gradients](source_net, names)
         grads_target = GRADIENTS[s.gradients](target_net, names, s.target_output)
         proj_dim = None if s.projection == "identity" else s.proj_dim
-        projector = PROJECTORS[s.projection](grads_source.n_params, proj_dim, (s.seed, int(model_id)), device,
+        projector = PROJECTORS[s.projection](grads_source.n_params, proj_dim, (s.projection_seed, int(model_id)), device,
                                              DTYPES[s.projection_dtype], s.cache_mib * 2**20)
         norm = member.norm
 
