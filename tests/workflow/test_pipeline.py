@@ -49,7 +49,7 @@ def test_the_study_is_a_named_settings_file_of_nested_tables(tmp_path):
     assert study.counterfactual.ks == (0, 20) and study.counterfactual.seeds == 12
     assert study.executor.workers == 2  # a table the file leaves out keeps the pipeline's default
     assert PipelineSettings.load("cifar100_to_cifar10", n_models=16).sweep.n_models == 16  # options override
-    assert list(STEPS) == ["tune", "sweep", "analyze", "counterfactual", "register", "publish"]
+    assert list(STEPS) == ["tune", "sweep", "analyze", "attribute", "counterfactual", "register", "publish"]
     for text, message in [('models = 3\n', r"bad.toml has unknown field\(s\) models"),
                           ('[sweep]\nn_model = 3\n', r"sweep has unknown field\(s\) n_model; valid fields are"),
                           ('[sweep]\nn_models = "many"\n', "n_models must be an integer, got 'many'")]:

@@ -14,6 +14,7 @@ from transfer_core.cli.options import (TEXT, Choice, IntRange, config_options, e
                                        given, merge_overrides, open_context, progress_option, set_option,
                                        settings_from, settings_options, store_options, transfer_params_option)
 from transfer_core.analysis.settings import AnalysisSettings
+from transfer_core.attribution.settings import AttributionSettings
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual.settings import CounterfactualPlan, EvidenceRule
 from transfer_core.execute.settings import ExecutorSettings
@@ -228,6 +229,45 @@ def analyze_command(experiment, sweep, recompute, progress, **kwargs):
                f"{top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
                f"({bottom.influence:+.4g}); positive = including the class helps")
     click.echo(f"report: {result.report_path}")
+
+
+@main.command("attribute")
+@experiment_option
+@click.option("--sweep", type=TEXT, default=None,
+              help="Sweep whose config (source, target, recipe, validation split) the models train with. May be "
+                   "left out when the experiment has one sweep.")
+@click.option("--profile", type=TEXT, default=None,
+              help="Train with this profile instead of the sweep's config (then no sweep is needed).")
+@set_option
+@settings_options(AttributionSettings())
+@store_options
+@click.option("--recompute/--reuse", default=False, show_default=True,
+              help="By default a FINISHED attribution with the same config, data and options is reused; "
+                   "--recompute logs a new attribution run anyway (featurized models stay cached).")
+@progress_option
+@friendly_errors
+def attribute_command(experiment, sweep, profile, overrides, recompute, progress, **kwargs):
+    """Rank the source classes by gradient attribution from a few models (TRAK through the transfer).
+
+    Trains --ensemble-models models, differentiates each through the transfer and logs an attribution
+    run: class_influence_validation.csv (validation ranking half; what a counterfactual with
+    --ranking attribution removes by), class_influence.csv (test), top_images.csv (per target example,
+    its top source images), ranking.png and report.html. Positive = including the class helps the
+    target. A screen: check its ranking by retraining (docs/attribution.md).
+    """
+    from transfer_core.attribution.step import attribute
+
+    settings = settings_from(AttributionSettings(), kwargs)
+    result = attribute(experiment or DEFAULT_EXPERIMENT, sweep, settings, ctx=open_context(**kwargs, progress=progress),
+                       profile=profile, overrides=merge_overrides(overrides), run_id=invocation_run_id(),
+                       recompute=recompute)
+    top, bottom = result.ranking.iloc[0], result.ranking.iloc[-1]
+    if result.reused:
+        click.echo(f"reusing attribution run {result.run_id}: the same config, data and options (--recompute makes "
+                   "a new one)")
+    click.echo(f"attribution run {result.run_id} FINISHED: on the validation ranking half most helpful class "
+               f"{top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
+               f"({bottom.influence:+.4g}); positive = including the class helps")
 
 
 @main.command("counterfactual")

@@ -13,6 +13,7 @@ import click
 from transfer_core.cli.commands import main
 
 ENTRY_POINTS = {"subset_run": "subset-run", "tune": "tune", "sweep": "sweep", "analyze": "analyze",
+                "attribute": "attribute",
                 "counterfactual": "counterfactual", "register": "register", "main": "main"}
 FROM_ENVIRONMENT = ("tracking_uri", "data_root", "cache_dir")  # mlflow run passes MLFLOW_TRACKING_URI; make the rest
 

@@ -13,6 +13,7 @@ from transfer_core.config import ConfigError
 from transfer_core.settings import Settings, setting
 
 ORDERS = ("bottom", "top", "random")
+RANKINGS = ("retraining", "attribution")  # which run's validation ranking chooses the removals
 FULL = "full"  # order tag of the k = 0 runs
 
 
@@ -28,6 +29,11 @@ class CounterfactualPlan(Settings):
                                          "0 (the full source) is always added.", min=0)
     seeds: int = setting(3, "Training seeds per grid point, fixed in the plan; intervals and the champion's gate are "
                             "over seeds (a champion needs at least --min-seeds).", min=1)
+    ranking: str = setting("retraining", "Which class ranking chooses the removals: retraining (an analysis run's, "
+                                         "fitted on the sweep's retrained models) or attribution (an attribution "
+                                         "run's, gradient attribution from a few models: a screen, docs/"
+                                         "attribution.md). Either is fitted on the validation ranking half.",
+                           choices=RANKINGS)
 
     def check(self) -> None:
         if not self.orders:

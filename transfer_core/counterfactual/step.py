@@ -203,7 +203,7 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, c
     """
     client = ctx.client
     experiment_id = get_experiment_id(client, experiment)
-    analysis = find_analysis_run(client, experiment_id, analysis_run_id)
+    analysis, ranking = ranking_run(client, experiment_id, analysis_run_id, plan.ranking)
     sweep_id = analysis.data.tags.get("sweep_id", "")
     if not profile and not sweep_id:
         raise ConfigError(f"analysis run {analysis.info.run_id} names no sweep_id, so its recipe is unknown; "
@@ -216,18 +216,38 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, c
     config, provenance = resolve_config(profile, overrides, base=None if base is None else run_config(base),
                                         base_run_id=None if base is None else base.info.run_id,
                                         recipe=recipe.overrides if recipe else None, tune_run_id=tune_run_id)
-    ranking = class_ranking(client, analysis.info.run_id, "validation")
     expected = {k: analysis.data.tags.get(k, "") for k in VALIDATION_KEYS}
     runs = run_counterfactual(config, ranking, plan, ctx=ctx, experiment=experiment,
                               analysis_run_id=analysis.info.run_id, expected_validation=expected,
                               source_sweep_id=sweep_id, invocation_run_id=invocation_run_id, provenance=provenance)
     split_half = analysis.data.metrics.get("selection_split_half_spearman", float("nan"))
     set_tags(client, runs.parent_run_id, {"ranking_split": "validation-ranking-half",
-                                          "ranking_split_half": f"{split_half:.4f}"})
+                                          "ranking_split_half": f"{split_half:.4f}", "ranking_source": plan.ranking})
     selection = log_report(client, runs.parent_run_id, runs.table, rule=rule, ranking_split_half=split_half,
                            name=run_name(runs.counterfactual_id), invocation_run_id=invocation_run_id)
     warnings = stability_warning(split_half, rule.stability_threshold, analysis.info.run_id)
     return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id, warnings)
+
+
+def ranking_run(client: MlflowClient, experiment_id: str, run_id: str | None, ranking: str):
+    """The run whose validation ranking chooses the removals (``ranking``: ``retraining``, an analysis run;
+    ``attribution``, an attribution run), given or the experiment's latest FINISHED one, and that ranking."""
+    if ranking == "attribution":
+        from transfer_core.attribution.step import SELECTION_ARTIFACT, find_attribution_run
+        from transfer_core.track import artifact_path
+        try:
+            run = find_attribution_run(client, experiment_id, run_id)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (--ranking attribution takes the ranking of a `transfer-core attribute` run)") \
+                from None
+        return run, pd.read_csv(artifact_path(run, SELECTION_ARTIFACT, client))
+    try:
+        run = find_analysis_run(client, experiment_id, run_id)
+    except ConfigError as e:
+        if "attribution run" in str(e):
+            raise ConfigError(f"{e}; or pass --ranking attribution to check an attribution run's ranking") from None
+        raise
+    return run, class_ranking(client, run.info.run_id, "validation")
 
 
 def run_name(cf_id: str) -> str:

@@ -1,7 +1,7 @@
 """What every step does with MLflow runs, in one place.
 
 Every run the tool makes carries the tag ``transfer_core.kind`` (``subset_run``, ``sweep``,
-``tune``, ``analysis``, ``counterfactual``, ``counterfactual_run``, ``register``, ``main``).
+``tune``, ``analysis``, ``attribution``, ``counterfactual``, ``counterfactual_run``, ``register``, ``main``).
 This module finds runs by kind and tags, checks that a given id is a run of the expected
 kind, logs params without clashing with those already logged, names and describes runs (the
 UI's note), and ends a run FINISHED, or FAILED with the reason, around the work it records.
@@ -31,6 +31,7 @@ SWEEP = "sweep"  # the parent of a sweep's models
 TUNE = "tune"  # an Optuna study call; its children are TUNE_TRIAL runs
 TUNE_TRIAL = "tune_trial"
 ANALYSIS = "analysis"
+ATTRIBUTION = "attribution"  # class influences by gradient attribution from a few models
 COUNTERFACTUAL = "counterfactual"  # the parent of a counterfactual grid
 COUNTERFACTUAL_RUN = "counterfactual_run"  # one grid point
 REGISTER = "register"

@@ -42,6 +42,7 @@ CODE = {
                "track/run_record.py"),
     "analysis": ("analysis", "sweep/collect.py"),
     "tune": ("tune",),
+    "attribution": ("attribution", "config.py", "data", "train"),
 }
 
 

@@ -1,4 +1,4 @@
-"""The pipeline: tune -> sweep -> analyze -> counterfactual -> register -> publish, defined once.
+"""The pipeline: tune -> sweep -> analyze (-> attribute) -> counterfactual -> register -> publish, defined once.
 
 :class:`PipelineSettings` composes the stages' settings (each stage's own dataclass is the one home
 of its fields). :data:`STEPS` lists the steps in order, by name: each is a function of the
@@ -154,6 +154,7 @@ class PipelineState:
     recipe: Any = None  # the tuned recipe (tune.TunedRecipe), None without tuning
     sweep: Any = None  # sweep.SweepSummary
     analysis: Any = None  # analysis.AnalysisResult
+    attribution: Any = None  # attribution.step.AttributionResult, when the counterfactual takes its ranking
     counterfactual: Any = None  # counterfactual.CounterfactualOutcome
     registration: Any = None  # registry.Registration
     results_path: str = ""
@@ -246,11 +247,24 @@ def _analyze(state: PipelineState) -> None:
     state.done("analyze", state.analysis.run_id, state.analysis.reused, "the same runs and options")
 
 
+def _attribute(state: PipelineState) -> None:
+    s = state.settings
+    if s.counterfactual.ranking != "attribution":
+        return
+    from transfer_core.attribution.step import attribute
+
+    state.echo(f"[attribute] gradient attribution from {s.attribution.ensemble_models} {s.attribution.ensemble} "
+               "models (the counterfactual's ranking)")
+    state.attribution = attribute(s.experiment, state.sweep.sweep_id, s.attribution, ctx=state.ctx)
+    state.done("attribute", state.attribution.run_id, state.attribution.reused, "the same config, data and options")
+
+
 def _counterfactual(state: PipelineState) -> None:
     s, plan = state.settings, state.settings.counterfactual
+    ranker = state.attribution if plan.ranking == "attribution" else state.analysis
     state.echo(f"[counterfactual] orders {','.join(plan.orders)}, k = {','.join(map(str, plan.ks))}, "
-               f"{plan.seeds} seeds")
-    outcome = counterfactual_from_analysis(s.experiment, plan, ctx=state.ctx, analysis_run_id=state.analysis.run_id,
+               f"{plan.seeds} seeds, on the {plan.ranking} ranking")
+    outcome = counterfactual_from_analysis(s.experiment, plan, ctx=state.ctx, analysis_run_id=ranker.run_id,
                                            rule=s.evidence)
     state.counterfactual = outcome
     state.done("counterfactual", outcome.runs.parent_run_id, outcome.runs.n_trained == 0,
@@ -278,6 +292,6 @@ def _publish(state: PipelineState) -> None:
 
 # The steps in order, by name; each runs (or reuses) one step of the pipeline and records its run.
 STEPS: dict[str, Callable[[PipelineState], None]] = {
-    "tune": _tune, "sweep": _sweep, "analyze": _analyze, "counterfactual": _counterfactual, "register": _register,
-    "publish": _publish,
+    "tune": _tune, "sweep": _sweep, "analyze": _analyze, "attribute": _attribute, "counterfactual": _counterfactual,
+    "register": _register, "publish": _publish,
 }

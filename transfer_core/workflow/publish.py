@@ -318,8 +318,18 @@ def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | No
         lines.append(f"| tune (recipe used by the sweep) | `{runs.tune.info.run_id}` |")
     lines += [f"| sweep | `{summary['sweep_id']}` ({summary['n_runs']} FINISHED subset runs) |",
               f"| analysis | `{a_id}` (output `{output}`) |"]
+    # which ranking chose the removals: the counterfactual's tags say
+    chooser = "the analysis's ranking (`class_influence_validation.csv`)"
     if runs.counterfactual is not None:
-        lines.append(f"| counterfactual | `{runs.counterfactual.info.run_id}` |")
+        ranked_by = runs.counterfactual.data.tags.get("ranking_source", "retraining")
+        ranker = runs.counterfactual.data.tags.get("analysis_run_id", "")
+        if ranked_by == "attribution":
+            chooser = (f"the gradient attribution's ranking (attribution run `{ranker}`, "
+                       "`class_influence_validation_attribution.csv`; a screen: docs/attribution.md)")
+            shutil.copyfile(artifact_path(client.get_run(ranker), "class_influence_validation.csv", client),
+                            out / "class_influence_validation_attribution.csv")
+        lines.append(f"| counterfactual | `{runs.counterfactual.info.run_id}` (removals chosen by the {ranked_by} "
+                     f"ranking of run `{ranker}`) |")
     config = run_config(analysis)
     lines += ["", f"Source `{config.data.source}` -> target `{config.data.target}`, {config.data.resolution} px, "
               f"{config.data.source_images_per_class} images per source class, alpha {config.alpha}, "
@@ -335,8 +345,8 @@ def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | No
         selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
         lines += ["## Accuracy", "", f"Target accuracy in percent, mean and 95% t-interval over seeds; differences "
                   f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`). The "
-                  "removed classes come from the analysis's ranking on one half of the validation split "
-                  "(`class_influence_validation.csv`); k is chosen, and the champion gated, on the other half; the "
+                  f"removed classes come from {chooser}, fitted on one half of the validation split; k is chosen, "
+                  "and the champion gated, on the other half; the "
                   "test split only scores.", "",
                   markdown(accuracy_rows(cf_summary, selection)), "",
                   *champion_rows(registered_champion(client, experiment, cf)),

@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass
 
 from transfer_core.analysis.settings import AnalysisSettings
+from transfer_core.attribution.settings import AttributionSettings
 from transfer_core.config import DEFAULT_PROFILE, PRESETS_DIR, ConfigError, RunConfig, named_or_path, \
     parse_overrides, resolve_config
 from transfer_core.counterfactual.settings import CounterfactualPlan, EvidenceRule
@@ -54,6 +55,8 @@ class PipelineSettings(Settings):
                                    skip=("n_trials",))
     sweep: SweepSettings = component(SweepSettings(), "The sweep of subset runs ([sweep]).")
     analysis: AnalysisSettings = component(AnalysisSettings(), "Fitting the influences ([analysis]).")
+    attribution: AttributionSettings = component(AttributionSettings(), "Gradient attribution ([attribution]); runs "
+                                                                        "only with ranking = attribution.")
     counterfactual: CounterfactualPlan = component(CounterfactualPlan(), "The counterfactual plan ([counterfactual]).")
     evidence: EvidenceRule = component(EvidenceRule(), "When a pruned source becomes champion ([evidence]).",
                                        skip=("confidence",))
