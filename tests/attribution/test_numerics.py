@@ -201,7 +201,8 @@ def naive_scores(members_: list[Member], source: ImageSet, target: ImageSet, set
         rows = m.rows.numpy()
         g_source = naive_gradients(m.source_network, names, normalised(source.images[m.rows]), m.labels)
         g_target = naive_gradients(m.target_network, names, normalised(target.images), target.labels)
-        projector = PROJECTORS[settings.projection](g_source.shape[1], settings.proj_dim, (settings.projection_seed, model_id),
+        projector = PROJECTORS[settings.projection](g_source.shape[1], settings.proj_dim,
+                                                    (settings.projection_seed, model_id),
                                                     dtype=torch.float64)
         if settings.kernel == "dot":  # the plain inner product: no projection, no inverse
             phi, phi_t, kernel = g_source, g_target, np.eye(g_source.shape[1])

@@ -109,7 +109,8 @@ class Attributor:
         self._checked = False
 
     def metadata(self) -> dict:
-        out = {"settings": self.settings.featurization(), "source": {"n": len(self.source), "digest": set_digest(self.source)},
+        out = {"settings": self.settings.featurization(),
+               "source": {"n": len(self.source), "digest": set_digest(self.source)},
                "targets": {name: t.describe() for name, t in self.targets.items()}}
         if self.settings.probe == "refit" and self.probe_data is not None:
             images, labels, weight_decay, label_smoothing = self.probe_data
@@ -162,8 +163,8 @@ class Attributor:
         grads_source = GRADIENTS[s.gradients](source_net, names)
         grads_target = GRADIENTS[s.gradients](target_net, names, s.target_output)
         proj_dim = None if s.projection == "identity" else s.proj_dim
-        projector = PROJECTORS[s.projection](grads_source.n_params, proj_dim, (s.projection_seed, int(model_id)), device,
-                                             DTYPES[s.projection_dtype], s.cache_mib * 2**20)
+        projector = PROJECTORS[s.projection](grads_source.n_params, proj_dim, (s.projection_seed, int(model_id)),
+                                             device, DTYPES[s.projection_dtype], s.cache_mib * 2**20)
         norm = member.norm
 
         mean, std = (v.to(device, dtype).view(1, 3, 1, 1) for v in norm)

@@ -225,7 +225,8 @@ class LayerwiseGradients(GradientComputer):
 
 
 def _layer_grads(module: nn.Module, a: torch.Tensor, delta: torch.Tensor, wanted: set[str]):
-    """Per-example ``(local name, grads (B, numel))`` of one layer from its input ``a`` and output gradient ``delta``."""
+    """Per-example ``(local name, grads (B, numel))`` of one layer from its input ``a`` and output gradient
+    ``delta``."""
     n = len(a)
     if isinstance(module, nn.Conv2d):
         if "weight" in wanted:
@@ -242,7 +243,8 @@ def _layer_grads(module: nn.Module, a: torch.Tensor, delta: torch.Tensor, wanted
     else:  # BatchNorm2d in eval mode: y = gamma * (a - mean) / sqrt(var + eps) + beta
         if "weight" in wanted:
             shape = (1, -1, 1, 1)
-            normalised = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+            normalised = (a - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape)
+                                                                              + module.eps)
             yield "weight", (delta * normalised).sum((2, 3))
         if "bias" in wanted:
             yield "bias", delta.sum((2, 3))

@@ -26,7 +26,8 @@ class Kernel:
         self.phi, self.factor = phi, factor
 
     def scores(self, target: torch.Tensor) -> torch.Tensor:
-        """``(n, T)`` scores of every source example for the target gradients ``target (k, T)`` (or ``(k,)`` -> ``(n,)``)."""
+        """``(n, T)`` scores of every source example for the target gradients ``target (k, T)`` (or ``(k,)`` ->
+        ``(n,)``)."""
         solved = torch.cholesky_solve(target.reshape(len(target), -1).double(), self.factor)
         out = self.phi @ solved.to(self.phi.dtype)
         return out.reshape(out.shape[0], *target.shape[1:])

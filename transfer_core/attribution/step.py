@@ -34,7 +34,6 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -50,8 +49,9 @@ from transfer_core.attribution.settings import AttributionSettings
 from transfer_core.config import ConfigError, RunConfig, resolve_config
 from transfer_core.data import data_digest, load_transfer_data, validation_digests, validation_halves
 from transfer_core.execute import Context
-from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_run_of_kind,
-                                 latest_run, log_metrics, log_new_params, run_config, run_scope, set_tags)
+from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_experiment_id,
+                                 get_run_of_kind, latest_run, log_metrics, log_new_params, run_config, run_scope,
+                                 set_tags)
 from transfer_core.track.runs import ATTRIBUTION, SUBSET_RUN
 from transfer_core.track.steps import find_step, step_key, step_tags
 
@@ -81,9 +81,9 @@ def featurize_dir(config: RunConfig, settings: AttributionSettings, data: str, c
     None when the context has no cache folder (then nothing is kept between calls)."""
     if ctx.dirs.cache is None:
         return None
-    blob = json.dumps({"config": config.to_params(), "data": data, "settings": settings.featurization()},
-                      sort_keys=True, default=str)
-    return ctx.dirs.cache_path("attribution", hashlib.sha256(blob.encode()).hexdigest()[:16])
+    key = step_key("attribution-features", config=config, data=data, code="attribution",
+                   extra=settings.featurization())
+    return ctx.dirs.cache_path("attribution", key[:16])
 
 
 def sweep_config(client: MlflowClient, experiment_id: str, sweep_id: str) -> RunConfig:
@@ -110,7 +110,9 @@ def attribute(experiment: str, sweep_id: str | None = None, settings: Attributio
     from transfer_core.analysis.step import resolve_sweep  # the analysis's rule for "the experiment's sweep"
 
     client = ctx.client
-    experiment_id = existing_experiment(client, experiment)
+    # with a sweep, the experiment must hold it; a given profile or config may start a new experiment
+    experiment_id = existing_experiment(client, experiment) if config is None and not profile else \
+        get_experiment_id(client, experiment)
     if config is None:
         base = None
         if not profile:
