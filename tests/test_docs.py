@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from transfer_core.analysis.settings import AnalysisSettings
+from transfer_core.attribution.settings import AttributionSettings
 from transfer_core.cli import main as cli
 from transfer_core.cli.commands import overrides_of
 from transfer_core.cli.mlproject import ENTRY_POINTS, parameters
@@ -54,8 +55,9 @@ PROGRAMS = (("transfer-core",), (".venv/bin/transfer-core",), ("python", "-m", "
 PLACEHOLDER = "..."
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console", ""}
 ENDS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>", "2>&1"}
-CONFIG_COMMANDS = {"subset-run", "prepare", "tune", "sweep", "counterfactual"}  # they build a RunConfig
+CONFIG_COMMANDS = {"subset-run", "prepare", "tune", "sweep", "attribute", "counterfactual"}  # they build a RunConfig
 COMMAND_SETTINGS = {"tune": (TuneSettings,), "sweep": (SweepSettings, ExecutorSettings), "analyze": (AnalysisSettings,),
+                    "attribute": (AttributionSettings,),
                     "counterfactual": (CounterfactualPlan, ExecutorSettings, EvidenceRule), "register": (EvidenceRule,)}
 
 
