@@ -42,7 +42,7 @@ def attributed(tmp_path_factory, _empty_store, make_ctx):
         client = MlflowClient()
         experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
         (run,) = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'attribution'")
-        yield {"sweep_id": sweep_id, "run": run, "output": result.output, "client": client,
+        yield {"sweep_id": sweep_id, "run": run, "output": result.output, "client": client, "ctx": ctx,
                "artifacts": Path(artifact_path(run, "report.html", client)).parent}
         mlflow.set_tracking_uri(None)
 
@@ -91,7 +91,7 @@ def test_the_counterfactual_takes_the_attribution_ranking_when_asked(attributed)
     refused = CliRunner().invoke(main, ["counterfactual", "--experiment", EXPERIMENT, "--analysis", run_id])
     assert refused.exit_code != 0 and "--ranking attribution" in refused.output
     result = CliRunner().invoke(main, ["counterfactual", "--experiment", EXPERIMENT, "--ranking", "attribution",
-                                       "--orders", "bottom", "--ks", "1", "--seeds", "1", "--no-progress"],
+                                       "--orders", "bottom", "--ks", "1", "--seeds", "3", "--no-progress"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"of analysis {run_id}" in result.output
@@ -102,7 +102,31 @@ def test_the_counterfactual_takes_the_attribution_ranking_when_asked(attributed)
     bottom = pd.read_csv(attributed["artifacts"] / "class_influence_validation.csv")["class_name"].iloc[-1]
     children = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'counterfactual_run' and "
                                                    "params.order = 'bottom'")
-    assert [c.data.tags["removed"] for c in children] == [f'[{_index(attributed, bottom)}]']
+    assert [c.data.tags["removed"] for c in children] == [f'[{_index(attributed, bottom)}]'] * 3
+
+
+def test_the_pipeline_runs_attribute_and_hands_its_ranking_to_the_counterfactual(attributed):
+    """The pipeline's own steps, from the sweep on (the earlier test trained the same plan: all reused)."""
+    from transfer_core.workflow.pipeline import STEPS, PipelineState
+    from transfer_core.workflow.settings import PipelineSettings
+
+    settings = PipelineSettings.load(profile="synthetic", experiment=EXPERIMENT, ranking="attribution",
+                                     ensemble_models=2, proj_dim=32, top_examples=4, top_sources=3, orders="bottom",
+                                     ks="1", seeds=3, overrides=",".join(f"{k}={v}" for k, v in TINY.items()))
+    client = attributed["client"]
+    lines = []
+    state = PipelineState(settings, attributed["ctx"], client.get_experiment_by_name(EXPERIMENT).experiment_id,
+                          lines.append)
+    state.sweep = type("Sweep", (), {"sweep_id": attributed["sweep_id"]})()
+    STEPS["attribute"](state)
+    STEPS["counterfactual"](state)
+    run_id = attributed["run"].info.run_id
+    assert state.steps["attribute"] == run_id and f"[attribute] reusing FINISHED run {run_id}" in lines[1]
+    assert state.counterfactual.analysis_run_id == run_id and state.counterfactual.runs.n_trained == 0
+    retraining = PipelineState(settings.replace(counterfactual=settings.counterfactual.replace(ranking="retraining")),
+                               attributed["ctx"], state.experiment_id, lines.append)
+    STEPS["attribute"](retraining)  # the default ranking: the step does nothing
+    assert retraining.attribution is None and "attribute" not in retraining.steps
 
 
 def _index(attributed, class_name: str) -> int:
