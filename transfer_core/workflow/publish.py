@@ -325,9 +325,11 @@ def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | No
         ranker = runs.counterfactual.data.tags.get("analysis_run_id", "")
         if ranked_by == "attribution":
             chooser = (f"the gradient attribution's ranking (attribution run `{ranker}`, "
-                       "`class_influence_validation_attribution.csv`; a screen: docs/attribution.md)")
-            shutil.copyfile(artifact_path(client.get_run(ranker), "class_influence_validation.csv", client),
-                            out / "class_influence_validation_attribution.csv")
+                       "[table](class_influence_validation_attribution.csv), [figure](ranking_attribution.png); "
+                       "a screen: docs/attribution.md)")
+            for name, copy in (("class_influence_validation.csv", "class_influence_validation_attribution.csv"),
+                               ("ranking.png", "ranking_attribution.png")):
+                shutil.copyfile(artifact_path(client.get_run(ranker), name, client), out / copy)
         lines.append(f"| counterfactual | `{runs.counterfactual.info.run_id}` (removals chosen by the {ranked_by} "
                      f"ranking of run `{ranker}`) |")
     config = run_config(analysis)
