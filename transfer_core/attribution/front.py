@@ -124,7 +124,7 @@ class Attributor:
         path = self.save_dir / "metadata.json"
         mine = json.loads(json.dumps(self.metadata()))
         if path.is_file():
-            theirs = json.loads(path.read_text())
+            theirs = _upgraded(json.loads(path.read_text()))
             differ = sorted(_differences(mine, theirs))
             if differ:
                 raise ConfigError(f"{self.save_dir} holds an attribution made with other settings or data "
@@ -279,6 +279,17 @@ class Attributor:
         return Attribution(self.source.labels.numpy(), list(self.source.class_names), list(self.source.file_names),
                            [x["rows"] for x in loaded], [x["q"] for x in loaded], targets,
                            [x["info"] for x in loaded])
+
+
+def _upgraded(meta: dict) -> dict:
+    """Metadata written by an earlier version as this one writes it: ``seed`` is ``projection_seed``, and a
+    setting added since counts as its default (what that version computed with)."""
+    settings = meta.setdefault("settings", {})
+    if "seed" in settings:
+        settings["projection_seed"] = settings.pop("seed")
+    for key, value in json.loads(json.dumps(AttributionSettings().featurization())).items():
+        settings.setdefault(key, value)
+    return meta
 
 
 def _differences(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
