@@ -94,7 +94,7 @@ def test_the_counterfactual_takes_the_attribution_ranking_when_asked(attributed)
                                        "--orders", "bottom", "--ks", "1", "--seeds", "3", "--no-progress"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert f"of analysis {run_id}" in result.output
+    assert f"of attribution {run_id}" in result.output
     client = attributed["client"]
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     (parent,) = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'counterfactual'")

@@ -273,8 +273,8 @@ def attribute_command(experiment, sweep, profile, overrides, recompute, progress
 @main.command("counterfactual")
 @experiment_option
 @click.option("--analysis", type=TEXT, default=None,
-              help="Analysis run whose class ranking (class_influence_validation.csv) to check. Default: the "
-                   "experiment's latest FINISHED analysis run.")
+              help="Analysis run (with --ranking attribution: attribution run) whose class ranking "
+                   "(class_influence_validation.csv) to check. Default: the experiment's latest FINISHED one.")
 @settings_options(CounterfactualPlan())
 @click.option("--profile", type=TEXT, default=None,
               help="Train with this profile instead of the config of the analysed sweep's runs (the default).")
@@ -320,7 +320,8 @@ def counterfactual_command(experiment, analysis, profile, overrides, transfer_mo
     for warning in outcome.warnings:
         click.echo(f"Warning: {warning}", err=True)
     runs = outcome.runs
-    click.echo(f"counterfactual {runs.counterfactual_id} (run {runs.parent_run_id}) of analysis "
+    ranker = "attribution" if plan.ranking == "attribution" else "analysis"
+    click.echo(f"counterfactual {runs.counterfactual_id} (run {runs.parent_run_id}) of {ranker} "
                f"{outcome.analysis_run_id}: {len(runs.table)} runs ({runs.n_trained} trained here, "
                f"{len(runs.table) - runs.n_trained} reused or trained elsewhere); look "
                f"{outcome.selection.look} at the selection half\n{outcome.selection.describe()}")
