@@ -64,7 +64,8 @@ class AttributionSettings(Settings):
                                           "(e.g. stages.1); empty: the whole backbone.", metavar="PREFIXES")
     top_sources: int = setting(10, "Source images listed per target example in top_images.csv.", min=1)
     top_examples: int = setting(100, "Target test examples scored one by one for top_images.csv (a seeded sample; "
-                                     "each costs one per-example gradient per model; 0: none).", min=0)
+                                     "each costs one per-example gradient per model, and with kernel=dot a pass "
+                                     "over the source; 0: none).", min=0)
     chunk_size: int = setting(256, "Images per chunk of per-example gradients: memory is about chunk_size x (largest "
                                    "layer's parameters + its unfolded input) floats.", min=1)
     projection: str = setting("gaussian", "Random projection: gaussian, rademacher or identity (proj_dim must then "
