@@ -9,7 +9,8 @@
   through the store, so no work is done twice when commands overlap.
 """
 from transfer_core.track.run_record import (CHECKPOINT_ARTIFACT, CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT,
-                                           VAL_OUTPUTS_ARTIFACT, load_checkpoint, log_subset_result, save_checkpoint)
+                                           VAL_OUTPUTS_ARTIFACT, VAL_OUTPUTS_DIGEST_TAG, load_checkpoint,
+                                           log_subset_result, save_checkpoint)
 from transfer_core.track.runs import (KIND_TAG, artifact_path, describe_run, describe_step, get_run_of_kind,
                                       latest_run, log_metrics, log_new_params, mark_failed, metric_value, now_ms,
                                       one_line, quote, run_config, run_filter, run_scope, search_all, set_tags,
@@ -18,6 +19,7 @@ from transfer_core.track.store import (DEFAULT_EXPERIMENT, TrackingError, client
                                        existing_experiment, get_experiment_id, open_store)
 
 __all__ = ["CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT", "MASK_ARTIFACT", "OUTPUTS_ARTIFACT", "VAL_OUTPUTS_ARTIFACT",
+           "VAL_OUTPUTS_DIGEST_TAG",
            "load_checkpoint",
            "log_subset_result", "save_checkpoint", "KIND_TAG", "artifact_path", "describe_run", "describe_step",
            "get_run_of_kind", "latest_run",
