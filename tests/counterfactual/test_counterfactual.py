@@ -17,6 +17,7 @@ from transfer_core.counterfactual import (FULL, SELECTION_ARTIFACT, SUMMARY_ARTI
 from transfer_core.counterfactual.grid import parse_list
 from transfer_core.counterfactual.report import PLOT_ARTIFACT
 from transfer_core.counterfactual.gate import FIRST_SHOWN_TAG, finished_points, recompute_selection
+from transfer_core.counterfactual.looks import LookLedger
 from transfer_core.counterfactual.summary import RULE_VERSION, EvidenceRule, contrasts, paired_differences
 from transfer_core.data.synthetic import PLANTED, PLANTED_TARGET, SOURCE_CLASSES, TARGET_CLASSES
 from transfer_core.execute import ExecutorSettings
@@ -219,10 +220,10 @@ def planted_grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("cf")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    grid = Grid(build_config("synthetic"), get_experiment_id(MlflowClient(uri), "cf-test"), uri)
+    grid = Grid(build_config("synthetic"), get_experiment_id(MlflowClient(uri), "cf-test"), uri, root / "looks.jsonl")
     plan = CounterfactualPlan(ks=(0, 1), n_seeds=6)
     runs = grid.run(plan)
-    selection = log_report(MlflowClient(), runs.parent_run_id, runs.table)
+    selection = log_report(MlflowClient(), runs.parent_run_id, runs.table, ledger=grid.ledger)
     yield grid, plan, runs, selection
     mlflow.set_tracking_uri(None)
 
@@ -230,8 +231,8 @@ def planted_grid(tmp_path_factory):
 class Grid:
     """The planted ranking's grid in experiment cf-test."""
 
-    def __init__(self, config, experiment_id, uri):
-        self.config, self.experiment_id, self.uri = config, experiment_id, uri
+    def __init__(self, config, experiment_id, uri, ledger):
+        self.config, self.experiment_id, self.uri, self.ledger = config, experiment_id, uri, ledger
 
     def run(self, plan, execution=None):
         from transfer_core.execute import Context
@@ -317,18 +318,20 @@ def test_a_second_plan_is_a_new_run_and_a_second_look_that_spends_less(planted_g
     second = runner.run(CounterfactualPlan(("bottom",), (0, 1), 5))  # fewer seeds: a subset of the trained points
     assert second.n_trained == 0 and second.counterfactual_id != runs.counterfactual_id
     assert second.grid_id == runs.grid_id and second.parent_run_id != runs.parent_run_id
-    again = log_report(client, second.parent_run_id, second.table)
+    again = log_report(client, second.parent_run_id, second.table, ledger=runner.ledger)
     assert again.look == 2 and again.earlier_looks == [runs.parent_run_id]
     assert again.level == pytest.approx(1 - 0.05 / 4)  # one candidate, a quarter of 5%
     assert selection.look == 1 and artifact_path(first, SELECTION_ARTIFACT).read_text() == stored  # untouched
     assert client.get_run(runs.parent_run_id).data.tags[FIRST_SHOWN_TAG] == first.data.tags[FIRST_SHOWN_TAG]
-    recomputed, table = recompute_selection(client, client.get_run(runs.parent_run_id))
+    ledger = LookLedger(runner.ledger)
+    recomputed, table = recompute_selection(client, client.get_run(runs.parent_run_id), ledger=ledger)
     assert (recomputed.look, recomputed.is_champion, recomputed.k, recomputed.model_run_id) == (
         1, selection.is_champion, selection.k, selection.model_run_id)
     assert recomputed.select_diff_ci_low == pytest.approx(selection.select_diff_ci_low)
     assert table.run_id.tolist() == runs.table.run_id.tolist()
-    log_report(client, runs.parent_run_id, runs.table)  # reporting the first plan again is not a new look
-    assert recompute_selection(client, client.get_run(runs.parent_run_id))[0].look == 1
+    log_report(client, runs.parent_run_id, runs.table, ledger=runner.ledger)  # reporting again is not a new look
+    assert recompute_selection(client, client.get_run(runs.parent_run_id), ledger=ledger)[0].look == 1
+    assert [look.run_id for look in ledger.read()] == [runs.parent_run_id, second.parent_run_id]
 
 
 def class_margin(run_id: str, target_class: int) -> float:

@@ -1,8 +1,9 @@
 """The report of a counterfactual plan on its run: tables, the accuracy-vs-k plot, the paired contrasts, the selection.
 
 Reporting shows the plan's results on the selection half, so it is a *look* at that half: the
-first report stamps the run (:func:`~transfer_core.counterfactual.gate.record_shown`) and the
-selection uses the level that look may spend (see :mod:`~transfer_core.counterfactual.summary`).
+first report records it in the look ledger and on the run
+(:func:`~transfer_core.counterfactual.looks.record_look`), and the selection uses the level that
+look may spend (see :mod:`~transfer_core.counterfactual.summary`).
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from transfer_core.counterfactual.gate import look_of, read_plan, record_shown
+from transfer_core.counterfactual.gate import read_plan
 from transfer_core.counterfactual.grid import FULL, ORDERS
+from transfer_core.counterfactual.looks import LookLedger, record_look
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, contrasts, select, summarize
 from transfer_core.track import describe_step, log_metrics
 
@@ -66,16 +68,20 @@ def report_note(table: pd.DataFrame, selection: Selection) -> str:
 
 def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True,
                rule: EvidenceRule = EvidenceRule(), ranking_split_half: float = float("nan"),
-               name: str | None = None, invocation_run_id: str | None = None) -> Selection:
+               name: str | None = None, invocation_run_id: str | None = None, *,
+               ledger: LookLedger | str) -> Selection:
     """Write the tables, plot, contrasts, selection and description to the plan's run; end it FINISHED if ``finish``.
 
     The run must carry its plan record (as :func:`~transfer_core.counterfactual.step.run_counterfactual`
-    writes it). ``name`` renames the run; an ``invocation_run_id`` (the ``mlflow run`` run, when
-    it is another run) gets the same name and a pointer to it (:func:`describe_step`).
+    writes it). Its first report is a look at its selection half, recorded in ``ledger`` (a
+    :class:`LookLedger` or its file's path: ``Context.ledger``). ``name`` renames the run; an
+    ``invocation_run_id`` (the ``mlflow run`` run, when it is another run) gets the same name and a
+    pointer to it (:func:`describe_step`).
     """
     run = client.get_run(parent_run_id)
-    record_shown(client, run)
-    look, earlier = look_of(client, client.get_run(parent_run_id), read_plan(run))
+    record = read_plan(run)
+    ledger = ledger if isinstance(ledger, LookLedger) else LookLedger(ledger)
+    look, earlier = record_look(client, ledger, run, record["look_key"], record["selection_half_digest"])
     summary = summarize(table)
     selection = select(table, rule, look, earlier)
     selection.ranking_split_half = ranking_split_half

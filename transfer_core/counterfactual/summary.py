@@ -12,7 +12,8 @@ Who decides what, so that nothing is scored on the examples it was chosen on:
 - the test split only scores the choice (``test_diff``), and chooses nothing.
 
 **Every look counts** (champion rule version :data:`RULE_VERSION`). Every plan whose results were
-shown on a selection half is a look at it, numbered in the order they were first shown. Look
+shown on a selection half is a look at it, numbered in the order they were first shown, in the
+look ledger (:mod:`~transfer_core.counterfactual.looks`), which no store operation resets. Look
 ``j`` may spend ``alpha / 2**j`` of the family-wise error ``alpha = 1 - confidence`` (half, then
 a quarter, ...), split evenly over its candidates (Bonferroni), so however many plans look at
 one half (more seeds, other ks, another analysis of the same data), the chance that any of them
@@ -33,7 +34,8 @@ import pandas as pd
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual.grid import FULL
 
-RULE_VERSION = 2  # 2: looks on a selection half are counted and share the error rate; seeds fixed per plan
+RULE_VERSION = 3  # 2: looks on a selection half share the error rate, seeds fixed per plan; 3: looks counted in the
+# look ledger, keyed by the selection half's images (not the store, not the resolution); outputs checked
 CANDIDATE_ORDERS = ("bottom",)  # pruning candidates: removing detrimental classes; top and random are controls
 SELECT_METRIC = "select_acc"  # accuracy on the selection half of the validation split
 STABILITY_THRESHOLD = 0.3  # split-half Spearman below which a ranking is called unstable
