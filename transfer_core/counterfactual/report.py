@@ -17,7 +17,7 @@ from transfer_core.counterfactual.gate import read_plan
 from transfer_core.counterfactual.grid import FULL, ORDERS
 from transfer_core.counterfactual.looks import LookLedger, record_look
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, contrasts, select, summarize
-from transfer_core.track import describe_step, log_metrics
+from transfer_core.track import describe_step, log_metrics, set_tags
 
 TABLE_ARTIFACT = "counterfactual_runs.csv"
 SUMMARY_ARTIFACT = "counterfactual_summary.csv"
@@ -101,7 +101,9 @@ def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = T
               "select_diff_ci_high": selection.select_diff_ci_high, "pruned_is_champion": float(selection.is_champion),
               "look": selection.look}
     log_metrics(client, parent_run_id, values)
-    client.set_tag(parent_run_id, "selection", selection.describe()[:4900])
+    # a batch, not set_tag: two commands that share a plan report on one run, and MLflow's sqlite store retries
+    # a batch whose tag another process inserted at the same moment (set_tag fails on that collision)
+    set_tags(client, parent_run_id, {"selection": selection.describe()[:4900]})
     describe_step(client, parent_run_id, report_note(table, selection), name, invocation_run_id)
     if finish:
         client.set_terminated(parent_run_id, status="FINISHED")
