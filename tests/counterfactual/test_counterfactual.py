@@ -181,7 +181,8 @@ def test_looking_again_and_again_keeps_false_champions_below_five_percent():
 
 def test_contrasts_are_paired_tests_that_fail_when_only_the_means_differ():
     """top - random: means 2 points apart, but the per-seed differences disagree in sign, so the paired
-    interval includes zero; bottom - top: consistent per seed, so it excludes zero. Bonferroni over the ks."""
+    interval includes zero; bottom - top: consistent per seed, so it excludes zero. Bonferroni over every
+    (contrast, k)."""
     table = grid_table({
         (FULL, 0): [(0.5, 0.5, 0.50), (0.5, 0.5, 0.60), (0.5, 0.5, 0.55), (0.5, 0.5, 0.52)],
         ("top", 2): [(0.5, 0.5, 0.40), (0.5, 0.5, 0.62), (0.5, 0.5, 0.47), (0.5, 0.5, 0.53)],
@@ -192,9 +193,9 @@ def test_contrasts_are_paired_tests_that_fail_when_only_the_means_differ():
     rows = contrasts(table).set_index(["contrast", "k"])
     top_random = rows.loc[("top - random", 2)]
     assert top_random["mean"] == pytest.approx(-0.02) and top_random.sign == 0  # means differ, pairs do not agree
-    assert top_random.level == pytest.approx(1 - 0.05 / 2)  # two ks in the family
+    assert top_random.level == pytest.approx(1 - 0.05 / 12) and top_random.family == 12  # 6 contrasts x 2 ks
     diffs = np.array([0.43, 0.65, 0.50, 0.56]) - np.array([0.40, 0.62, 0.47, 0.53])
-    ref = stats.t.interval(1 - 0.05 / 2, 3, loc=diffs.mean(), scale=stats.sem(diffs))
+    ref = stats.t.interval(1 - 0.05 / 12, 3, loc=diffs.mean(), scale=stats.sem(diffs))
     assert rows.loc[("bottom - top", 2)].sign == 1
     assert (rows.loc[("bottom - top", 2)].ci_low, rows.loc[("bottom - top", 2)].ci_high) == pytest.approx(ref)
     assert set(rows.index.get_level_values(0)) == {"top - random", "bottom - random", "bottom - top",
@@ -348,7 +349,9 @@ def test_planted_effects(planted_grid):
     watermark shortcut (the diagonal and rings test images flip between all right and all
     wrong from seed to seed), so the helpful class's effect is also measured where it acts,
     on its own target class. Stated margins (measured values in brackets):
-      * misleading removed: mean paired gain >= 10 points, 95% CI above zero (+29);
+      * misleading removed: mean paired gain >= 10 points, 95% CI above zero (+29); as one of the six
+        contrasts, Bonferroni-corrected (two-sided 99.17%), six seeds no longer exclude zero, because the
+        full source's rings flip between all right and all wrong (measured +27.7 [-11.6, +67.1]);
       * helpful removed: test accuracy below both the full source and a random removal; on
         target class "vertical", mean true-class margin at most 3/4 of a random removal's
         (6.9 vs 10.9) and at most half of the full source's (6.9 vs 15.8).
@@ -364,10 +367,13 @@ def test_planted_effects(planted_grid):
     assert top.test_mean < rand.test_mean and top.test_mean < full.test_mean, summary
 
     from transfer_core.workflow.publish import claim_verdict
-    tests = contrasts(table)
-    assert claim_verdict(tests, "bottom - full", 1).startswith("**holds at every k** (1)")  # the planted harm, removed
-    assert claim_verdict(tests, "bottom - random", 1).startswith("**holds at every k** (1)")
-    assert "(Bonferroni over 1 k)" in claim_verdict(tests, "top - random", -1)
+    tests = contrasts(table).set_index("contrast")
+    assert (tests.family == 6).all() and tests.level.to_numpy() == pytest.approx(1 - 0.05 / 6)  # one family of six
+    for name, least in (("bottom - full", 0.10), ("bottom - random", 0.0)):  # the planted harm, removed
+        assert tests.loc[name, "mean"] > least and tests.loc[name, "sign"] != -1, tests
+        verdict = claim_verdict(tests.reset_index(), name, 1)
+        assert "two-sided 99.17% intervals, Bonferroni over all 6 paired tests of the grid" in verdict
+        assert "one-sided test at 0.42%" in verdict and "the opposite holds" not in verdict
 
     vertical = TARGET_CLASSES.index(PLANTED_TARGET["helpful"])
     margin = {order: np.mean([class_margin(r, vertical) for r in table[table.order == order].run_id])

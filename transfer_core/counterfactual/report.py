@@ -27,7 +27,7 @@ CONTRASTS_ARTIFACT = "counterfactual_contrasts.csv"
 
 
 def plot_accuracy(summary: pd.DataFrame, path) -> None:
-    """Target test accuracy against k for each order, with 95% CI bands; k = 0 is shared."""
+    """Target test accuracy against k for each order, with two-sided 95% CI bands; k = 0 is shared."""
     full = summary[summary.order == FULL]
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
@@ -43,7 +43,7 @@ def plot_accuracy(summary: pd.DataFrame, path) -> None:
     ax.axhline(float(full.test_mean.iloc[0]), color="black", lw=0.8, ls="--", label="full source")
     ax.set_xlabel("k = number of source classes removed")
     ax.set_ylabel("target test accuracy")
-    ax.set_title(f"Counterfactual retraining (mean, 95% CI over {int(full.n_seeds.iloc[0])} seeds)")
+    ax.set_title(f"Counterfactual retraining (mean, two-sided 95% CI over {int(full.n_seeds.iloc[0])} seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
