@@ -27,6 +27,8 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from transfer_core.data import DataDirs
+from transfer_core.execute import Context
 from transfer_core.sweep import collect_sweep, finished_runs
 from transfer_core.config import build_config
 from transfer_core.train import save_outputs
@@ -108,8 +110,8 @@ def timed(fn):
 def bench(n_runs: int, n_classes: int, n_test: int, via: str, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    os.environ["TRANSFER_CORE_CACHE"] = str(workdir / "cache")
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    ctx = Context(f"sqlite:///{workdir / 'mlflow.db'}", DataDirs(cache=str(workdir / "cache")), progress=False)
     client = MlflowClient()
     rng = np.random.default_rng(0)
     log = log_bulk if via == "bulk" else log_client
@@ -124,13 +126,13 @@ def bench(n_runs: int, n_classes: int, n_test: int, via: str, workdir: Path) -> 
             path.unlink()
     t_search, runs = timed(lambda: finished_runs(SWEEP, experiment_id, client))
     assert len(runs) == n_runs
-    t_full, full = timed(lambda: collect_sweep(SWEEP, experiment_id, use_cache=False, progress=False))
-    t_first, _ = timed(lambda: collect_sweep(SWEEP, experiment_id, progress=False))
-    t_hit, hit = timed(lambda: collect_sweep(SWEEP, experiment_id, progress=False))
+    t_full, full = timed(lambda: collect_sweep(SWEEP, experiment_id, use_cache=False, ctx=ctx))
+    t_first, _ = timed(lambda: collect_sweep(SWEEP, experiment_id, ctx=ctx))
+    t_hit, hit = timed(lambda: collect_sweep(SWEEP, experiment_id, ctx=ctx))
     assert hit.run_ids == full.run_ids and np.array_equal(hit.outputs["margin"], full.outputs["margin"])
     extra = max(1, n_runs // 100)
     log(experiment_id, n_runs, extra, n_classes, n_test, rng)
-    t_inc, grown = timed(lambda: collect_sweep(SWEEP, experiment_id, progress=False))
+    t_inc, grown = timed(lambda: collect_sweep(SWEEP, experiment_id, ctx=ctx))
     assert len(grown) == n_runs + extra
     return {"runs": n_runs, "log_s": t_log, "search_s": t_search, "collect_no_cache_s": t_full,
             "collect_writing_cache_s": t_first, "collect_cache_hit_s": t_hit,

@@ -23,6 +23,7 @@ import numpy as np
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from common import environment_dirs
 from transfer_core.config import build_config
 from transfer_core.data import class_mask, load_transfer_data
 from transfer_core.track import get_experiment_id, open_store
@@ -50,7 +51,7 @@ def main():
     args = parser.parse_args()
 
     config = build_config(args.profile)
-    data = load_transfer_data(config.data)
+    data = load_transfer_data(config.data, environment_dirs())
     start = time.perf_counter()
     datasets = RunDatasets(config.data, data)
     hashing = time.perf_counter() - start

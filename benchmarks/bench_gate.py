@@ -25,7 +25,7 @@ def main() -> None:
     from transfer_core.counterfactual.gate import finished_points
     from transfer_core.counterfactual.looks import LookLedger
     from transfer_core.data import validation_halves
-    from transfer_core.execute import Context
+    from common import environment_context
     from transfer_core.registry import latest_counterfactual_run
     from transfer_core.track import VAL_OUTPUTS_ARTIFACT, artifact_path
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--counterfactual", default=None, help="counterfactual run id (default: the latest)")
     parser.add_argument("--tracking-uri", default=None)
     args = parser.parse_args()
-    ctx = Context.open(args.tracking_uri)
+    ctx = environment_context(args.tracking_uri)
     client = ctx.client
     run = client.get_run(args.counterfactual or latest_counterfactual_run(client, args.experiment))
     record = read_plan(run)

@@ -35,6 +35,7 @@ import time
 
 import torch
 
+from common import environment_dirs
 from transfer_core.config import build_config, parse_overrides
 from transfer_core.data import DataError, class_mask, load_split, load_transfer_data, run_seed
 from transfer_core.train import DeviceData, pack_budget, pick_device, run_pack, run_subset
@@ -70,9 +71,10 @@ def main() -> int:
         overrides.update(parse_overrides(item))
     config = build_config(args.profile, overrides)
     device = pick_device()
-    data = load_transfer_data(config.data)
+    dirs = environment_dirs()
+    data = load_transfer_data(config.data, dirs)
     try:
-        source_test = load_split(config.data.source, "test", config.data.resolution)
+        source_test = load_split(config.data.source, "test", config.data.resolution, dirs)
     except DataError:
         source_test = None
     budget = pack_budget(config, data, device, n_source_test=len(source_test) if source_test else 0)

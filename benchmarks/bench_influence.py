@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from transfer_core.analysis import findings, influence
-from transfer_core.analysis import AnalysisOptions, estimate
+from transfer_core.analysis import AnalysisSettings, estimate
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def main() -> None:
     start = time.perf_counter()
     all_outputs = {"margin": outputs, "prob": (outputs > 0).astype(np.float16) * 0.5, "correct": outputs > 0}
     names, targets = [f"c{i}" for i in range(args.classes)], [f"t{k}" for k in range(10)]
-    result = estimate(masks, all_outputs, labels, names, targets, AnalysisOptions(bootstrap=args.bootstrap))
+    result = estimate(masks, all_outputs, labels, names, targets, AnalysisSettings(bootstrap=args.bootstrap))
     findings.subpopulations(result.influence, labels, targets, names, [str(i) for i in range(args.targets)])
     findings.leakage_candidates(result.influence, result.std_error, 3.0, 2.0, 50)
     elapsed = time.perf_counter() - start

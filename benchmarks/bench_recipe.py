@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from common import environment_dirs
 from transfer_core.config import build_config, parse_overrides
 from transfer_core.data import class_mask, load_split, load_transfer_data, run_seed
 from transfer_core.train import run_subset
@@ -43,9 +44,9 @@ def main() -> None:
     for config in configs:  # recipes that change the data config get their own data
         key = config.data
         if key not in datas:
-            datas[key] = load_transfer_data(config.data)
+            datas[key] = load_transfer_data(config.data, environment_dirs())
     source_test = None if args.no_source_acc else load_split(configs[0].data.source, "test",
-                                                             configs[0].data.resolution)
+                                                             configs[0].data.resolution, environment_dirs())
     rows = {i: [] for i in range(len(recipes))}
     for index in range(args.first, args.first + args.runs):
         for i, config in enumerate(configs):

@@ -55,9 +55,11 @@ def _worker_init(profile: str, overrides: dict, data_root: str | None) -> None:
     import torch
     torch.set_num_threads(1)
     from transfer_core.config import build_config
-    from transfer_core.data import load_transfer_data
+    from common import environment_dirs
+    from transfer_core.data import DataDirs, load_transfer_data
     config = build_config(profile, overrides)
-    _STATE.update(config=config, data=load_transfer_data(config.data, data_root))
+    dirs = environment_dirs()
+    _STATE.update(config=config, data=load_transfer_data(config.data, DataDirs(data_root or dirs.root, dirs.cache)))
 
 
 def _train(job: tuple[int, int, int, str]) -> str:

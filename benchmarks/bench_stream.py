@@ -98,7 +98,7 @@ def main() -> None:
     print(f"tree: {args.images} JPEGs, {args.classes} classes, {time.perf_counter() - start:.0f} s to generate "
           "(or found)", flush=True)
     start = time.perf_counter()
-    folder = prepare(tree / "train", progress=False)
+    folder = prepare(tree / "train", root=Path(os.environ["TRANSFER_CORE_CACHE"]) / "prepared", progress=False)
     split = PreparedSplit(folder)
     print(f"prepare: {len(split)} images in {time.perf_counter() - start:.1f} s ({os.cpu_count()} threads; "
           f"{split.offsets[-1] / 2 ** 20:.0f} MiB of JPEG, longest side 256)", flush=True)

@@ -65,14 +65,15 @@ def run_plain(profile: str, overrides: list[str], index: int, threads: int | Non
 def extracted_trees(*names: str) -> Path:
     """A folder holding ``<name>/{train,test}/<class>/<image>`` for each CIFAR name: the data root's
     own trees, else the archives extracted once under the cache (as a plain recipe's user does)."""
-    from transfer_core.data import cache_dir, resolve_data_root
+    from common import environment_dirs
 
-    root = resolve_data_root(None)
-    if root is None:
+    dirs = environment_dirs()
+    if dirs.root is None:
         sys.exit("set TRANSFER_CORE_DATA to the folder holding cifar10.tar.gz and cifar100.tar.gz")
+    root = Path(dirs.root)
     if all((root / name / "train").is_dir() for name in names):
         return root
-    extracted = cache_dir() / "extracted"
+    extracted = dirs.cache_path("extracted")
     for name in names:
         if not (extracted / f".{name}.done").exists():
             extracted.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,8 @@ def overhead(args) -> None:
 
     import transfer_core.execute.subset_runner as runner_module
     from transfer_core.config import build_config, parse_overrides
-    from transfer_core.execute import Context, Job, SubsetRunner
+    from common import environment_context
+    from transfer_core.execute import Job, SubsetRunner
     from transfer_core.execute.tasks import attempt_pack
     from transfer_core.sweep.sweep import sweep_tasks
     from transfer_core.track.claims import Heartbeat
@@ -72,7 +73,7 @@ def overhead(args) -> None:
 
     store = Path(tempfile.mkdtemp(prefix="bench_sweep_overhead_"))
     os.chdir(store)
-    ctx = Context.open(f"sqlite:///{store / 'mlflow.db'}")
+    ctx = environment_context(f"sqlite:///{store / 'mlflow.db'}")
     uri = ctx.tracking_uri
     config = build_config(args.profile, parse_overrides(",".join(args.overrides)))
     runner = SubsetRunner(config, "bench-overhead", ctx)
@@ -93,7 +94,7 @@ def overhead(args) -> None:
     client = runner.client
     parent = client.create_run(runner.experiment_id, tags={"transfer_core.kind": "sweep",
                                                            "sweep_id": "sweep-overhead"}).info.run_id
-    job, heartbeat = Job(config, "bench-overhead", uri), Heartbeat(client)
+    job, heartbeat = Job(config, "bench-overhead", uri, ctx.dirs), Heartbeat(client)
     times = []
     for task in sweep_tasks("sweep-overhead", parent, list(range(args.runs))):
         start = time.perf_counter()

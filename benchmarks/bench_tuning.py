@@ -25,6 +25,7 @@ from pathlib import Path
 
 import mlflow
 
+from common import environment_context
 from transfer_core.config import build_config, with_overrides
 from transfer_core.train import accuracy
 from transfer_core.train.models import Normalized
@@ -74,9 +75,10 @@ def main() -> None:
         index = None if args.backbone_index < 0 else args.backbone_index
         settings = TuneSettings(n_trials=args.n_trials, study_name="bench", sampler_seed=args.sampler_seed,
                                 backbone_index=index)
-        result = tune(config, settings, experiment="bench-tuning", profile=args.profile, progress=False)
+        ctx = environment_context(f"sqlite:///{tmp}/mlflow.db")
+        result = tune(config, settings, experiment="bench-tuning", ctx=ctx, profile=args.profile)
         study_s = time.perf_counter() - start
-        runner = SubsetRunner(config, "bench-tuning")
+        runner = SubsetRunner(config, "bench-tuning", ctx)
         tuned = with_overrides(config, result.best_params)
         start = time.perf_counter()
         first = 0 if index is None else index + 1

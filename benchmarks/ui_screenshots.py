@@ -1,21 +1,23 @@
-"""Screenshots of the MLflow UI over a store this tool wrote, in headless Chromium.
+"""Screenshots of the MLflow UI over a store this tool wrote, in headless Chromium, and the UI's memory.
 
-Starts ``mlflow ui`` on a free loopback port over the store, drives Debian's ``chromium``
-through the DevTools protocol (a small stdlib websocket client: no Selenium, no Playwright),
-and writes PNGs plus ``ui_checks.json`` (what each page showed, measured from the DOM):
+Starts ``transfer-core ui`` on a free loopback port over the store (or, with ``--server mlflow-ui``,
+the plain ``mlflow ui --workers 1`` that ``make ui`` ran before it), drives Debian's ``chromium``
+through the DevTools protocol (a small stdlib websocket client: no Selenium, no Playwright), and
+writes PNGs plus ``ui_checks.json`` (what each page showed, measured from the DOM, and the resident
+memory of the server's process tree, idle and after the pages):
 
     python benchmarks/ui_screenshots.py                          # the store `make run` wrote
     python benchmarks/ui_screenshots.py --tracking-uri sqlite:////tmp/x/mlruns/mlflow.db --out /tmp/shots
+    python benchmarks/ui_screenshots.py --server mlflow-ui       # the UI as `make ui` served it before
 
-Nothing is seeded: the browser has an empty profile, so each page is what a newcomer's first
-visit shows when following a link the tool prints. Pages:
-  landing.png             the experiment link ``main`` and ``make ui`` print (Model training mode?)
-  every_model.png         the shared view of every trained model (names as drawn, metric columns)
+Nothing is seeded: the browser has a new, empty profile, so each page is what a newcomer's first
+visit shows. Pages, in this order (one browser, so what the first page stores, the later ones see):
+  bare_address.png        http://127.0.0.1:PORT typed by hand: which mode, which page, what it stored
+  <label>.png             every link the server's start printed (runs, every model, accuracy vs k,
+                          analysis report, its figure, registered model)
+  report_after_link.png   the report after clicking one of its links (does the report stay?)
   subset_run.png          one sweep model's run page
-  report.png              the analysis run's ``report.html`` in the Artifacts tab;
-  report_after_link.png   the same after clicking one of its links (does the report stay?)
-  accuracy_vs_k.png       the shared chart view: target accuracy against k per order
-  registry.png            the champion's model version (does Source Run open the training run?)
+  registry.png            the Model registry's list, opened without workflowType (does the mode hold?)
 
 Needs ``apt-get install -y chromium``. Runs as root with --no-sandbox.
 """
@@ -214,12 +216,22 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def start_ui(tracking_uri: str, artifact_root: str | None, port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]
-    if artifact_root:
-        command += ["--default-artifact-root", artifact_root]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+SERVERS = ("transfer-core", "mlflow-ui")
+
+
+def start_ui(server: str, tracking_uri: str, artifact_root: str | None, port: int, experiment: str,
+             log: Path) -> subprocess.Popen:
+    """Start the UI in a session of its own, its output in ``log``; returns once /health answers."""
+    if server == "transfer-core":  # prints the links, then becomes `mlflow server --app-name transfer-core`
+        command = [sys.executable, "-m", "transfer_core.cli", "ui", "--tracking-uri", tracking_uri, "--port",
+                   str(port), "--experiment", experiment, "--workers", "1"]
+    else:  # what `make ui` ran before `transfer-core ui`: MLflow's own app, its job runner on
+        command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
+                   "--port", str(port), "--workers", "1"]
+        if artifact_root:
+            command += ["--default-artifact-root", artifact_root]
+    with open(log, "w") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 180, proc)
     except Exception:
@@ -229,7 +241,7 @@ def start_ui(tracking_uri: str, artifact_root: str | None, port: int) -> subproc
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Stop ``proc`` and the processes it started (``mlflow ui`` runs uvicorn in a session of its own)."""
+    """Stop ``proc`` and the processes it started (all in the session ``start_ui`` gave it)."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
@@ -239,8 +251,61 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def printed_links(log: Path) -> dict[str, str]:
+    """label -> link of the lines ``  label:   http://...`` that ``transfer-core ui`` printed (first study)."""
+    links = {}
+    for line in log.read_text().splitlines():
+        if line.endswith(":") and not line.startswith(" ") and links:
+            break  # the next study's block
+        label, _, rest = line.strip().partition(": ")
+        if line.startswith("  ") and rest.strip().startswith("http"):
+            links[label] = rest.strip()
+    return links
+
+
+def tree_memory(pid: int) -> dict:
+    """Memory of ``pid`` and all its descendants, from /proc: resident (RSS; pages shared between them
+    counted in each) and proportional (PSS; shared pages split between their users), in MiB, and each process."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    processes = []
+    for member in tree:
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+            command = Path(f"/proc/{member}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+            pss_kib = next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pss_kib = 0
+        processes.append({"pid": member, "rss_mib": round(rss_kib / 1024, 1), "pss_mib": round(pss_kib / 1024, 1),
+                          "command": command[:160]})
+    return {"processes": len(processes), "rss_mib": round(sum(p["rss_mib"] for p in processes), 1),
+            "pss_mib": round(sum(p["pss_mib"] for p in processes), 1), "each": processes}
+
+
 TEXT = "document.body.innerText"
-MODE = f"({TEXT}.includes('Judges') ? 'GenAI' : 'Model training')"  # only the GenAI sidebar lists judges
+# The mode as drawn: the GenAI sidebar lists judges and has no Model registry entry (the bundle hides it there).
+MODE = (f"(({TEXT}.includes('Judges') || ![...document.querySelectorAll('a')].some(a => a.innerText.trim() === "
+        "'Model registry')) ? 'GenAI' : 'Model training')")
+# The mode by the bundle's own rule: the link's workflowType, else the stored toggle, else genai.
+STORED = "window.localStorage.getItem('mlflow.workflowType_v1')"
+RULE = (f"(new URLSearchParams(location.hash.split('?')[1] || '').get('workflowType') || JSON.parse({STORED}) "
+        "|| 'genai')")
+DRAWN = "(document.querySelector('#root') && document.querySelector('#root').innerText.length > 100)"
 # The runs table's rows (ag-grid splits a row into pinned and centre parts: joined by row index).
 ROWS = ("Object.values([...document.querySelectorAll('.ag-row')].reduce((m, r) => {"
         "const i = r.getAttribute('row-index'); m[i] = (m[i] || '') + ' ' + r.innerText; return m; }, {}))")
@@ -264,13 +329,48 @@ def take(browser: Browser, out: Path, name: str, url: str, ready: str, check: st
     return result
 
 
+def cells(column: str) -> str:
+    """JS: the texts drawn in the runs table's column ``column`` (its ag-grid col-id, e.g. params.`k`)."""
+    return f"[...document.querySelectorAll('.ag-row [col-id=\"{column}\"]')].map(c => c.innerText.trim())"
+
+
+def link_checks(label: str, name: str) -> tuple[str, str, float]:
+    """(ready, check, settle seconds) for the page a printed link of ``label`` opens."""
+    base = f"mode: {MODE}, mode_by_rule: {RULE}"
+    if label == "every model":
+        return (f"{ROWS}.length > 0",
+                f"({{{base}, rows: {ROWS}.length, names_as_drawn: {NAMES}.slice(0, 12), "
+                f"distinct_names_as_drawn: new Set({NAMES}).size, names: {NAMES}.length, columns: {HEADERS}, "
+                f"group_rows: {ROWS}.filter(r => r.includes('(average)')).length, "
+                f"k_as_drawn: {cells('params.`k`')}, kind_as_drawn: {cells('tags.`transfer_core.kind`')}.slice(0, 8), "
+                f"accuracy_as_drawn: {cells('metrics.`target_test_acc`')}.slice(0, 8)}})", 4.0)
+    if label == "accuracy vs k":
+        return ("document.querySelectorAll('.js-plotly-plot').length > 0",
+                f"({{{base}, charts: document.querySelectorAll('.js-plotly-plot').length,"
+                " points: document.querySelectorAll('.js-plotly-plot .point').length,"
+                " says_no_charts: document.body.innerText.includes('No charts')})", 6.0)
+    if label == "analysis report":
+        frame = "document.querySelector('iframe.mlflow-html-iframe')"
+        return f"{frame} && {frame}.src", f"({{{base}}})", 5.0
+    if label == "its figure":
+        return ("[...document.images].some(i => i.naturalWidth > 300)",
+                f"({{{base}, pictures: [...document.images].filter(i => i.naturalWidth > 300)"
+                ".map(i => `${i.naturalWidth}x${i.naturalHeight}`)})", 3.0)
+    if label == "registered model":
+        return (f"{TEXT}.includes('Source Run') || {TEXT}.includes('Source run')",
+                f"({{{base}, source_run_links: [...document.querySelectorAll('a')].map(a => a.getAttribute('href')"
+                " || '').filter(h => h.includes('/runs/'))})", 4.0)
+    return f"{TEXT}.includes({json.dumps(name)})", f"({{{base}}})", 4.0  # runs, and anything new
+
+
 def main() -> int:
     from mlflow.tracking import MlflowClient
 
+    from transfer_core.registry import CHAMPION, model_name
     from transfer_core.track import latest_run
-    from transfer_core.track.runs import ANALYSIS, COUNTERFACTUAL, SWEEP
+    from transfer_core.track.runs import SWEEP
     from transfer_core.track.store import ui_url
-    from transfer_core.track.views import CHART_VIEW, RUNS_VIEW, view_url
+    from transfer_core.workflow.links import study_links
 
     parser = argparse.ArgumentParser(description="Screenshots of the MLflow UI over a transfer_core store, as a "
                                                  "newcomer's browser (an empty profile) meets it.")
@@ -278,7 +378,11 @@ def main() -> int:
                         or f"sqlite:///{Path('mlruns/mlflow.db').resolve()}", help="the store to look at")
     parser.add_argument("--artifact-root", default=None, help="default: the folder of a sqlite store")
     parser.add_argument("--experiment", default="transfer_core", help="the experiment the pipeline wrote")
-    parser.add_argument("--model", default=None, help="registered model; default: <experiment>-target")
+    parser.add_argument("--server", choices=SERVERS, default=SERVERS[0],
+                        help="transfer-core: `transfer-core ui`; mlflow-ui: `mlflow ui --workers 1`, as `make ui` "
+                             "served it before (its links are the same set, made here)")
+    parser.add_argument("--idle-s", type=float, default=30.0,
+                        help="seconds after /health answers before the idle memory is read")
     parser.add_argument("--out", default="outputs/ui", help="folder for the PNGs and ui_checks.json")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium",
                         help="the Chromium executable")
@@ -290,7 +394,7 @@ def main() -> int:
     if experiment is None:
         sys.exit(f"no experiment {args.experiment!r} in {args.tracking_uri}; run `make run` first or pass --experiment")
     exp = experiment.experiment_id
-    sweep, analysis, grid = (latest_run(client, exp, kind) for kind in (SWEEP, ANALYSIS, COUNTERFACTUAL))
+    sweep = latest_run(client, exp, SWEEP)
     root = args.artifact_root
     if root is None and args.tracking_uri.startswith("sqlite:///"):
         root = str(Path(args.tracking_uri[len("sqlite:///"):]).parent)
@@ -298,23 +402,58 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     port = free_port()
-    ui = start_ui(args.tracking_uri, root, port)
-    browser = Browser(args.chromium)
     base = f"http://127.0.0.1:{port}"
-    checks = {"experiment": args.experiment, "experiment_kind_tag": experiment.tags.get("mlflow.experimentKind"),
+    log = out / "server.log"
+    started = time.monotonic()
+    ui = start_ui(args.server, args.tracking_uri, root, port, args.experiment, log)
+    checks = {"server": args.server, "experiment": args.experiment,
+              "experiment_kind_tag": experiment.tags.get("mlflow.experimentKind"),
               "load_average": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "health_s": round(time.monotonic() - started, 1),
               "browser_profile": "empty (new for this run; nothing written to local storage)"}
+    time.sleep(args.idle_s)
+    checks["memory_idle"] = tree_memory(ui.pid)
+    print(f"server tree, idle: {checks['memory_idle']['processes']} processes, "
+          f"RSS {checks['memory_idle']['rss_mib']} MiB, PSS {checks['memory_idle']['pss_mib']} MiB")
+    if args.server == "transfer-core":
+        links = printed_links(log)
+    else:
+        links = dict(study_links(client, experiment, base))
+    checks["printed_links"] = links
+    browser = Browser(args.chromium)
+    name = json.dumps(args.experiment)
     try:
         browser.page.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
                           mobile=False)
-        name = json.dumps(args.experiment)
-        checks["landing"] = take(browser, out, "landing", ui_url(exp, base=base), f"{TEXT}.includes({name})",
-                                 f"({{mode: {MODE}}})")
-        checks["every_model"] = take(
-            browser, out, "every_model", view_url(exp, RUNS_VIEW, base=base), f"{ROWS}.length > 0",
-            f"({{mode: {MODE}, rows: {ROWS}.length, names_as_drawn: {NAMES}.slice(0, 12), "
-            f"distinct_names_as_drawn: new Set({NAMES}).size, names: {NAMES}.length, "
-            f"columns: {HEADERS}}})")
+        checks["bare_address"] = take(
+            browser, out, "bare_address", base, DRAWN,
+            f"({{mode: {MODE}, mode_by_rule: {RULE}, stored: {STORED}, route: location.hash.split('&')[0], "
+            f"shows_experiment: {TEXT}.includes({name})}})", settle_s=5)
+        for label, link in links.items():
+            ready, check, settle = link_checks(label, args.experiment)
+            file = label.replace(" ", "_")
+            checks[file] = take(browser, out, file, link, ready, check, settle_s=settle)
+            if label == "analysis report":
+                checks[file].update(browser.frame_evaluate("blob:", (
+                    "(() => { const before = document.querySelectorAll('section').length;"
+                    " const links = [...document.querySelectorAll('a[href]')];"
+                    " const inPage = links.filter(a => a.getAttribute('href').startsWith('#'));"
+                    " const other = links.length - inPage.length;"
+                    " if (inPage.length) inPage[inPage.length - 1].click();"
+                    " return {sections: before, pictures: document.images.length, in_page_links: inPage.length,"
+                    " links_that_would_leave: other, artifact_paths_as_text: document.querySelectorAll('code').length,"
+                    " scrolled_to: Math.round(window.scrollY)}; })()")) or {})
+                time.sleep(1)
+                after = browser.frame_evaluate("blob:", "({sections: document.querySelectorAll('section').length,"
+                                                        " url: location.protocol})") or {}
+                checks[file]["after_clicking_a_link"] = after
+                browser.page.screenshot(out / "report_after_link.png")
+                print("report after a link:", checks[file])
+            if label == "registered model":
+                version = client.get_model_version_by_alias(model_name(args.experiment), CHAMPION)
+                checks[file]["trained_by"] = version.run_id
+                checks[file]["source_run_is_the_training_run"] = any(
+                    version.run_id in h for h in checks[file]["source_run_links"])
         if sweep is not None:
             model = client.search_runs([exp], f"tags.sweep_id = '{sweep.data.tags['sweep_id']}' "
                                               "and tags.`transfer_core.kind` = 'subset_run'", max_results=1)[0]
@@ -322,43 +461,12 @@ def main() -> int:
             checks["subset_run"] = take(browser, out, "subset_run", ui_url(exp, model.info.run_id, base=base),
                                         f"{TEXT}.includes('target_test_acc') || {TEXT}.includes('Metrics')",
                                         f"({{mode: {MODE}, shows_name: {TEXT}.includes({run_name})}})")
-        if analysis is not None:
-            frame = "document.querySelector('iframe.mlflow-html-iframe')"
-            checks["report"] = take(browser, out, "report",
-                                    ui_url(exp, analysis.info.run_id, "report.html", base=base),
-                                    f"{frame} && {frame}.src", f"({{mode: {MODE}}})", settle_s=5)
-            checks["report"].update(browser.frame_evaluate("blob:", (
-                "(() => { const before = document.querySelectorAll('section').length;"
-                " const links = [...document.querySelectorAll('a[href]')];"
-                " const inPage = links.filter(a => a.getAttribute('href').startsWith('#'));"
-                " const other = links.length - inPage.length;"
-                " if (inPage.length) inPage[inPage.length - 1].click();"
-                " return {sections: before, pictures: document.images.length, in_page_links: inPage.length,"
-                " links_that_would_leave: other, artifact_paths_as_text: document.querySelectorAll('code').length,"
-                " scrolled_to: Math.round(window.scrollY)}; })()")) or {})
-            time.sleep(1)
-            after = browser.frame_evaluate("blob:", "({sections: document.querySelectorAll('section').length,"
-                                                    " url: location.protocol})") or {}
-            checks["report"]["after_clicking_a_link"] = after
-            browser.page.screenshot(out / "report_after_link.png")
-            print("report after a link:", checks["report"])
-        if grid is not None:
-            checks["accuracy_vs_k"] = take(
-                browser, out, "accuracy_vs_k", view_url(exp, CHART_VIEW, chart=True, base=base),
-                "document.querySelectorAll('.js-plotly-plot').length > 0",
-                f"({{mode: {MODE}, charts: document.querySelectorAll('.js-plotly-plot').length,"
-                " points: document.querySelectorAll('.js-plotly-plot .point').length,"
-                " says_no_charts: document.body.innerText.includes('No charts')})", settle_s=6)
-        model_name = args.model or f"{args.experiment}-target"
-        version = client.get_model_version_by_alias(model_name, "champion")
-        checks["registry"] = take(
-            browser, out, "registry", f"{base}/#/models/{model_name}/versions/{version.version}",
-            f"{TEXT}.includes('Source Run') || {TEXT}.includes('Source run')",
-            "({source_run_links: [...document.querySelectorAll('a')].map(a => a.getAttribute('href') || '')"
-            ".filter(h => h.includes('/runs/'))})")
-        checks["registry"]["trained_by"] = version.run_id
-        checks["registry"]["source_run_is_the_training_run"] = any(
-            version.run_id in link for link in checks["registry"]["source_run_links"])
+        registered = json.dumps(model_name(args.experiment))
+        checks["registry"] = take(browser, out, "registry", f"{base}/#/models", f"{TEXT}.includes({registered})",
+                                  f"({{mode: {MODE}, mode_by_rule: {RULE}, stored: {STORED}}})")
+        checks["memory_after_pages"] = tree_memory(ui.pid)
+        print(f"server tree, after the pages: {checks['memory_after_pages']['processes']} processes, "
+              f"RSS {checks['memory_after_pages']['rss_mib']} MiB, PSS {checks['memory_after_pages']['pss_mib']} MiB")
     finally:
         browser.close()
         stop(ui)

@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from pathlib import Path
 
 import mlflow
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("TRANSFER_CORE_DATA", REPO.parent / "shared" / "data"))
+from support import SHARED_DATA, session_dirs, store_context
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep decoded tensors in a per-session cache unless the caller chose one, and looks in a per-session
-    ledger always: a test never adds a look to the user's ledger."""
+    ledger always (a test never adds a look to the user's ledger). Commands the tests start read both from the
+    environment; library calls get them through :func:`support.store_context` (and the ``dirs`` fixture)."""
     if "TRANSFER_CORE_CACHE" not in os.environ:
         os.environ["TRANSFER_CORE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["TRANSFER_CORE_LEDGER"] = str(tmp_path_factory.mktemp("ledger") / "looks.jsonl")
@@ -62,23 +60,22 @@ def new_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
-def quiet_context(tracking_uri: str | None = None, **execution):
-    """A :class:`transfer_core.execute.Context` without progress bars, for ``tracking_uri`` (default: the
-    environment's store) and the given executor settings (``workers=2``, ``pack=3``, ...)."""
-    from transfer_core.execute import Context, ExecutorSettings
-    return Context.open(tracking_uri, execution=ExecutorSettings(**execution), progress=False)
-
-
 @pytest.fixture
 def ctx(tracking):
     """The tracking fixture's store as a Context (no progress bars, one worker in this process)."""
-    return quiet_context(tracking)
+    return store_context(tracking)
 
 
 @pytest.fixture(scope="session")
 def make_ctx():
-    """:func:`quiet_context`, for tests that make their own store or executor."""
-    return quiet_context
+    """:func:`support.store_context`, for tests that make their own store or executor."""
+    return store_context
+
+
+@pytest.fixture(scope="session")
+def dirs():
+    """:func:`support.session_dirs` as a fixture: pass it where the library takes a DataDirs."""
+    return session_dirs()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import transfer_core
 
 PACKAGE = Path(transfer_core.__file__).resolve().parent
 # The pipeline's stages in data-flow order; a stage may import only the ones before it.
-STAGES = ["config", "data", "train", "track", "execute", "sweep", "tune", "analysis", "counterfactual", "registry",
+STAGES = ["config", "settings", "data", "train", "track", "execute", "sweep", "tune", "analysis", "attribution",
+          "counterfactual", "registry",
           "workflow", "cli"]
 
 
@@ -47,7 +48,8 @@ def test_every_stage_is_a_package_or_module_with_a_docstring():
         assert path.is_file(), name
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path} says nothing about its stage"
     assert {p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p.is_dir() and p.name != "__pycache__")} \
-        == {"__init__.py", "config.py", "presets", *[s for s in STAGES if s != "config"]}
+        == {"__init__.py", "config.py", "settings.py", "presets",
+            *[s for s in STAGES if s not in ("config", "settings")]}
     assert not list((PACKAGE / "presets").rglob("*.py"))  # presets/ is package data: profiles and studies
 
 

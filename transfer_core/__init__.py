@@ -2,7 +2,8 @@
 
 The package's stages, in the order data flows through them::
 
-    config         RunConfig: typed, validated at construction; profiles in experiments/profiles
+    config         RunConfig: typed, validated at construction; profiles in presets/profiles; dataset specs
+    settings       how each stage's settings dataclass declares its fields (default, help, checks) once
     data           datasets as uint8 tensors, the target's splits, class masks
     train          networks and the tensor training loop; one subset run as pure computation
     track          the MLflow store, run lookups and lifecycle, what a run logs, claims
@@ -17,8 +18,9 @@ The package's stages, in the order data flows through them::
 
 A small surface, in the spirit of airbench and TRAK::
 
-    from transfer_core import build_config, SubsetRunner
-    runner = SubsetRunner(build_config("quick"), experiment="demo")
+    from transfer_core import build_config, Context, SubsetRunner
+    ctx = Context.open(data_root="../shared/data")    # the store (mlruns/mlflow.db), the data, the cache
+    runner = SubsetRunner(build_config("quick"), "demo", ctx)
     run_id, result = runner.run(index=0)
 
 Sign convention everywhere: positive influence = including the source class helps.
@@ -26,7 +28,6 @@ Sign convention everywhere: positive influence = including the source class help
 import importlib
 
 from transfer_core.config import ConfigError, RunConfig, build_config, load_profile
-from transfer_core.data import class_mask
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "load_profile", "class_mask", "SubsetRunner", "Context"]
 
@@ -46,5 +47,7 @@ def lazy_exports(package: str, exports: dict[str, str]):
     return __getattr__, lambda: sorted(exports)
 
 
-__getattr__, __dir__ = lazy_exports(__name__, {"SubsetRunner": "transfer_core.execute",
+# torch loads with the first of these, not with the package: MLflow's UI server imports transfer_core.track.ui
+__getattr__, __dir__ = lazy_exports(__name__, {"class_mask": "transfer_core.data",
+                                               "SubsetRunner": "transfer_core.execute",
                                                "Context": "transfer_core.execute"})

@@ -34,6 +34,46 @@ class ConfigError(ValueError):
     """A user-facing configuration problem; the message names the problem and the fix."""
 
 
+# Dataset specs by name: what kind of data each is. ``imagefolder:<path>`` names a tree on disk.
+DATASETS = {
+    "cifar10": "cifar", "cifar100": "cifar",  # an archive or tree under the data root, else torchvision downloads
+    "synthetic-source": "synthetic", "synthetic-source-valleak": "synthetic",  # generated, with planted classes
+    "synthetic-target": "synthetic",  # generated; ships its own validation split
+}
+IMAGEFOLDER = "imagefolder"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed dataset spec (``data.source`` / ``data.target``): the one parser of specs.
+
+    ``kind`` is ``cifar``, ``synthetic`` or ``imagefolder``; ``name`` the spec as written for the
+    named ones (``cifar100``), ``imagefolder`` for a tree; ``path`` that tree (``<path>/{train,test|val}/<class>/``).
+    """
+
+    kind: str
+    name: str
+    path: str = ""
+
+    @classmethod
+    def parse(cls, text: str, field_name: str = "data.source") -> "DataSpec":
+        text = str(text).strip()
+        if text.startswith(f"{IMAGEFOLDER}:"):
+            path = text.split(":", 1)[1].strip()
+            if not path:
+                raise ConfigError(f"{field_name}={text!r} names no folder; write {IMAGEFOLDER}:/path/to/tree")
+            return cls(IMAGEFOLDER, IMAGEFOLDER, path)
+        if text in DATASETS:
+            return cls(DATASETS[text], text)
+        raise ConfigError(f"unknown dataset {text!r} in {field_name}; use {', '.join(DATASETS)} or "
+                          f"{IMAGEFOLDER}:<path>")
+
+    @property
+    def has_own_validation(self) -> bool:
+        """Whether the dataset ships a validation split (others carve one from train)."""
+        return self.name == "synthetic-target"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "cifar100"  # dataset spec: cifar10 | cifar100 | imagefolder:<path> | synthetic
@@ -88,7 +128,9 @@ class RunConfig:
         _check(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
         _check(d.source_store in SOURCE_STORES,
                f"unknown data.source_store {d.source_store!r}; choose one of {', '.join(SOURCE_STORES)}")
-        _check(d.source_store == "memory" or d.source.startswith("imagefolder:"),
+        source = DataSpec.parse(d.source, "data.source")
+        DataSpec.parse(d.target, "data.target")
+        _check(d.source_store == "memory" or source.kind == IMAGEFOLDER,
                f"data.source_store={d.source_store} streams an image folder from disk, but data.source is "
                f"{d.source!r}; set data.source=imagefolder:/path or data.source_store=memory")
         _check(d.source_store != "raw" or d.resolution <= 64,

@@ -19,16 +19,21 @@ from mlflow.tracking import MlflowClient
 
 from transfer_core.analysis import findings, influence, report
 from transfer_core.data import synthetic
-from transfer_core.analysis import AnalysisOptions, class_ranking, estimate
+from transfer_core.analysis import AnalysisSettings, class_ranking, estimate
 from transfer_core.analysis.step import check_compatible
 from transfer_core.cli import main
 from transfer_core.config import ConfigError, build_config
 from transfer_core.data import load_split
 from transfer_core.execute import SubsetRunner
-from transfer_core.sweep import run_sweep
+from transfer_core.sweep import SweepSettings, run_sweep
 from transfer_core.track import artifact_path
 
 N_MODELS = 40  # measured z of the weakest planted effect at 40 runs: about 4 (synthetic.py's docstring)
+# Margins below are stated against what another CPU's float rounding does to this sweep. Measured: the
+# same 40 models on torch's default and avx512 kernel paths (a sweep trains each model with 1 thread),
+# and 1,000 "other CPUs" emulated by taking each model's outputs from one path or the other at random:
+# a rounding change alone moves a model's mean test margin by a median 0.72 and up to 8.3 (a model
+# switching between taking and not taking the watermark shortcut; models differ by 7 across the sweep).
 EXPERIMENT = "planted"
 TINY = {"pretrain.epochs": "1", "transfer.epochs": "1"}
 
@@ -43,17 +48,19 @@ def planted(tmp_path_factory, _empty_store, make_ctx):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.chdir(root)
         mlflow.set_tracking_uri(uri)
-        sweep_id = run_sweep(build_config("synthetic"), N_MODELS, experiment=EXPERIMENT, ctx=make_ctx(workers=2))
+        ctx = make_ctx(uri, workers=2)
+        sweep_id = run_sweep(build_config("synthetic"), SweepSettings(n_models=N_MODELS), experiment=EXPERIMENT,
+                             ctx=ctx)
         start = time.perf_counter()
-        result = CliRunner().invoke(main, ["analyze", "--experiment", EXPERIMENT, "--bootstrap", "200",
-                                           "--no-progress"], catch_exceptions=False)
+        result = CliRunner().invoke(main, ["analyze", "--experiment", EXPERIMENT, "--output", "margin",
+                                           "--bootstrap", "200", "--no-progress"], catch_exceptions=False)
         print(f"analyze of {N_MODELS} runs took {time.perf_counter() - start:.1f} s")
         assert result.exit_code == 0, result.output
         client = MlflowClient()
         experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
         (run,) = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'analysis'")
-        yield {"sweep_id": sweep_id, "run": run, "output": result.output,
-               "artifacts": Path(artifact_path(run, "report.html")).parent}
+        yield {"sweep_id": sweep_id, "run": run, "output": result.output, "ctx": ctx,
+               "artifacts": Path(artifact_path(run, "report.html", client)).parent}
         mlflow.set_tracking_uri(None)
 
 
@@ -83,7 +90,9 @@ def test_helpful_class_is_the_top_positive_for_its_target_class(planted):
     top, runner_up = vertical.iloc[0], vertical.iloc[1]
     assert top["class_name"] == "helpful"
     assert top["ci_low"] > 0  # 95% bootstrap interval over runs excludes zero
-    assert top["influence"] > 1.3 * runner_up["influence"]  # measured 8.6 vs 4.5 (diagonal_twin)
+    # diagonal_twin also helps vertical images (orientation features). helpful / runner-up: 2.29 (default
+    # path), 1.72 (avx512), 1.28 to 3.07 over emulated CPUs (5th percentile 1.49)
+    assert top["influence"] > 1.2 * runner_up["influence"], (top, runner_up)
 
 
 def test_misleading_class_is_significantly_negative_on_its_target_class(planted):
@@ -91,7 +100,8 @@ def test_misleading_class_is_significantly_negative_on_its_target_class(planted)
     worst, next_worst = rings.iloc[0], rings.iloc[1]
     assert worst["class_name"] == "misleading"
     assert worst["ci_high"] < 0 and worst["significant_familywise"]  # Bonferroni over 40 pairs: |z| > 3.2
-    assert worst["influence"] < 2 * next_worst["influence"]  # measured -18.8 vs -2.1
+    # worst / next worst: 7.0 (default path), 9.3 (avx512), 3.9 to 34 over emulated CPUs (5th percentile 5.2)
+    assert worst["influence"] < 2 * next_worst["influence"], (worst, next_worst)
     listed = pd.read_csv(planted["artifacts"] / "misleading.csv")
     assert (listed.iloc[0]["class_name"], listed.iloc[0]["target_class"]) == ("misleading", "rings")
 
@@ -103,11 +113,12 @@ def test_leaked_class_dominates_the_copied_test_images(planted):
     leaked = synthetic.leaked_indices("test").numpy()
     names = synthetic.SOURCE_CLASSES
     top = matrix[leaked].argmax(1)
-    assert (top == synthetic.PLANTED["leaked"]).mean() >= 0.8  # measured 60 of 60
+    # share of the copies: 1.00 (default path), 0.98 (avx512), at least 0.92 over emulated CPUs
+    assert (top == synthetic.PLANTED["leaked"]).mean() >= 0.8, (top == synthetic.PLANTED["leaked"]).mean()
     # the group of copied images: leaked is the top class and its bootstrap interval excludes zero
     from transfer_core.sweep import collect_sweep
     runs = collect_sweep(planted["sweep_id"], MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id,
-                         progress=False)
+                         ctx=planted["ctx"])
     group = np.zeros((400, 1), bool)
     group[leaked] = True
     means = influence.group_means(runs.outputs["margin"], group)
@@ -115,11 +126,24 @@ def test_leaked_class_dominates_the_copied_test_images(planted):
     assert names[int(est.influence[0].argmax())] == "leaked"
     draws = influence.bootstrap_draws(runs.masks, means, influence.bootstrap_weights(N_MODELS, 200, seed=1))
     assert np.percentile(draws[:, 0, synthetic.PLANTED["leaked"]], 2.5) > 0
-    # and the leakage finding confirms exact copies in that class, never elsewhere
+    # The leakage finding confirms exact copies in that class, never elsewhere. How many copies its list
+    # holds is not a margin: it lists the 50 most significant test images dominated by one class, and
+    # at 40 runs a copy's own z is only about 2.7, so images dominated by the twin classes crowd the
+    # copies out on some CPUs (seen: 0 copies in the list on the default kernel path, 19 on avx512).
     candidates = pd.read_csv(planted["artifacts"] / "leakage_candidates.csv")
     copies = candidates[candidates["verdict"] == "exact copy"]
-    assert len(copies) >= 5 and set(copies["source_class"]) == {"leaked"}  # measured 7 (of 60 copied images)
-    assert set(copies["test_index"]) <= set(leaked.tolist())
+    assert set(copies["source_class"]) <= {"leaked"} and set(copies["test_index"]) <= set(leaked.tolist())
+    # The same screen and pixel check on the run's logged per-example influences, at z >= 2 and 1.5 times
+    # the runner-up, every candidate checked: copies found 54 (default path), 53 (avx512), at least 32
+    # of the 60 over emulated CPUs; required: 10, all in class leaked.
+    screened = findings.leakage_candidates(np.load(planted["artifacts"] / "influence_matrix.npy"),
+                                           np.load(planted["artifacts"] / "influence_std_error.npy"),
+                                           min_z=2.0, dominance=1.5, max_candidates=400)
+    checked = findings.check_candidates(screened, load_split("synthetic-target", "test", 16),
+                                        load_split("synthetic-source", "train", 16))
+    found = checked[checked["verdict"] == "exact copy"]
+    assert len(found) >= 10 and set(found["source_class"]) == {"leaked"}, (len(found), len(checked))
+    assert set(found["test_index"]) <= set(leaked.tolist())
 
 
 def test_near_duplicates_list_exactly_the_planted_copies(planted):
@@ -194,12 +218,13 @@ def test_a_packed_sweep_reads_like_the_unpacked_one(planted, make_ctx):
     from transfer_core.sweep import collect_sweep, sweep_with_summary
 
     client = MlflowClient()
-    summary = sweep_with_summary(build_config("synthetic"), N_PACKED, experiment=EXPERIMENT + "-packed",
+    summary = sweep_with_summary(build_config("synthetic"), SweepSettings(n_models=N_PACKED),
+                                 experiment=EXPERIMENT + "-packed",
                                  ctx=make_ctx(workers=2, pack=8))
     assert summary.complete and summary.sweep_id == planted["sweep_id"]  # same config, same sweep id
-    packed = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
+    packed = collect_sweep(summary.sweep_id, summary.experiment_id, ctx=planted["ctx"])
     alone = collect_sweep(planted["sweep_id"], client.get_experiment_by_name(EXPERIMENT).experiment_id,
-                          progress=False)
+                          ctx=planted["ctx"])
     first = slice(0, N_PACKED)
     np.testing.assert_array_equal(packed.indices, alone.indices[first])
     np.testing.assert_array_equal(packed.masks, alone.masks[first])
@@ -211,16 +236,25 @@ def test_a_packed_sweep_reads_like_the_unpacked_one(planted, make_ctx):
         assert run_a.data.metrics.keys() == run_b.data.metrics.keys()
         assert run_a.data.tags.keys() - run_b.data.tags.keys() == {"pack_size"}
         assert run_a.data.tags["pack_size"] == "8" and run_a.data.tags["index"] == run_b.data.tags["index"]
-    # Per model, about the same outputs. Training amplifies float reordering now and then (see
-    # tests/train/test_packed.py): seen, 15 of 16 models within 0.47 mean margin, one at 2.26.
-    for name, typical, worst in (("margin", 0.5, 4.0), ("correct", 0.03, 0.15)):
+    # Per model, about the same outputs. Packing reorders float work, and training amplifies that now and
+    # then (tests/train/test_packed.py shows packed and alone training equal to rounding in float64), so
+    # a packed model differs from the model alone as a rounding change differs. What a rounding change
+    # alone does to these models (the same 40 models on the default and avx512 kernel paths): a median
+    # gap of 0.72 in mean margin and 0.030 in accuracy, up to 8.3 and 0.23 (a model switching between
+    # taking and not taking the watermark shortcut); packed vs alone here: median 0.006 and 0.000
+    # (default path), 0.055 and 0.003 (avx512), at most 3.1 and 0.12. A per-model maximum has no
+    # margin against such switches, so only the median is bounded: by 2.0 and 0.08, three times a
+    # rounding change's, while a packing error (other masks, data or learning rates) would give the
+    # median gap between two different models of this sweep (about 7 and 0.2).
+    for name, typical in (("margin", 2.0), ("correct", 0.08)):
         a, b = packed.outputs[name].astype(float), alone.outputs[name][first].astype(float)
         gap = np.abs(a.mean(1) - b.mean(1))
-        assert np.median(gap) < typical and gap.max() < worst, (name, gap)
+        assert np.median(gap) < typical, (name, np.round(gap, 3))
     # The same 16 models give about the same class influences packed or not. Which class comes out on top
     # at 16 runs is not compared: the weakest plant's z is only about 2.5 there (4 at 40 runs), so a
     # neutral class overtakes it on some CPUs (seen on the CI machine: noise_blue on vertical); the
-    # planted classes are checked at 40 runs by the tests above.
+    # planted classes are checked at 40 runs by the tests above. Correlations seen: packed vs alone
+    # 0.994 to 1.0; the same 16 models alone on the default vs the avx512 kernel path, 0.957 to 0.971.
     for name, a, b in influence_pairs(packed, alone, first):
         print(name, "packed vs alone influence correlation", round(float(np.corrcoef(a, b)[0, 1]), 3))
         assert np.corrcoef(a, b)[0, 1] > 0.8, (name, a, b)
@@ -250,7 +284,8 @@ def test_estimate_aggregates_are_means_of_the_per_example_influences():
     labels = np.repeat(np.arange(3), 7)
     outputs = {"margin": rng.normal(size=(60, 21)).astype(np.float16), "prob": rng.random((60, 21)).astype(np.float16),
                "correct": rng.random((60, 21)) < 0.6}
-    est = estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisOptions(bootstrap=50))
+    est = estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"],
+                   AnalysisSettings(output="margin", bootstrap=50))
     table = est.aggregates.set_index(["output", "scope", "class_index"]).sort_index()
     for output in ("margin", "correct"):  # the difference of means is linear in the outputs
         per_example = influence.difference_of_means(masks, outputs[output]).influence
@@ -259,7 +294,7 @@ def test_estimate_aggregates_are_means_of_the_per_example_influences():
     assert "prob" not in est.aggregates["output"].unique()
     assert est.bootstrap_se.shape == (21, 5) and est.ridge.coef.shape == (21, 5)
     with pytest.raises(ConfigError, match="unknown output 'logit'"):
-        estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisOptions(output="logit"))
+        estimate(masks, outputs, labels, list("abcde"), ["x", "y", "z"], AnalysisSettings(output="logit"))
 
 
 def test_incompatible_runs_are_refused_naming_runs_and_fields():
@@ -284,12 +319,12 @@ def test_too_few_runs_are_refused_saying_how_many_are_missing(planted):
     assert len(analysis_runs(EXPERIMENT)) == 1  # the refused analysis logged nothing
 
 
-def test_analyze_refuses_bad_input_and_records_nothing(tracking):
+def test_analyze_refuses_bad_input_and_records_nothing(ctx):
     cli = CliRunner()
     missing = cli.invoke(main, ["analyze", "--experiment", "nowhere"])
     assert missing.exit_code != 0 and "experiment 'nowhere' does not exist" in missing.output
-    SubsetRunner(build_config("synthetic", TINY), experiment="tiny").run(0, tags={"sweep_id": "sweep-a"})
-    other = SubsetRunner(build_config("synthetic", {**TINY, "transfer.lr": "0.05"}), experiment="tiny")
+    SubsetRunner(build_config("synthetic", TINY), "tiny", ctx).run(0, tags={"sweep_id": "sweep-a"})
+    other = SubsetRunner(build_config("synthetic", {**TINY, "transfer.lr": "0.05"}), "tiny", ctx)
     run_id, _ = other.run(1, tags={"sweep_id": "sweep-a"})
     mixed = cli.invoke(main, ["analyze", "--experiment", "tiny"])  # its only sweep
     assert mixed.exit_code != 0 and f"run {run_id} has transfer.lr=0.05 but run" in mixed.output
@@ -299,10 +334,10 @@ def test_analyze_refuses_bad_input_and_records_nothing(tracking):
     assert analysis_runs("tiny") == []  # nothing was logged by the refused analyses
 
 
-def test_cifar_test_duplicates_in_cifar100_train_are_found(data_root):
+def test_cifar_test_duplicates_in_cifar100_train_are_found(data_root, dirs):
     """The exact cross-dataset copies between CIFAR-10 test and CIFAR-100 train, at native 32 px."""
-    test = load_split("cifar10", "test", 32, data_root)
-    source = load_split("cifar100", "train", 32, data_root)
+    test = load_split("cifar10", "test", 32, dirs)
+    source = load_split("cifar100", "train", 32, dirs)
     start = time.perf_counter()
     table = findings.near_duplicates(test, source, threshold=0.98)
     seconds = time.perf_counter() - start
@@ -337,27 +372,32 @@ def leaked_row(ranking: pd.DataFrame) -> pd.Series:
     return ranking.set_index("class_name").loc["leaked"]
 
 
+PLANT = 45.0  # margin a planted copy adds (a confident error, about -20, to a very confident hit, about +25)
+
+
 def test_a_plant_only_the_test_split_shows_never_chooses_a_removal(planted):
     """The runs' real logged outputs, with a signal planted in them: class ``noise_gray`` raises the
-    margin of 60 examples of target ``horizontal`` by 30 (a copy turning a confident error into a
-    confident hit) in every run that kept it, in the test outputs only. The test ranking (findings)
-    must show it; the validation ranking, which alone chooses counterfactual removals, must be
-    unchanged. The same plant in the validation ranking half must move ``noise_gray`` to the top of
+    margin of 60 examples of target ``horizontal`` by :data:`PLANT` (a copy turning a confident error
+    into a very confident hit) in every run that kept it, in the test outputs only. The test ranking
+    (findings) must show it; the validation ranking, which alone chooses counterfactual removals, must
+    be unchanged. The same plant in the validation ranking half must move ``noise_gray`` to the top of
     the validation ranking.
 
-    Margins (measured, 40 runs, seeds fixed): test plant, test z -1.51 -> +0.53, validation
-    ranking identical (z -1.55); validation plant (the half's 50 horizontals), z -1.55 -> +1.76
-    and first. Required: z up by > 1 where planted, the validation ranking unchanged by the test
-    plant. (Image copies in the synthetic source help every ``horizontal`` image alike, so they
-    cannot plant a test-only signal; see ``data.synthetic``.)
+    Margins: the validation plant (the half's 50 horizontals) must beat ``leaked``, a real helper of
+    every horizontal image. With a plant of 30 it led by 2.0 (default kernel path) and 1.3 (avx512)
+    in mean margin, and by as little as 0.06 over emulated CPUs (see :data:`N_MODELS`); with 45, by
+    6.2 and 5.4, at least 4.2 over emulated CPUs. Required: z up by > 1 where planted, the validation
+    ranking unchanged by the test plant (exactly), noise_gray first where planted in validation.
+    (Image copies in the synthetic source help every ``horizontal`` image alike, so they cannot plant
+    a test-only signal; see ``data.synthetic``.)
     """
     from transfer_core.data import validation_halves
     from transfer_core.sweep import collect_sweep
     runs = collect_sweep(planted["sweep_id"], MlflowClient().get_experiment_by_name(EXPERIMENT).experiment_id,
-                         progress=False)
+                         ctx=planted["ctx"])
     planted_class = synthetic.SOURCE_CLASSES.index("noise_gray")
     halves = validation_halves(runs.val_labels, 0)
-    options = AnalysisOptions(bootstrap=0)
+    options = AnalysisSettings(output="margin", bootstrap=0)
 
     def fit(test_outputs, val_outputs):
         est = estimate(runs.masks, test_outputs, runs.target_labels, runs.source_classes, synthetic.TARGET_CLASSES,
@@ -369,7 +409,7 @@ def test_a_plant_only_the_test_split_shows_never_chooses_a_removal(planted):
         copied = np.flatnonzero((labels == synthetic.TARGET_CLASSES.index("horizontal")) &
                                 (True if only is None else only))[:60]
         margin = outputs["margin"].astype(np.float64)
-        margin[np.ix_(runs.masks[:, planted_class], copied)] += 30.0
+        margin[np.ix_(runs.masks[:, planted_class], copied)] += PLANT
         return {**outputs, "margin": margin}
 
     def z(table):
@@ -383,4 +423,5 @@ def test_a_plant_only_the_test_split_shows_never_chooses_a_removal(planted):
 
     _, val_planted = fit(runs.outputs, plant(runs.val_outputs, runs.val_labels, only=halves))
     print(f"validation plant: validation z {z(val_before):+.2f} -> {z(val_planted):+.2f}")
-    assert z(val_planted) > z(val_before) + 1 and val_planted.index[0] == "noise_gray"
+    assert z(val_planted) > z(val_before) + 1 and val_planted.index[0] == "noise_gray", \
+        val_planted["influence"].head(3)  # noise_gray led leaked by 4.2 or more over emulated CPUs

@@ -157,12 +157,35 @@ def test_bad_shapes_are_refused():
         influence.difference_of_means(np.ones(4, bool), np.ones((4, 5)))
 
 
-def test_estimator_registry():
+def test_estimators_are_looked_up_by_name_and_a_new_one_is_one_class_and_one_line(monkeypatch):
+    """The registry drives :func:`estimate`: a test double registered under a new name (a naive loop over
+    examples and classes, no matrix algebra) is accepted by the settings and gives the estimates."""
+    from transfer_core.analysis import AnalysisSettings, estimate
+
     masks, outputs = random_sweep()
     assert set(influence.ESTIMATORS) == {"dom", "ridge"}
-    np.testing.assert_allclose(influence.ESTIMATORS["dom"](masks, outputs),
+    np.testing.assert_allclose(influence.ESTIMATORS["dom"].fit(masks, outputs).influence,
                                influence.difference_of_means(masks, outputs).influence)
-    assert influence.ESTIMATORS["ridge"](masks, outputs).shape == (outputs.shape[1], masks.shape[1])
+    assert influence.ESTIMATORS["ridge"].fit(masks, outputs).influence.shape == (outputs.shape[1], masks.shape[1])
+
+    class NaiveMeans(influence.Estimator):
+        name = "naive"
+
+        def fit(self, masks, outputs):
+            masks, outputs = np.asarray(masks), np.asarray(outputs, np.float64)
+            infl = np.array([[outputs[masks[:, c], t].mean() - outputs[~masks[:, c], t].mean()
+                              for c in range(masks.shape[1])] for t in range(outputs.shape[1])])
+            return influence.Influence(infl, np.full_like(infl, 0.1), masks.sum(0), (~masks).sum(0))
+
+    with pytest.raises(ConfigError, match="unknown estimator 'naive'; choose one of dom, ridge"):
+        AnalysisSettings(estimator="naive")
+    monkeypatch.setitem(influence.ESTIMATORS, "naive", NaiveMeans())
+    labels = np.arange(outputs.shape[1]) % 2
+    got = estimate(masks, {k: outputs for k in ("margin", "prob", "correct")}, labels, [f"c{i}" for i in
+                   range(masks.shape[1])], ["a", "b"], AnalysisSettings(estimator="naive", output="margin",
+                                                                       bootstrap=0))
+    np.testing.assert_allclose(got.influence, influence.difference_of_means(masks, outputs).influence, rtol=1e-5)
+    assert np.allclose(got.std_error, 0.1)  # the double's own errors, not Welch's: it was the one called
 
 
 def test_runs_for_reliability_predicts_the_agreement_of_bigger_sweeps():

@@ -3,6 +3,7 @@ stored records that can be checked are checked (issue 30's findings 1, 2 and 4, 
 synthetic profile with real MLflow stores, real training and the real `mlflow gc`)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -23,11 +24,13 @@ from transfer_core.counterfactual import CounterfactualPlan, log_report, run_cou
 from transfer_core.counterfactual.gate import recompute_selection
 from transfer_core.counterfactual.looks import (FIRST_SHOWN_TAG, LEDGER_ARTIFACT, Look, LookLedger, merge,
                                                 read_lines)
-from transfer_core.data import selection_half_key, validation_digests
+from transfer_core.data import DataDirs, selection_half_key, validation_digests
 from transfer_core.data.synthetic import SOURCE_CLASSES
 from transfer_core.execute import Context
+from transfer_core.execute.context import DEFAULT_LEDGER
 from transfer_core.track import VAL_OUTPUTS_ARTIFACT, VAL_OUTPUTS_DIGEST_TAG, artifact_path
 from transfer_core.registry import register_champion
+from support import store_context
 
 TINY = {"pretrain.epochs": "1", "transfer.epochs": "2"}
 EXPERIMENT = "looks"
@@ -44,7 +47,7 @@ def ranking() -> pd.DataFrame:
 
 def context(folder: Path, ledger: Path) -> Context:
     """A new sqlite store in ``folder`` (artifacts beside it) that counts looks in ``ledger``."""
-    return Context.open(f"sqlite:///{folder / 'mlflow.db'}", progress=False, ledger=ledger)
+    return store_context(f"sqlite:///{folder / 'mlflow.db'}", ledger=ledger)
 
 
 def plan(ctx: Context, n_seeds: int = 3, ks=(0, 1), resolution: int = 16, orders=("bottom",)):
@@ -113,28 +116,28 @@ def write_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def test_the_key_names_the_images_not_the_resolution_nor_the_store(tmp_path, monkeypatch):
+def test_the_key_names_the_images_not_the_resolution_nor_the_store(tmp_path, dirs):
     """Finding 2's root: the validation digests change with data.resolution for the same images, the
     selection half's key does not; it changes with the images in the half, and only with those."""
     synthetic = {r: build_config("synthetic", {"data.resolution": str(r)}).data for r in (16, 24)}
-    assert selection_half_key(synthetic[16]) == selection_half_key(synthetic[24])
+    assert selection_half_key(synthetic[16], dirs) == selection_half_key(synthetic[24], dirs)
     from transfer_core.data import load_transfer_data
-    digests = {r: validation_digests(load_transfer_data(d).target_val, 0) for r, d in synthetic.items()}
+    digests = {r: validation_digests(load_transfer_data(d, dirs).target_val, 0) for r, d in synthetic.items()}
     assert digests[16]["selection_half_digest"] != digests[24]["selection_half_digest"]  # what the old count keyed on
-    assert selection_half_key(build_config("synthetic", {"data.split_seed": "1"}).data) != \
-        selection_half_key(synthetic[16])  # other halves
+    assert selection_half_key(build_config("synthetic", {"data.split_seed": "1"}).data, dirs) != \
+        selection_half_key(synthetic[16], dirs)  # other halves
 
     folder = write_folder(tmp_path / "target")
     spec = {"data.target": f"imagefolder:{folder}", "data.val_fraction": "0.5"}
     config = {r: build_config("synthetic", {**spec, "data.resolution": str(r)}).data for r in (16, 24)}
-    key = selection_half_key(config[16])
-    assert key.startswith("half-") and key == selection_half_key(config[24])
-    assert key != selection_half_key(build_config("synthetic", {**spec, "data.split_seed": "3"}).data)
-    assert key != selection_half_key(build_config("synthetic", {**spec, "data.val_fraction": "0.4"}).data)
+    key = selection_half_key(config[16], dirs)
+    assert key.startswith("half-") and key == selection_half_key(config[24], dirs)
+    assert key != selection_half_key(build_config("synthetic", {**spec, "data.split_seed": "3"}).data, dirs)
+    assert key != selection_half_key(build_config("synthetic", {**spec, "data.val_fraction": "0.4"}).data, dirs)
 
     from transfer_core.data import validation_halves
     from transfer_core.data.loading import validation_images
-    val, _ = validation_images(config[16], 32)
+    val, _ = validation_images(config[16], 32, dirs)
     ranking_half = validation_halves(val.labels.numpy(), config[16].split_seed)
 
     def edited(position: int) -> str:
@@ -146,9 +149,8 @@ def test_the_key_names_the_images_not_the_resolution_nor_the_store(tmp_path, mon
         pixels = np.asarray(Image.open(path)).copy()
         pixels[0, 0] ^= 255
         Image.fromarray(pixels).save(path)
-        monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / f"cache-{position}"))
         try:
-            return selection_half_key(config[16])
+            return selection_half_key(config[16], DataDirs(dirs.root, str(tmp_path / f"cache-{position}")))
         finally:
             path.write_bytes(original)
 
@@ -156,16 +158,26 @@ def test_the_key_names_the_images_not_the_resolution_nor_the_store(tmp_path, mon
     assert edited(int(np.flatnonzero(~ranking_half)[0])) != key  # a selection-half image: another half
 
 
-def test_the_ledger_is_state_resolved_once_by_the_entry_point(tmp_path, monkeypatch):
-    """Context.open: an explicit path, else $TRANSFER_CORE_LEDGER, else the user's state folder (not the cache)."""
+def test_the_ledger_is_state_resolved_once_by_the_entry_point(tmp_path):
+    """Context.open: the path given (the command line's --ledger, else $TRANSFER_CORE_LEDGER), else the
+    user's state folder (not the cache); nothing is made until a look is written."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.delenv("TRANSFER_CORE_LEDGER")
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    assert Context.open(uri).ledger == str(tmp_path / "state" / "transfer_core" / "looks.jsonl")
-    monkeypatch.setenv("TRANSFER_CORE_LEDGER", str(tmp_path / "shared.jsonl"))
-    assert Context.open(uri).ledger == str(tmp_path / "shared.jsonl")
+    assert Context.open(uri).ledger == str(DEFAULT_LEDGER)
+    assert DEFAULT_LEDGER.parts[-4:] == (".local", "state", "transfer_core", "looks.jsonl")
     assert Context.open(uri, ledger=tmp_path / "mine.jsonl").ledger == str(tmp_path / "mine.jsonl")
-    assert Context(uri).ledger is None and not (tmp_path / "state").exists()  # nothing made until a look is written
+    assert Context(uri).ledger is None and not (tmp_path / "mine.jsonl").exists()
+    from transfer_core.cli.options import store_options
+    import click
+
+    @click.command()
+    @store_options
+    def probe(**store):
+        click.echo(store["ledger"])
+
+    found = CliRunner().invoke(probe, [], env={"TRANSFER_CORE_LEDGER": str(tmp_path / "shared.jsonl")})
+    assert found.output.strip() == str(tmp_path / "shared.jsonl")
+    given = CliRunner().invoke(probe, ["--ledger", "x.jsonl"], env={"TRANSFER_CORE_LEDGER": "y.jsonl"})
+    assert given.output.strip() == "x.jsonl"
 
 
 def test_the_merge_rule_prefers_the_ledger_file_and_skips_a_torn_last_line(tmp_path):
@@ -268,7 +280,7 @@ def test_a_second_store_on_the_same_half_counts_the_first_stores_looks(store_a, 
     stays so when read with a ledger file that never saw the first store (the copy on its run remembers)."""
     ctx_a, runs_a = store_a
     ledger = tmp_path / "looks.jsonl"
-    assert show(Context(ctx_a.tracking_uri, ledger=str(ledger)), runs_a).look == 1  # the store's look, in this ledger
+    assert show(dataclasses.replace(ctx_a, ledger=str(ledger)), runs_a).look == 1  # the store's look, in this ledger
     ctx_b = context(tmp_path / "b", ledger)
     runs_b = plan(ctx_b, ks=(0,))  # the full source alone: 3 runs, enough seeds to register
     assert runs_b.plan["look_key"] == runs_a.plan["look_key"]
@@ -288,7 +300,7 @@ def test_a_new_resolution_is_another_look_at_the_same_half(store_a, tmp_path):
     second look, although its (resolution-bound) selection-half digest differs."""
     ctx_a, runs_a = store_a
     ledger = tmp_path / "looks.jsonl"
-    show(Context(ctx_a.tracking_uri, ledger=str(ledger)), runs_a)
+    show(dataclasses.replace(ctx_a, ledger=str(ledger)), runs_a)
     ctx = context(tmp_path / "r24", ledger)
     runs = plan(ctx, 1, ks=(0,), resolution=24)  # one run: a look all the same
     assert runs.plan["selection_half_digest"] != runs_a.plan["selection_half_digest"]

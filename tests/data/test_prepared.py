@@ -128,7 +128,7 @@ def test_a_broken_image_and_an_empty_class_folder_are_one_sentence(tree, tmp_pat
 def test_sweeps_on_the_imagenet64_profile_stream_from_disk_and_log_like_any_run(tree, ctx, make_ctx, tracking):
     """A sweep and a packed sweep (pack of 2 on the CPU, asked for explicitly) on imagenet64 with a tiny network:
     MLflow runs with masks, outputs and dataset inputs whose source digest comes from the prepared index."""
-    from transfer_core.sweep import collect_sweep, sweep_with_summary
+    from transfer_core.sweep import SweepSettings, collect_sweep, sweep_with_summary
 
     tiny = {"data.source": f"imagefolder:{tree}", "data.resolution": "16", "data.target": "synthetic-target",
             "data.target_resolution": "16", "pretrain.width": "8", "pretrain.epochs": "1", "pretrain.peak_epoch": "0.5",
@@ -137,14 +137,16 @@ def test_sweeps_on_the_imagenet64_profile_stream_from_disk_and_log_like_any_run(
     result = CliRunner().invoke(main, ["prepare", "--profile", "imagenet64", *sum((["--set", f"{k}={v}"] for k, v in
                                                                                    tiny.items()), []), "--no-progress"])
     assert result.exit_code == 0 and "192 images of 8 classes, raw" in result.output, result.output
-    alone = sweep_with_summary(config, 4, ctx=ctx, experiment="stream")
-    packed = sweep_with_summary(config, 4, ctx=make_ctx(tracking, pack=2), experiment="stream-packed")
+    alone = sweep_with_summary(config, SweepSettings(n_models=4), ctx=ctx, experiment="stream")
+    packed = sweep_with_summary(config, SweepSettings(n_models=4), ctx=make_ctx(tracking, pack=2),
+                                experiment="stream-packed")
     assert alone.complete and packed.complete and alone.sweep_id == packed.sweep_id
     client = MlflowClient()
-    source = load_source(config.data, "train")
-    assert isinstance(source, StreamedSource) and isinstance(load_transfer_data(config.data).source, StreamedSource)
+    source = load_source(config.data, "train", ctx.dirs)
+    assert isinstance(source, StreamedSource) and isinstance(load_transfer_data(config.data, ctx.dirs).source,
+                                                             StreamedSource)
     for summary in (alone, packed):
-        runs = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
+        runs = collect_sweep(summary.sweep_id, summary.experiment_id, ctx=ctx)
         assert runs.masks.shape == (4, N_CLASSES) and runs.outputs["margin"].shape == (4, 400)
         for run_id, mask in zip(runs.run_ids, runs.masks):
             run = client.get_run(run_id)
@@ -152,7 +154,12 @@ def test_sweeps_on_the_imagenet64_profile_stream_from_disk_and_log_like_any_run(
             assert inputs["pretrain"].digest == subset_digest(source.class_digests(), mask)
             assert json.loads(inputs["pretrain"].source)["store"] == "raw"
             assert 0 <= run.data.metrics["source_acc"] <= 1
-    alone_runs = collect_sweep(alone.sweep_id, alone.experiment_id, progress=False)
-    packed_runs = collect_sweep(packed.sweep_id, packed.experiment_id, progress=False)
+    alone_runs = collect_sweep(alone.sweep_id, alone.experiment_id, ctx=ctx)
+    packed_runs = collect_sweep(packed.sweep_id, packed.experiment_id, ctx=ctx)
+    # The same models: packing reorders floating-point work only (tests/train/test_packed.py: equal to rounding
+    # in float64), and float32 training amplifies a reordering now and then. Seen, largest margin difference:
+    # packed vs alone 0.002 (default and avx512 kernel paths); the same models alone on the default vs the
+    # avx512 path, 0.011: what a rounding change alone does. Two different models of this sweep differ by
+    # 1.0 to 2.3 (median) and 5.7 to 14 (largest): what a packing error would do.
     np.testing.assert_allclose(packed_runs.outputs["margin"].astype(float), alone_runs.outputs["margin"].astype(float),
-                               atol=2e-2)  # the same models: packing reorders floating-point work only
+                               atol=0.1)

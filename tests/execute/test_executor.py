@@ -2,14 +2,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +15,8 @@ from transfer_core.cli import main
 from transfer_core.sweep import collect_sweep
 from transfer_core.config import build_config
 from transfer_core.execute import threads_per_worker
-from transfer_core.sweep import sweep_with_summary
+from transfer_core.sweep import SweepSettings, sweep_with_summary
+from support import serve_mlflow
 
 CONFIG = build_config("synthetic", {"pretrain.epochs": "1", "transfer.epochs": "2"})
 
@@ -29,39 +25,6 @@ def finished_children(summary):
     client = MlflowClient()
     return client.search_runs([summary.experiment_id], f"tags.sweep_id = '{summary.sweep_id}' and "
                               "tags.`transfer_core.kind` = 'subset_run' and attributes.status = 'FINISHED'")
-
-
-def serve_mlflow(tmp_path, empty_store, *args, env=None):
-    """A real `mlflow server` on loopback with a sqlite backend and served artifacts; yields its URL, then stops it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    shutil.copy(empty_store, tmp_path / "server.db")
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                             "--artifacts-destination", str(tmp_path / "served-artifacts"), "--workers", "1", *args],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError("mlflow server did not start:\n" + (tmp_path / "server.log").read_text()[-2000:])
-            time.sleep(0.3)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers: a session of our own
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
 
 
 ADMIN_PASSWORD = "test-admin-password-0"
@@ -84,14 +47,15 @@ def test_two_worker_processes_log_through_a_shared_server_that_refuses_a_wrong_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # the worker processes inherit them
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
-    summary = sweep_with_summary(CONFIG, 2, ctx=make_ctx(mlflow_server, workers=2))
+    ctx = make_ctx(mlflow_server, workers=2)
+    summary = sweep_with_summary(CONFIG, SweepSettings(n_models=2), ctx=ctx)
     assert summary.complete and summary.n_trained == 2
     runs = finished_children(summary)
     assert len(runs) == 2
     workers = {r.data.tags["transfer_core.claim_pid"] for r in runs}
     assert len(workers) == 2 and str(os.getpid()) not in workers  # both workers trained, not this process
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)  # stored by the server
-    collected = collect_sweep(summary.sweep_id, summary.experiment_id, progress=False)
+    collected = collect_sweep(summary.sweep_id, summary.experiment_id, ctx=ctx)
     assert collected.indices.tolist() == [0, 1]
     assert not (tmp_path / "mlruns").exists()  # nothing went to a local store
 
@@ -120,7 +84,8 @@ def test_ray_executor_on_a_local_ray_instance_trains_a_pack_in_one_task(tracking
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = sweep_with_summary(CONFIG, 2, ctx=make_ctx(executor="ray", ray_cpus_per_run=1, pack=2))
+        summary = sweep_with_summary(CONFIG, SweepSettings(n_models=2),
+                                     ctx=make_ctx(executor="ray", ray_cpus_per_run=1, pack=2))
     finally:
         ray.shutdown()
     assert summary.complete and summary.n_trained == 2
@@ -134,7 +99,7 @@ def test_ray_executor_on_a_local_ray_instance_trains_a_pack_in_one_task(tracking
 def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(tracking, make_ctx):
     summaries = []
     thread = threading.Thread(target=lambda: summaries.append(
-        sweep_with_summary(CONFIG, 3, ctx=make_ctx(workers=2))))
+        sweep_with_summary(CONFIG, SweepSettings(n_models=3), ctx=make_ctx(workers=2))))
     thread.start()
     client, victim, deadline = MlflowClient(), None, time.time() + 300
     while victim is None and thread.is_alive() and time.time() < deadline:
@@ -151,7 +116,7 @@ def test_a_killed_worker_loses_only_its_run_and_a_rerun_completes_the_sweep(trac
     assert first.failures[0]["index"] == int(victim.data.tags["index"])
     assert "worker process died" in first.failures[0]["error"]
 
-    second = sweep_with_summary(CONFIG, 3, ctx=make_ctx())
+    second = sweep_with_summary(CONFIG, SweepSettings(n_models=3), ctx=make_ctx())
     assert second.complete and (second.n_reused, second.n_trained) == (2, 1)
     orphan = client.get_run(victim.info.run_id)
     assert orphan.info.status == "KILLED" and orphan.data.tags["superseded"] == "true"

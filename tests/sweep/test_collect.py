@@ -11,6 +11,8 @@ import pytest
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
+from transfer_core.data import DataDirs
+from transfer_core.execute import Context
 from transfer_core.sweep import collect_sweep, finished_runs
 from transfer_core.config import ConfigError
 from transfer_core.train import save_outputs
@@ -58,8 +60,8 @@ def assert_matches_naive(collected, expected_ids):
         np.testing.assert_array_equal(collected.outputs[key], outputs[key])
 
 
-def test_collect_equals_a_naive_read_and_reads_only_new_runs(tracking, monkeypatch, tmp_path):
-    monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / "cache"))
+def test_collect_equals_a_naive_read_and_reads_only_new_runs(tracking, tmp_path):
+    ctx = Context(tracking, DataDirs(cache=str(tmp_path / "cache")), progress=False)
     client, rng = MlflowClient(), np.random.default_rng(0)
     exp = client.create_experiment("collect")
     ids = {i: log_fake_run(client, exp, "sw", i, rng) for i in (3, 0, 2, 1)}
@@ -67,7 +69,7 @@ def test_collect_equals_a_naive_read_and_reads_only_new_runs(tracking, monkeypat
     log_fake_run(client, exp, "sw", 4, rng, status="FAILED")  # not counted
     log_fake_run(client, exp, "other", 5, rng)  # another sweep
 
-    first = collect_sweep("sw", exp, progress=False)
+    first = collect_sweep("sw", exp, ctx=ctx)
     assert first.indices.tolist() == [0, 1, 2, 3]
     assert_matches_naive(first, [ids[i] for i in range(4)])
     np.testing.assert_array_equal(first.target_labels, LABELS)
@@ -83,24 +85,24 @@ def test_collect_equals_a_naive_read_and_reads_only_new_runs(tracking, monkeypat
     tampered["margin"] = np.zeros_like(tampered["margin"])
     np.savez(outputs_file, **tampered)
 
-    second = collect_sweep("sw", exp, progress=False)
+    second = collect_sweep("sw", exp, ctx=ctx)
     assert second.indices.tolist() == [0, 1, 2, 3, 5]
     np.testing.assert_array_equal(second.outputs["margin"][0], original)
     masks, outputs = naive_collect([ids[5]])
     np.testing.assert_array_equal(second.masks[-1], masks[0])
     np.testing.assert_array_equal(second.outputs["prob"][-1], outputs["prob"][0])
-    again = collect_sweep("sw", exp, progress=False)  # nothing new: served from the cache alone
+    again = collect_sweep("sw", exp, ctx=ctx)  # nothing new: served from the cache alone
     assert again.run_ids == second.run_ids
     for key in second.outputs:
         np.testing.assert_array_equal(again.outputs[key], second.outputs[key])
 
     ids[4] = log_fake_run(client, exp, "sw", 4, rng)  # index 4 retried: lands between cached rows
-    third = collect_sweep("sw", exp, progress=False)
+    third = collect_sweep("sw", exp, ctx=ctx)
     assert third.indices.tolist() == [0, 1, 2, 3, 4, 5]
     np.testing.assert_array_equal(third.outputs["margin"][0], original)
     third.outputs["margin"][0] = 0  # what the files hold now
     assert_matches_naive(third, [ids[i] for i in range(6)])
-    uncached = collect_sweep("sw", exp, use_cache=False, progress=False)
+    uncached = collect_sweep("sw", exp, use_cache=False, ctx=ctx)
     assert_matches_naive(uncached, [ids[i] for i in range(6)])
     assert not uncached.outputs["margin"][0].any()
 
@@ -113,20 +115,20 @@ def test_finished_runs_prefers_a_run_not_superseded(tracking):
     assert [r.info.run_id for r in finished_runs("sw", exp, MlflowClient())] == [kept]
 
 
-def test_collect_refuses_unknown_ambiguous_and_inconsistent_sweeps(tracking, monkeypatch, tmp_path):
-    monkeypatch.setenv("TRANSFER_CORE_CACHE", str(tmp_path / "cache"))
+def test_collect_refuses_unknown_ambiguous_and_inconsistent_sweeps(tracking, tmp_path):
+    ctx = Context(tracking, DataDirs(cache=str(tmp_path / "cache")), progress=False)
     client, rng = MlflowClient(), np.random.default_rng(2)
     exp_a, exp_b = client.create_experiment("a"), client.create_experiment("b")
     with pytest.raises(ConfigError, match="no FINISHED subset run"):
-        collect_sweep("missing", exp_a, progress=False)
+        collect_sweep("missing", exp_a, ctx=ctx)
     with pytest.raises(ConfigError, match="invalid sweep id"):
-        collect_sweep("x' or '1'='1", exp_a, progress=False)
+        collect_sweep("x' or '1'='1", exp_a, ctx=ctx)
     log_fake_run(client, exp_a, "both", 0, rng)
     log_fake_run(client, exp_b, "both", 0, rng)
     with pytest.raises(ConfigError, match="experiments"):
-        collect_sweep("both", progress=False)
-    assert len(collect_sweep("both", exp_b, progress=False)) == 1
+        collect_sweep("both", ctx=ctx)
+    assert len(collect_sweep("both", exp_b, ctx=ctx)) == 1
     log_fake_run(client, exp_a, "ragged", 0, rng)
     log_fake_run(client, exp_a, "ragged", 1, rng, n_test=N_TEST + 1)
     with pytest.raises(ConfigError, match="unlike the sweep's other runs"):
-        collect_sweep("ragged", exp_a, progress=False)
+        collect_sweep("ragged", exp_a, ctx=ctx)

@@ -19,8 +19,9 @@ from mlflow.tracking import MlflowClient
 from transfer_core.cli import main
 from transfer_core.sweep import collect_sweep
 from transfer_core.config import build_config
-from transfer_core.data import class_mask, data_digest
-from transfer_core.sweep import SweepConflictError, run_sweep, sweep_id_for, sweep_with_summary
+from transfer_core.data import DataDirs, class_mask, data_digest
+from transfer_core.execute import Context
+from transfer_core.sweep import SweepConflictError, SweepSettings, run_sweep, sweep_id_for, sweep_with_summary
 
 REPO = str(Path(__file__).resolve().parents[2])
 TINY = {"pretrain.epochs": "1", "transfer.epochs": "2"}
@@ -37,6 +38,12 @@ def one_thread_env() -> dict[str, str]:
 
 def sweep_command(*args):
     return [sys.executable, "-m", "transfer_core.cli", "sweep", *TINY_ARGS, "--no-progress", *args]
+
+
+def store_context() -> Context:
+    """The tracking fixture's store (from the environment it sets) and the session's cache, as a Context."""
+    return Context(os.environ["MLFLOW_TRACKING_URI"], DataDirs(cache=os.environ["TRANSFER_CORE_CACHE"]),
+                   progress=False)
 
 
 def experiment_id(name="transfer_core"):
@@ -70,7 +77,7 @@ def assert_complete_sweep(n_models):
         for other in runs:
             if other is not kept[0]:
                 assert other.info.status in ("KILLED", "FAILED"), index
-    collected = collect_sweep(SWEEP_ID, experiment_id(), progress=False)
+    collected = collect_sweep(SWEEP_ID, experiment_id(), ctx=store_context())
     assert collected.indices.tolist() == list(range(n_models))
     n_val = len(collected.val_labels)  # every run recorded its validation outputs too
     assert n_val > 0 and all(v.shape == (n_models, n_val) for v in collected.val_outputs.values())
@@ -140,7 +147,7 @@ def test_a_killed_pack_loses_only_its_runs_and_a_resume_retrains_exactly_those(t
     finished_before = {r.info.run_id for r in first if r.info.status == "FINISHED"}
     assert {r.data.tags["pack_size"] for r in first} == {"3", "2"}  # both packs had claimed all their models
 
-    summary = sweep_with_summary(CONFIG, 5, ctx=make_ctx(pack=3))
+    summary = sweep_with_summary(CONFIG, SweepSettings(n_models=5), ctx=make_ctx(pack=3))
     assert (summary.n_reused, summary.n_trained) == (3, 2)  # exactly the killed pack's models
     assert_complete_sweep(5)  # 5 FINISHED runs, distinct masks, every other run superseded
     retrained = [r for r in sweep_runs() if r.info.status == "FINISHED" and r.info.run_id not in finished_before]
@@ -169,13 +176,13 @@ def test_three_sweep_commands_at_once_on_a_new_store_never_train_an_index_twice(
 
 
 def test_growing_a_sweep_reuses_its_runs_and_an_mlflow_run_gets_a_pointer(ctx):
-    first = run_sweep(CONFIG, 1, ctx=ctx)
+    first = run_sweep(CONFIG, SweepSettings(n_models=1), ctx=ctx)
     assert first == SWEEP_ID
-    before = collect_sweep(SWEEP_ID, experiment_id(), progress=False)
+    before = collect_sweep(SWEEP_ID, experiment_id(), ctx=store_context())
     invocation = MlflowClient().create_run(experiment_id()).info.run_id  # as `mlflow run` makes one
-    summary = sweep_with_summary(CONFIG, 2, ctx=ctx, invocation_run_id=invocation)
+    summary = sweep_with_summary(CONFIG, SweepSettings(n_models=2), ctx=ctx, invocation_run_id=invocation)
     assert (summary.n_reused, summary.n_trained, summary.n_finished) == (1, 1, 2)
-    after = collect_sweep(SWEEP_ID, experiment_id(), progress=False)
+    after = collect_sweep(SWEEP_ID, experiment_id(), ctx=store_context())
     assert after.run_ids[:1] == before.run_ids
     np.testing.assert_array_equal(after.outputs["margin"][:1], before.outputs["margin"])
     parent = assert_complete_sweep(2)
@@ -184,7 +191,7 @@ def test_growing_a_sweep_reuses_its_runs_and_an_mlflow_run_gets_a_pointer(ctx):
     assert pointer.data.tags["parent_run_id"] == parent.info.run_id
     assert pointer.info.run_name == SWEEP_ID and parent.info.run_id in pointer.data.tags["mlflow.note.content"]
     assert parent.data.tags["n_models"] == "2"
-    again = sweep_with_summary(CONFIG, 2, ctx=ctx)  # nothing left to do
+    again = sweep_with_summary(CONFIG, SweepSettings(n_models=2), ctx=ctx)  # nothing left to do
     assert (again.n_reused, again.n_trained) == (2, 0)
 
 
@@ -203,11 +210,11 @@ def test_mlflow_run_entry_point_makes_the_sweep_parent(tracking):
 
 
 def test_a_stored_sweep_with_another_config_is_refused(ctx):
-    run_sweep(CONFIG, 1, sweep_id="named", ctx=ctx)
+    run_sweep(CONFIG, SweepSettings(n_models=1, sweep_id="named"), ctx=ctx)
     n_runs = len(sweep_runs(sweep_id="named"))
     other = build_config("synthetic", {**TINY, "transfer.lr": "0.05"})
     with pytest.raises(SweepConflictError, match=r"transfer\.lr is 0\.1 there but 0\.05 here"):
-        run_sweep(other, 2, sweep_id="named", ctx=ctx)
+        run_sweep(other, SweepSettings(n_models=2, sweep_id="named"), ctx=ctx)
     result = CliRunner().invoke(main, ["sweep", *TINY_ARGS, "--set", "transfer.lr=0.05", "--n-models", "2",
                                        "--sweep-id", "named", "--no-progress"])
     assert result.exit_code != 0 and "transfer.lr is 0.1 there but 0.05 here" in result.output
@@ -227,8 +234,8 @@ def free_port() -> int:
     (["--executor", "ray"], "needs Ray, which is not installed"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "cannot reach the MLflow tracking server"),
     (["--n-models", "0"], "Invalid value for '--n-models': 0 is not in the range x>=1"),
-    (["--pack", "0"], "Invalid value for '--pack': 0 is not a positive number of models; give --pack 1 or more"),
-    (["--pack", "abc"], "Invalid value for '--pack': 'abc' is neither a number of models nor auto"),
+    (["--pack", "0"], "--pack must be a positive number of models or auto, got '0'; use --pack 1"),
+    (["--pack", "abc"], "--pack must be a positive number of models or auto, got 'abc'"),
     (["--pack", "10000000"], "a pack of 10000000 models needs about"),  # then: "...; use --pack N or less"
 ])
 def test_bad_input_gives_one_clear_error_and_records_nothing(tracking, monkeypatch, args, message):

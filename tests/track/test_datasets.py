@@ -14,6 +14,7 @@ from transfer_core.data.digest import DIGEST_CHARS, class_digests
 from transfer_core.execute import SubsetRunner
 from transfer_core.track import get_experiment_id
 from transfer_core.track.datasets import CONTEXTS, RunDatasets, log_dataset_inputs
+from support import store_context
 
 CONFIG = build_config("synthetic", {"pretrain.epochs": "1", "transfer.epochs": "2"})
 
@@ -48,7 +49,7 @@ def test_subset_digest_follows_the_kept_classes_and_their_pixels():
 
 
 def test_a_run_logs_its_source_subset_and_the_target_splits(tracking):
-    runner = SubsetRunner(CONFIG, experiment="datasets")
+    runner = SubsetRunner(CONFIG, "datasets", store_context())
     client = MlflowClient()
     runs = {i: client.get_run(runner.run(i)[0]) for i in (0, 1)}
     logged = {i: {t.value: d.dataset for d in run.inputs.dataset_inputs for t in d.tags

@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from mlflow.tracking import MlflowClient
 import torch
 
 from transfer_core.data import load_split
@@ -43,16 +44,16 @@ def test_subset_run_logs_everything_and_reloads(tracking):
     assert {"source_acc", "target_val_acc", "target_test_acc", "pretrain_s", "transfer_s",
             "evaluate_s"} <= set(run.data.metrics)
 
-    mask = np.load(artifact_path(run, MASK_ARTIFACT))
+    mask = np.load(artifact_path(run, MASK_ARTIFACT, MlflowClient()))
     assert mask.shape == (10,) and mask.sum() == 5
     assert np.array_equal(mask, class_mask(2, 4, 10, 0.5))
-    outputs = load_outputs(artifact_path(run, OUTPUTS_ARTIFACT))
+    outputs = load_outputs(artifact_path(run, OUTPUTS_ARTIFACT, MlflowClient()))
     test = load_split("synthetic-target", "test", 16)
     assert outputs["margin"].shape == (len(test),)
     np.testing.assert_array_equal(outputs["labels"], test.labels.numpy())
 
     # independent recomputation: reload the checkpoint, rescore the test set
-    model = load_checkpoint(artifact_path(run, CHECKPOINT_ARTIFACT))
+    model = load_checkpoint(artifact_path(run, CHECKPOINT_ARTIFACT, MlflowClient()))
     with torch.no_grad():
         recomputed = per_example_outputs(model(test.images), test.labels)
     np.testing.assert_allclose(outputs["margin"].astype(np.float32), recomputed["margin"], atol=2e-2, rtol=1e-2)
@@ -94,9 +95,10 @@ def test_mlflow_run_entry_point_on_real_data(tracking, data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run("real")
     assert run.info.status == "FINISHED"
-    mask = np.load(artifact_path(run, MASK_ARTIFACT))
+    mask = np.load(artifact_path(run, MASK_ARTIFACT, MlflowClient()))
     assert mask.shape == (100,) and mask.sum() == 50
-    assert json.loads(artifact_path(run, "source_classes.json").read_text())[:2] == ["apple", "aquarium_fish"]
-    outputs = load_outputs(artifact_path(run, OUTPUTS_ARTIFACT))
+    classes = json.loads(artifact_path(run, "source_classes.json", MlflowClient()).read_text())
+    assert classes[:2] == ["apple", "aquarium_fish"]
+    outputs = load_outputs(artifact_path(run, OUTPUTS_ARTIFACT, MlflowClient()))
     assert outputs["margin"].shape == (10_000,) and outputs["correct"].shape == (10_000,)
     assert run.data.metrics["target_test_acc"] > 0.25  # CIFAR-10 chance is 0.10

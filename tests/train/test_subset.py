@@ -62,19 +62,23 @@ def test_normalisation_is_the_whole_sources_whatever_the_mask():
 
 
 def test_run_subset_learns_and_scores_every_test_example():
-    config = build_config("synthetic")
+    # 8 pretraining epochs instead of the profile's 4: at 4, this mask's held-out source accuracy ranges
+    # from 0.37 to 1.0 with the training seed and the CPU's float rounding (seed 3: 0.37 on torch's
+    # default kernel path, 0.52 and 0.59 on avx512 with 1 and 2 threads), too close to any threshold
+    # worth the name. At 8 it ranged 0.93 to 1.0 over 10 seeds (default path), and validation and
+    # test accuracy 0.46 to 0.90: the watermarked "rings" and "diagonal" images of the synthetic
+    # target fool many backbones, which caps both near 0.5 (vertical and horizontal right).
+    config = build_config("synthetic", {"pretrain.epochs": "8"})
     data = load_transfer_data(config.data)
     result = run_subset(config, data, class_mask(0, 2, data.source.n_classes), seed=3,
                         source_test=load_split("synthetic-source", "test", 16))
     n_test = len(data.target_test)
     assert {k: v.shape for k, v in result.target_outputs.items()} == {k: (n_test,) for k in
                                                                       ("margin", "prob", "correct", "pred")}
-    # seen 0.53 / 0.93 / 0.45 (source / validation / test) with this seed when validation was carved
-    # from train; the synthetic target's own validation split, like its test split, has watermarked
-    # "rings" images that fool many backbones, which caps validation and test accuracy near 0.5
-    assert result.metrics["source_acc"] > 0.4  # 5 kept classes: chance is 0.2
-    assert result.metrics["target_val_acc"] > 0.35  # 4 classes: chance is 0.25
-    assert result.metrics["target_test_acc"] > 0.35
+    # margins (seen over 10 seeds): source 0.93 or more against 0.4, target 0.46 or more against 0.35
+    assert result.metrics["source_acc"] > 0.4, result.metrics  # 5 kept classes of 30 images: chance is 0.2
+    assert result.metrics["target_val_acc"] > 0.35, result.metrics  # 4 classes of 100 images: chance is 0.25
+    assert result.metrics["target_test_acc"] > 0.35, result.metrics
     assert set(result.timings) == {"pretrain_s", "transfer_s", "evaluate_s"}
     n_val = len(data.target_val)
     assert {k: v.shape for k, v in result.val_outputs.items()} == {k: (n_val,) for k in

@@ -23,14 +23,15 @@ from transfer_core.config import ConfigError, build_config, parse_overrides, res
 from transfer_core.train import accuracy
 from transfer_core.train.models import Normalized
 from transfer_core.execute import SubsetRunner
-from transfer_core.tune.space import SearchSpace
 from transfer_core.track import KIND_TAG, artifact_path, run_filter
 from transfer_core.train.loop import seed_everything
 from transfer_core.train import evaluate_split, transfer
 from transfer_core.tune.backbone import TrialFitter, ranking_half, reuse_backbone
 from transfer_core.tune.records import BEST_PARAMS_ARTIFACT, HISTORY_PLOT, IMPORTANCE_PLOT, TRIALS_ARTIFACT
-from transfer_core.tune.study import (StorageError, TuneSettings, find_tune_run, load_study, open_storage,
+from transfer_core.tune.settings import TuneSettings
+from transfer_core.tune.study import (StorageError, find_tune_run, load_study, open_storage,
                                       recipe_from, tune, tuned_recipe)
+from support import serve_mlflow, store_context
 
 
 def tuned_overrides(experiment_id, run_id=None):
@@ -39,8 +40,10 @@ def tuned_overrides(experiment_id, run_id=None):
 
 def quiet():
     """The environment's store as a Context without progress bars."""
+    from transfer_core.data import DataDirs
     from transfer_core.execute import Context
-    return Context.open(progress=False)
+    return Context(os.environ["MLFLOW_TRACKING_URI"], DataDirs(cache=os.environ["TRANSFER_CORE_CACHE"]),
+                   progress=False)
 
 EXPERIMENT = "tune-tests"
 TINY = {"pretrain.epochs": "2", "transfer.epochs": "4"}
@@ -83,10 +86,9 @@ def children(study_name):
 def resumed(store):
     """A study of 5 trials, then resumed with 3 more, on one journal file."""
     config = build_config("synthetic", TINY)
-    space = SearchSpace.parse(SPACE)
-    first = tune(config, TuneSettings(n_trials=5, study_name="resume", space=space, sampler_seed=0),
+    first = tune(config, TuneSettings(n_trials=5, study_name="resume", space=SPACE, sampler_seed=0),
                  EXPERIMENT, ctx=quiet())
-    second = tune(config, TuneSettings(n_trials=3, study_name="resume", space=space, sampler_seed=1),
+    second = tune(config, TuneSettings(n_trials=3, study_name="resume", space=SPACE, sampler_seed=1),
                   EXPERIMENT, ctx=quiet())
     return config, first, second
 
@@ -105,18 +107,17 @@ def test_total_trials_completes_the_study_and_then_adds_none(resumed):
     """--total-trials makes rerunning a tuning command safe: it tops the study up to N finished
     trials and, once there, adds none, so the best params (and the sweep they feed) stay put."""
     config = resumed[0]
-    space = SearchSpace.parse(SPACE)
-    first = tune(config, TuneSettings(n_trials=2, study_name="total", space=space, sampler_seed=0), EXPERIMENT,
+    first = tune(config, TuneSettings(n_trials=2, study_name="total", space=SPACE, sampler_seed=0), EXPERIMENT,
                  ctx=quiet())
-    settings = TuneSettings(n_trials=1, total_trials=4, study_name="total", space=space, sampler_seed=2)
+    settings = TuneSettings(n_trials=1, total_trials=4, study_name="total", space=SPACE, sampler_seed=2)
     topped = tune(config, settings, EXPERIMENT, ctx=quiet())
     assert sum(first.counts.values()) == 2 and sum(topped.counts.values()) == 4  # 2 added, not n_trials=1
     again = tune(config, settings, EXPERIMENT, ctx=quiet())
     assert sum(again.counts.values()) == 4 and len(journal_study("total").trials) == 4
     assert again.best_params == topped.best_params and again.best_value == topped.best_value
     assert MlflowClient().get_run(again.run_id).info.status == "FINISHED"
-    with pytest.raises(ConfigError, match="--total-trials must be a positive integer"):
-        TuneSettings(total_trials=0).validate(config)
+    with pytest.raises(ConfigError, match="--total-trials 0 asks the study for no trials"):
+        tune(config, TuneSettings(total_trials=0), EXPERIMENT, ctx=quiet())
 
 
 def test_mlflow_child_runs_match_optuna_trials_one_for_one(resumed):
@@ -154,21 +155,21 @@ def test_parent_logs_best_params_table_and_plots(resumed):
     study = journal_study("resume")
     run = MlflowClient().get_run(second.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[KIND_TAG] == "tune"
-    best = json.loads(artifact_path(run, BEST_PARAMS_ARTIFACT).read_text())
+    best = json.loads(artifact_path(run, BEST_PARAMS_ARTIFACT, MlflowClient()).read_text())
     assert best == second.best_params and best["transfer.mode"] == "fixed"
     assert {k: type(v)(best[k]) for k, v in study.best_params.items()} == study.best_params
     assert all(run.data.params[f"best.{k}"] == v for k, v in best.items())
     assert run.data.metrics["best_val_acc"] == pytest.approx(study.best_value)
-    assert len(artifact_path(run, TRIALS_ARTIFACT).read_text().strip().splitlines()) == 1 + 8
+    assert len(artifact_path(run, TRIALS_ARTIFACT, MlflowClient()).read_text().strip().splitlines()) == 1 + 8
     for plot in (HISTORY_PLOT, IMPORTANCE_PLOT):
-        assert artifact_path(run, plot).read_bytes()[:4] == b"\x89PNG"
+        assert artifact_path(run, plot, MlflowClient()).read_bytes()[:4] == b"\x89PNG"
     assert tuned_overrides(run.info.experiment_id, second.run_id) == best
 
 
 def test_cached_fixed_feature_trials_equal_plain_transfer(resumed):
     """The cached-feature objective against the plain path: transfer() + evaluation of the model."""
     config, first, _ = resumed
-    runner = SubsetRunner(config, EXPERIMENT)
+    runner = SubsetRunner(config, EXPERIMENT, store_context())
     backbone, _ = reuse_backbone(runner.client, runner.experiment_id, runner, None)
     fitter = TrialFitter(backbone, runner)
     trial0 = journal_study("resume").trials[0]
@@ -234,7 +235,7 @@ def test_tuning_reads_no_selection_half_example(resumed, monkeypatch):
     load = subset_runner.load_transfer_data
     monkeypatch.setattr(subset_runner, "load_transfer_data",
                         lambda *a, **k: dataclasses.replace(load(*a, **k), target_val=planted_val))
-    again = tune(config, TuneSettings(n_trials=5, study_name="planted", space=SearchSpace.parse(SPACE),
+    again = tune(config, TuneSettings(n_trials=5, study_name="planted", space=SPACE,
                                       sampler_seed=0), EXPERIMENT, ctx=quiet())
     trials = journal_study("planted").trials
     assert [(t.params, t.state.name, t.value, t.intermediate_values) for t in trials] == \
@@ -244,7 +245,7 @@ def test_tuning_reads_no_selection_half_example(resumed, monkeypatch):
 
 def test_diverging_learning_rates_are_pruned_with_the_reason(store):
     config = build_config("synthetic", TINY)
-    result = tune(config, TuneSettings(n_trials=3, study_name="diverge", space=SearchSpace.parse("lr=1e6:1e8:log")),
+    result = tune(config, TuneSettings(n_trials=3, study_name="diverge", space="lr=1e6:1e8:log"),
                   EXPERIMENT, ctx=quiet())
     assert result.counts == {"COMPLETE": 1, "PRUNED": 2, "FAIL": 0}  # only trial 0, the default lr, completes
     study = journal_study("diverge")
@@ -257,7 +258,7 @@ def test_diverging_learning_rates_are_pruned_with_the_reason(store):
 
 def test_full_fine_tuning_also_tunes_batch_size(store):
     config = build_config("synthetic", {**TINY, "transfer.mode": "full", "transfer.epochs": "2"})
-    space = SearchSpace.parse("lr=0.01:0.2:log;epochs=1:2;batch_size=64,128")
+    space = "lr=0.01:0.2:log;epochs=1:2;batch_size=64,128"
     result = tune(config, TuneSettings(n_trials=2, study_name="full", space=space, sampler_seed=0),
                   EXPERIMENT, ctx=quiet())
     assert result.counts["COMPLETE"] == 2 and result.best_params["transfer.mode"] == "full"
@@ -295,7 +296,7 @@ def test_hand_over_to_other_commands_logs_the_tuned_values(resumed):
     tuned, provenance = resolve_config("synthetic", parse_overrides(SET), recipe=recipe.overrides,
                                        tune_run_id=recipe.run_id)
     assert provenance.tune_run_id == second.run_id and provenance.base == "profile:synthetic"
-    runner = SubsetRunner(tuned, EXPERIMENT)
+    runner = SubsetRunner(tuned, EXPERIMENT, store_context())
     run_id, _ = runner.run(0)
     params = MlflowClient().get_run(run_id).data.params
     assert {k: params[k] for k in second.best_params} == second.best_params
@@ -320,7 +321,7 @@ def test_hand_over_errors(store, resumed):
 def test_resuming_with_another_config_is_refused(resumed):
     config = build_config("synthetic", {**TINY, "pretrain.epochs": "3"})
     with pytest.raises(StorageError, match="study 'resume' .* was made for another config"):
-        tune(config, TuneSettings(n_trials=1, study_name="resume", space=SearchSpace.parse(SPACE)), EXPERIMENT)
+        tune(config, TuneSettings(n_trials=1, study_name="resume", space=SPACE), EXPERIMENT, ctx=quiet())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -347,18 +348,45 @@ def test_mlproject_tune_entry_point_renders_a_valid_command(tmp_path):
     command = entry.compute_command({"n_trials": "7", "study_name": "s"}, str(tmp_path))
     args = command.split("transfer_core.cli ", 1)[1]
     ctx = main.commands["tune"].make_context("tune", shlex.split(args)[1:])
-    assert ctx.params["n_trials"] == 7 and ctx.params["study_name"] == "s" and ctx.params["space"] == ("",)
+    assert ctx.params["n_trials"] == 7 and ctx.params["study_name"] == "s" and ctx.params["space"] is None
     assert ctx.params["total_trials"] is None and ctx.params["backbone_index"] is None  # "" = not given
 
 
 def test_baseline_trial_is_queued_only_when_the_default_fits_the_choices(tmp_path):
     config = build_config("synthetic", {"transfer.mode": "full"})  # batch size 128
     for choices, queued in (("64,128", 1), ("64,256", 0)):
-        settings = TuneSettings(space=SearchSpace.parse(f"lr=0.01:0.1;batch_size={choices}")).validate(config)
+        settings = TuneSettings(space=f"lr=0.01:0.1;batch_size={choices}")
         storage, label = open_storage(str(tmp_path / f"{choices}.journal"), "s")
-        study = load_study(settings, storage, "s", label, config, "data-digest")
+        study = load_study(settings, settings.search_space(config), storage, "s", label, config, "data-digest")
         waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
         assert len(waiting) == queued
         if queued:
             assert waiting[0].system_attrs["fixed_params"] == {"transfer.lr": 0.1, "transfer.batch_size": 128}
             assert waiting[0].user_attrs == {"baseline": True}
+
+
+@pytest.fixture
+def tracking_server(tmp_path, _empty_store):
+    """A real `mlflow server` on loopback with served artifacts (no auth)."""
+    yield from serve_mlflow(tmp_path, _empty_store)
+
+
+def test_tuning_twice_on_a_tracking_server_reuses_the_backbone(tracking_server, tmp_path, monkeypatch):
+    """On a remote store the backbone is read through the store's own client, never MLflow's global URI (here
+    pointed at another, empty store on purpose): the second study reuses the first one's backbone instead of
+    pretraining it again."""
+    monkeypatch.chdir(tmp_path)  # journal studies under ./mlruns/optuna: a remote store has no folder of its own
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    try:
+        ctx = store_context(tracking_server)
+        config = build_config("synthetic", TINY)
+        first = tune(config, TuneSettings(n_trials=1, study_name="one", sampler_seed=0), "remote", ctx=ctx)
+        second = tune(config, TuneSettings(n_trials=1, study_name="two", sampler_seed=0), "remote", ctx=ctx)
+    finally:
+        mlflow.set_tracking_uri(None)
+    client = ctx.client
+    first_run, second_run = client.get_run(first.run_id), client.get_run(second.run_id)
+    assert first_run.info.artifact_uri.startswith("mlflow-artifacts:")  # stored by the server, not on this disk
+    assert "backbone_from" not in first_run.data.tags
+    assert second_run.data.tags.get("backbone_from") == first.run_id, second_run.data.tags
+    assert "backbone_source_acc" in second_run.data.metrics  # the reused backbone's own figure, carried over

@@ -27,7 +27,7 @@ def experiment(tmp_path_factory, data_root):
     env = {**os.environ, "TRANSFER_CORE_DATA": str(data_root), "OMP_NUM_THREADS": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlruns/mlflow.db"}
     command = [sys.executable, "-m", "transfer_core.cli", "main", "--settings", "cifar100_to_cifar10",
-               "--experiment", "ci_cifar", "--n-models", "16", "--workers", "1", "--tune-trials", "2", "--ks", "3",
+               "--experiment", "ci_cifar", "--n-models", "16", "--workers", "1", "--total-trials", "2", "--ks", "3",
                "--seeds", "3", "--bootstrap", "20", "--min-runs", "2", "--publish", str(work / "results"),
                "--set", TINY, "--no-progress"]
     first = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)

@@ -1,4 +1,4 @@
-"""The main job end to end through `mlflow run` (synthetic profile), and the README's snippets run as written."""
+"""The main job end to end through `mlflow run` (synthetic profile), and docs/serving.md's snippets run as written."""
 from __future__ import annotations
 
 import json
@@ -17,32 +17,44 @@ import pytest
 import requests
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
+from transfer_core.data import load_split
 from transfer_core.track import artifact_path
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ("tune", "sweep", "analyze", "counterfactual", "register")
 
 
-def readme_block(heading: str, language: str) -> str:
-    """The first ```language block under the README section ``heading``."""
-    text = (REPO / "README.md").read_text()
+SERVING_PAGE = "docs/serving.md"  # the snippets these tests run verbatim (tests/test_docs.py runs every page's)
+
+
+def doc_block(heading: str, language: str, page: str = SERVING_PAGE) -> str:
+    """The first ```language block under the section ``heading`` of ``page``."""
+    text = (REPO / page).read_text()
     section = text.split(f"\n## {heading}\n", 1)[1]
     return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
 
 
+def env_tracking_uri(work) -> str:
+    return f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
+
+
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory):
-    """`mlflow run . --env-manager local` with the README's synthetic parameters, in a fresh folder."""
+    """What `make run` runs (the tool makes its experiment, then `mlflow run . --env-manager local
+    --experiment-name transfer_core`), with synthetic parameters, in a fresh folder."""
     work = tmp_path_factory.mktemp("main")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlruns' / 'mlflow.db'}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # MLproject calls `python`
     env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
     (work / "mlruns").mkdir()
-    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "-P", "profile=synthetic",
-               "-P", "n_models=16", "-P", "ks=0,1", "-P", "orders=bottom", "-P", "tune_trials=2", "-P", "seeds=3",
-               "-P", "overrides=pretrain.epochs=2,transfer.epochs=4"]
+    made = subprocess.run([sys.executable, "-m", "transfer_core.cli", "experiment", "transfer_core"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0 and made.stdout.strip().isdigit(), made.stderr[-2000:]
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local", "--experiment-name",
+               "transfer_core", "-P", "profile=synthetic", "-P", "n_models=16", "-P", "ks=0,1", "-P", "orders=bottom",
+               "-P", "total_trials=2", "-P", "seeds=3", "-P", "overrides=pretrain.epochs=2,transfer.epochs=4"]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     return work, env, done.stdout + done.stderr
@@ -50,7 +62,16 @@ def main_job(tmp_path_factory):
 
 def test_every_step_ran_once_under_one_main_run(main_job):
     work, env, output = main_job
-    assert "main finished. Where to look:" in output
+    summary = output[output.index("main finished (experiment transfer_core)."):]
+    # read in ten seconds: what was trained, who is champion (one plain sentence), the registered model's own
+    # numbers, one stability verdict, then the links, the registered version's page among them
+    lines = summary.splitlines()
+    assert [line.split(":")[0] for line in lines[1:4]] == ["Trained", "Champion", "Registered"], lines[:6]
+    assert len(lines[2]) < 300 and "look" not in lines[2] and "Bonferroni" not in lines[2]
+    assert re.search(r"validation accuracy 0\.\d{4}, test accuracy 0\.\d{4}", lines[3])
+    assert lines[4].startswith(("Stable ranking", "Unstable ranking")) and "0.5" in lines[4]
+    assert re.search(r"registered model: +http://127\.0\.0\.1:5000/#/models/transfer_core-target/versions/1", summary)
+    assert "make ui" in summary and "mlflow ui --backend-store-uri" not in summary
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("transfer_core")
     mains = client.search_runs([experiment.experiment_id], "tags.`transfer_core.kind` = 'main'")
@@ -59,6 +80,11 @@ def test_every_step_ran_once_under_one_main_run(main_job):
         run = client.get_run(mains[0].data.tags[f"step.{step}"])
         assert run.info.status == "FINISHED", step
         assert run.data.tags.get("transfer_core.step_key") or step == "register", step  # reusable by its key
+    assert mains[0].data.tags.get("mlflow.project.entryPoint") == "main"  # mlflow run's own run is the pipeline's
+    assert client.search_runs(["0"]) == []  # no stub left in Default
+    every = client.search_runs([experiment.experiment_id], max_results=1000)
+    beside = (work / "mlruns" / "artifacts").resolve().as_uri()
+    assert every and all(r.info.artifact_uri.startswith(beside) for r in every)  # artifacts beside the store
     version = client.get_model_version_by_alias("transfer_core-target", "champion")
     assert version.tags["counterfactual_run_id"] == mains[0].data.tags["step.counterfactual"]
     sweep = client.get_run(mains[0].data.tags["step.sweep"])
@@ -93,26 +119,27 @@ def test_the_printed_links_open_shared_views_that_select_the_runs_they_show(main
     assert "metrics.`target_test_acc`" in views[RUNS_VIEW]["selectedColumns"]
 
 
-def test_the_readme_model_loading_snippet_runs_as_written(main_job, data_root):
-    """README "Using the registered model", verbatim, in a fresh process in the folder `make run` used."""
+def test_the_readme_model_loading_snippet_runs_as_written(main_job):
+    """docs/serving.md "Using the registered model", verbatim, in a fresh process in the folder `make run` used: it
+    prints the champion's prediction for a test image and its test accuracy, which is the registered version's own."""
     work, env, _ = main_job
-    snippet = readme_block("Using the registered model", "python")
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(work / "cat.png")
-    env = {**env, "TRANSFER_CORE_DATA": str(data_root)}
+    snippet = doc_block("Using the registered model", "python")
+    env = dict(env)
     env.pop("MLFLOW_TRACKING_URI")  # the snippet sets it itself
-    done = subprocess.run([sys.executable, "-c", snippet + "\nprint('accuracy', float(accuracy))"], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     first, last = done.stdout.strip().splitlines()[0], done.stdout.strip().splitlines()[-1]
-    label, prob = first.rsplit(" ", 1)
-    assert label in ("vertical", "diagonal", "rings", "horizontal") and 0 < float(prob) <= 1
-    assert last.startswith("accuracy ")
+    assert re.fullmatch(r"test image 0: (vertical|diagonal|rings|horizontal) \(\d\.\d\d\), truly \w+", first), first
+    client = MlflowClient(env_tracking_uri(work))
+    version = client.get_model_version_by_alias("transfer_core-target", "champion")
+    assert last == f"test accuracy: {float(version.tags['test_acc']):.4f}", (last, version.tags["test_acc"])
 
 
 def test_rerunning_main_reuses_every_step(main_job):
     work, env, _ = main_job
     command = [sys.executable, "-m", "transfer_core.cli", "main", "--profile", "synthetic", "--n-models", "16",
-               "--ks", "0,1", "--orders", "bottom", "--tune-trials", "2", "--seeds", "3",
+               "--ks", "0,1", "--orders", "bottom", "--total-trials", "2", "--seeds", "3",
                "--set", "pretrain.epochs=2,transfer.epochs=4"]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -130,7 +157,7 @@ def test_experiments_are_training_experiments_and_step_runs_say_what_they_did(ma
     work, env, _ = main_job
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     written = {r.info.experiment_id for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
-    assert written == {"0", client.get_experiment_by_name("transfer_core").experiment_id}  # `mlflow run` used Default
+    assert written == {client.get_experiment_by_name("transfer_core").experiment_id}  # `mlflow run` used it too
     for experiment_id in written:
         assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     main = client.search_runs(list(written), "tags.`transfer_core.kind` = 'main'",
@@ -140,8 +167,7 @@ def test_experiments_are_training_experiments_and_step_runs_say_what_they_did(ma
         run = client.get_run(main.data.tags[f"step.{step}"])
         assert run.info.run_name.startswith(prefix), (step, run.info.run_name)
         assert len(run.data.tags["mlflow.note.content"]) > 40, step
-    invocation = [r for r in client.search_runs(["0"]) if r.data.tags.get("main_run_id") == main.info.run_id]
-    assert [r.info.run_name for r in invocation] == ["main-transfer_core"]
+    assert main.data.tags.get("mlflow.project.entryPoint") == "main"  # the pipeline's run is mlflow run's run
 
 
 def test_subset_runs_log_their_source_and_target_splits_as_datasets(main_job):
@@ -154,22 +180,22 @@ def test_subset_runs_log_their_source_and_target_splits_as_datasets(main_job):
     for run in runs:
         by_context = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
         assert set(by_context) == {"pretrain", "transfer", "validation", "evaluation"}
-        n_classes = len(json.loads(Path(artifact_path(run, "source_classes.json")).read_text()))
-        kept = int(np.load(artifact_path(run, "class_mask.npy")).sum())
+        n_classes = len(json.loads(Path(artifact_path(run, "source_classes.json", client)).read_text()))
+        kept = int(np.load(artifact_path(run, "class_mask.npy", client)).sum())
         assert by_context["pretrain"].name == f"synthetic-source: {kept} of {n_classes} classes"
-    masks = {np.load(artifact_path(r, "class_mask.npy")).tobytes(): next(
+    masks = {np.load(artifact_path(r, "class_mask.npy", client)).tobytes(): next(
         d.dataset.digest for d in r.inputs.dataset_inputs if d.tags[0].value == "pretrain") for r in runs}
     assert len(set(masks.values())) == len(masks) == 16  # other kept classes, other digest
 
 
 @pytest.fixture(scope="module")
 def scoring_server(main_job):
-    """`mlflow models serve` of the champion on a free loopback port, as the README starts it."""
+    """`mlflow models serve` of the champion on a free loopback port, as docs/serving.md starts it."""
     work, env, _ = main_job
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = readme_block("Serving the champion", "bash").split("\n\n")[0].replace("5001", str(port))
+    command = doc_block("Serving the champion", "bash").split("\n\n")[0].replace("5001", str(port))
     log = open(work / "serve.log", "w")
     proc = subprocess.Popen(["bash", "-c", command], cwd=work, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env={**env, "MLFLOW_TRACKING_URI": ""})
@@ -210,13 +236,13 @@ def test_the_champion_served_over_rest_gives_the_in_process_logits(main_job, sco
         expected = model(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(np.array(response.json()["predictions"]), expected, rtol=1e-5, atol=1e-5)
 
-    snippet = readme_block("Serving the champion", "python").replace("http://127.0.0.1:5001", scoring_server)
+    snippet = doc_block("Serving the champion", "python").replace("http://127.0.0.1:5001", scoring_server)
     done = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=120)  # the README's client, verbatim, on the cat.png written above
+                          timeout=120)  # docs/serving.md's client, verbatim: the target's first test image
     assert done.returncode == 0, done.stderr[-3000:]
-    picture = np.asarray(Image.open(work / "cat.png").convert("RGB").resize((16, 16), Image.BILINEAR))
+    first = load_split("synthetic-target", "test", 16).images[:1]
     with torch.no_grad():
-        local = model(torch.from_numpy(picture.transpose(2, 0, 1).copy())[None]).numpy()
+        local = model(first).numpy()
     assert done.stdout.split()[-1] == classes[int(local.argmax(1)[0])]  # the snippet prints the class name
 
 
@@ -234,18 +260,18 @@ def test_a_bad_request_gets_a_clear_400(scoring_server, payload, says):
 
 
 def test_a_change_to_the_analysis_code_recomputes_the_analysis_and_what_follows(main_job, monkeypatch):
-    """README "The pipeline": a rerun after a code change recomputes exactly the steps whose computing code
-    changed, and the steps that read them. Simulated: the analysis code's digest changes; the tune study and
-    the sweep are reused, a new analysis, counterfactual plan and registration follow."""
+    """docs/pipeline.md, "Reruns reuse what is done": a rerun after a code change recomputes exactly the steps whose
+    computing code changed, and the steps that read them. Simulated: the analysis code's digest changes; the tune
+    study and the sweep are reused, a new analysis, counterfactual plan and registration follow."""
     from transfer_core.execute import Context
     from transfer_core.track import steps
     from transfer_core.workflow import PipelineSettings, run_pipeline
 
     work, env, _ = main_job
     monkeypatch.chdir(work)
-    settings = PipelineSettings(profile="synthetic", n_models=16, ks=(1,), orders=("bottom",), tune_trials=2,
-                                seeds=3, overrides=("pretrain.epochs=2", "transfer.epochs=4"), workers=1)
-    ctx = Context.open(env["MLFLOW_TRACKING_URI"], progress=False)
+    settings = PipelineSettings.load(profile="synthetic", n_models=16, ks=(1,), orders=("bottom",), total_trials=2,
+                                     seeds=3, overrides=("pretrain.epochs=2", "transfer.epochs=4"), workers=1)
+    ctx = Context.open(env["MLFLOW_TRACKING_URI"], cache_dir=env["TRANSFER_CORE_CACHE"], progress=False)
     lines: list[str] = []
     same = run_pipeline(settings, ctx, echo=lines.append)
     assert all(f"[{step}] reusing FINISHED run" in "\n".join(lines) for step in STEPS), lines  # nothing changed

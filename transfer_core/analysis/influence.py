@@ -9,11 +9,15 @@ Pure numpy. Shapes used throughout:
 **Sign convention:** positive influence = including the source class *helps* the target
 example (raises its margin / probability / correctness).
 
-Estimators (``ESTIMATORS`` maps their names to functions):
+Estimators (:class:`Estimator` subclasses; ``ESTIMATORS`` maps the names that the
+``analysis.estimator`` setting accepts to them, and :func:`~transfer_core.analysis.estimate.estimate`
+looks the chosen one up there):
   ``dom``    the paper's difference of means, ``Infl[t, c] = mean_{m: M[m,c]=1} f_m(t) -
              mean_{m: M[m,c]=0} f_m(t)``, with Welch standard errors;
   ``ridge``  a linear datamodel ``f_m(t) ~ b_t + M[m] @ w_t`` fitted by ridge regression, the
              regularisation chosen on held-out runs; ``w[t, c]`` plays the role of ``Infl[t, c]``.
+To add one: subclass :class:`Estimator` (``fit``; ``draws`` and ``bootstrap_std_error`` have
+generic versions), add one line to ``ESTIMATORS``, and test it against a naive loop.
 """
 from __future__ import annotations
 
@@ -309,13 +313,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
-def split_half_stability(masks, group_outputs, sizes=None, repeats: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+def split_half_stability(masks, group_outputs, sizes=None, repeats: int = 5, seed: int = 0,
+                         estimator: "Estimator | None" = None) -> dict[str, np.ndarray]:
     """How the ranking of classes stabilises as runs are added.
 
     For each half size n, draw two *disjoint* random sets of n runs, estimate the class
     influences on every group (``group_outputs`` ``(n_models, n_groups)``, e.g. from
     :func:`group_means`) from each, and take the Spearman correlation of the two class
-    rankings, averaged over groups; repeated ``repeats`` times.
+    rankings, averaged over groups; repeated ``repeats`` times. ``estimator``: default the difference of means.
 
     Returns ``{"n_runs": (S,), "spearman_mean": (S,), "spearman_std": (S,)}`` where n_runs is
     the number of runs per half.
@@ -332,24 +337,80 @@ def split_half_stability(masks, group_outputs, sizes=None, repeats: int = 5, see
         for _ in range(repeats):
             order = rng.permutation(len(masks))
             a, b = order[:n], order[n:2 * n]
-            ia, ib = difference_of_means(masks[a], g[a]).influence, difference_of_means(masks[b], g[b]).influence
+            fit = (estimator or ESTIMATORS["dom"]).fit
+            ia, ib = fit(masks[a], g[a]).influence, fit(masks[b], g[b]).influence
             values.append(np.nanmean([spearman(ia[k], ib[k]) for k in range(g.shape[1])]))
         means.append(np.nanmean(values))
         stds.append(np.nanstd(values))
     return {"n_runs": np.asarray(sizes, int), "spearman_mean": np.asarray(means), "spearman_std": np.asarray(stds)}
 
 
-def ridge_influence(masks, outputs, **kwargs) -> np.ndarray:
-    """Ridge coefficients as influences ``(n_targets, n_classes)`` (see :func:`ridge_datamodel`)."""
-    return ridge_datamodel(masks, outputs, **kwargs).coef
+class Estimator:
+    """A way to fit influences ``(n_targets, n_classes)`` from ``masks`` and ``outputs``.
+
+    Subclasses implement :meth:`fit`; the bootstrap methods resample runs and refit, which
+    subclasses may replace with something faster. ``has_std_error``: whether :meth:`fit` gives
+    standard errors (else intervals need the bootstrap).
+    """
+
+    name = ""
+    has_std_error = True
+
+    def fit(self, masks, outputs) -> Influence:
+        raise NotImplementedError
+
+    def draws(self, masks, outputs, weights: np.ndarray) -> np.ndarray:
+        """Influences of every bootstrap resample, ``(n_boot, n_targets, n_classes)``; row b of ``weights``
+        ``(n_boot, n_models)`` counts how often each run is drawn. For few targets (aggregates)."""
+        masks, outputs = _as_masks(masks), np.asarray(outputs)
+        runs = np.arange(len(masks))
+        out = []
+        for row in np.asarray(weights):
+            index = np.repeat(runs, row.astype(int))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.append(self.fit(masks[index], outputs[index]).influence)
+        return np.stack(out)
+
+    def bootstrap_std_error(self, masks, outputs, weights: np.ndarray, chunk_size: int = 256) -> np.ndarray:
+        """Standard deviation over resamples of every influence, ``(n_targets, n_classes)`` float32."""
+        outputs = np.asarray(outputs)
+        result = np.empty((outputs.shape[1], np.shape(masks)[1]), np.float32)
+        for lo in range(0, outputs.shape[1], chunk_size):
+            result[lo:lo + chunk_size] = np.nanstd(self.draws(masks, outputs[:, lo:lo + chunk_size], weights), 0,
+                                                   ddof=1)
+        return result
 
 
-def dom_influence(masks, outputs, **kwargs) -> np.ndarray:
-    """Difference-of-means influences ``(n_targets, n_classes)`` (see :func:`difference_of_means`)."""
-    return difference_of_means(masks, outputs, **kwargs).influence
+class DifferenceOfMeans(Estimator):
+    """The paper's estimator (:func:`difference_of_means`), with Welch standard errors and vectorised bootstraps."""
+
+    name = "dom"
+
+    def fit(self, masks, outputs) -> Influence:
+        return difference_of_means(masks, outputs)
+
+    def draws(self, masks, outputs, weights: np.ndarray) -> np.ndarray:
+        return bootstrap_draws(masks, outputs, weights)
+
+    def bootstrap_std_error(self, masks, outputs, weights: np.ndarray, chunk_size: int = 1024) -> np.ndarray:
+        return bootstrap_std_error(masks, outputs, weights=weights, chunk_size=chunk_size)
 
 
-ESTIMATORS = {"dom": dom_influence, "ridge": ridge_influence}
+class RidgeDatamodel(Estimator):
+    """Ridge coefficients as influences (:func:`ridge_datamodel`); no standard errors, so intervals need the
+    bootstrap. Each resample chooses its own penalty on its own held-out runs."""
+
+    name = "ridge"
+    has_std_error = False
+
+    def fit(self, masks, outputs) -> Influence:
+        masks = _as_masks(masks)
+        coef = ridge_datamodel(masks, outputs).coef
+        n_in = masks.sum(0)
+        return Influence(coef, np.full_like(coef, np.nan), n_in, len(masks) - n_in)
+
+
+ESTIMATORS: dict[str, Estimator] = {"dom": DifferenceOfMeans(), "ridge": RidgeDatamodel()}
 
 
 def runs_for_reliability(n_runs: int, split_half: float, target: float = 0.9) -> float:

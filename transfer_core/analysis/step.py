@@ -10,7 +10,7 @@ Sign convention everywhere: positive influence = including the source class help
 
 Example::
 
-    result = analyze("demo", options=AnalysisOptions(output="margin", bootstrap=100), ctx=ctx)
+    result = analyze("demo", settings=AnalysisSettings(output="correct", bootstrap=100), ctx=ctx)
     print(result.report_path)
     ranking = class_ranking(ctx.client, result.run_id)      # the validation ranking table
 """
@@ -29,9 +29,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from transfer_core.analysis import influence
 from transfer_core.analysis.writers import RANKING_ARTIFACT, REPORT_ARTIFACT, SELECTION_ARTIFACT, write_artifacts
-from transfer_core.analysis.estimate import AnalysisOptions
+from transfer_core.analysis.settings import AnalysisSettings
 from transfer_core.config import ConfigError, RunConfig, from_params
-from transfer_core.data import load_transfer_data, validation_digests
+from transfer_core.data import DataDirs, load_transfer_data, validation_digests
 from transfer_core.execute import Context
 from transfer_core.sweep import collect_sweep, find_sweeps
 from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_run_of_kind,
@@ -67,7 +67,7 @@ class AnalysisResult:
     sweep_id: str
     report_path: Path
     ranking: pd.DataFrame  # the class_influence.csv table
-    reused: bool = False  # an earlier FINISHED analysis of the same runs with the same options
+    reused: bool = False  # an earlier FINISHED analysis of the same runs with the same settings
 
 
 def resolve_sweep(client: MlflowClient, experiment_id: str, experiment: str, sweep_id: str | None) -> str:
@@ -86,14 +86,14 @@ def resolve_sweep(client: MlflowClient, experiment_id: str, experiment: str, swe
                       "choose one with --sweep")
 
 
-def analysis_key(run_ids: list[str], options: AnalysisOptions, validation: dict[str, str]) -> str:
-    """What an analysis is a function of (its step key): the set of runs, the options (seeds included),
+def analysis_key(run_ids: list[str], settings: AnalysisSettings, validation: dict[str, str]) -> str:
+    """What an analysis is a function of (its step key): the set of runs, the settings (seeds included),
     the validation split it ranks on, and the analysis code."""
     return step_key("analysis", upstream={"runs": sorted(run_ids)}, data=json.dumps(validation, sort_keys=True),
-                    code="analysis", extra=asdict(options))
+                    code="analysis", extra=asdict(settings))
 
 
-def validation_record(config: RunConfig, val_labels: np.ndarray | None, data_root=None) -> dict[str, str]:
+def validation_record(config: RunConfig, val_labels: np.ndarray | None, dirs: DataDirs = DataDirs()) -> dict[str, str]:
     """Digests of the validation split the runs scored and of its two halves (tags of the analysis run).
 
     A later step that chooses on the selection half compares them with its own and refuses to go
@@ -102,7 +102,7 @@ def validation_record(config: RunConfig, val_labels: np.ndarray | None, data_roo
     """
     if val_labels is None:
         return {}
-    val = load_transfer_data(config.data, data_root).target_val
+    val = load_transfer_data(config.data, dirs).target_val
     if not np.array_equal(val.labels.numpy(), np.asarray(val_labels)):
         raise ConfigError("the validation split that this data root gives differs from the one the sweep's runs "
                           "scored; point --data-root at the data the sweep used")
@@ -115,28 +115,27 @@ def _result(client: MlflowClient, run_id: str, sweep_id: str, reused: bool = Fal
                           pd.read_csv(artifact_path(run, RANKING_ARTIFACT, client)), reused)
 
 
-def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptions = AnalysisOptions(), *,
-            ctx: Context | None = None, device=None, run_id: str | None = None,
+def analyze(experiment: str, sweep_id: str | None = None, settings: AnalysisSettings = AnalysisSettings(), *,
+            ctx: Context, device=None, run_id: str | None = None,
             recompute: bool = False) -> AnalysisResult:
     """Analyse the FINISHED runs of a sweep and log an analysis run; see the module docstring.
 
     ``run_id`` continues a RUNNING run made elsewhere (``mlflow run``); otherwise one is made,
-    unless a FINISHED analysis with the same step key (the same runs, options, validation split
+    unless a FINISHED analysis with the same step key (the same runs, settings, validation split
     and analysis code) exists: that one is returned (``reused``), so steps keyed on the analysis
     run (counterfactuals) resume, unless ``recompute``. Bad input (incompatible runs, too few runs
     per class) raises before anything is logged.
     """
-    ctx = ctx or Context.open()
     client = ctx.client
     experiment_id = existing_experiment(client, experiment)
     sweep_id = resolve_sweep(client, experiment_id, experiment, sweep_id)
-    runs = collect_sweep(sweep_id, experiment_id, progress=ctx.progress, tracking_uri=ctx.tracking_uri)
+    runs = collect_sweep(sweep_id, experiment_id, ctx=ctx)
     check_compatible(runs.run_ids, runs.run_params)
-    influence.check_coverage(runs.masks, runs.source_classes, options.min_runs)
+    influence.check_coverage(runs.masks, runs.source_classes, settings.min_runs)
     config = from_params(runs.params)
-    validation = validation_record(config, runs.val_labels, ctx.data_root)
+    validation = validation_record(config, runs.val_labels, ctx.dirs)
 
-    key = analysis_key(runs.run_ids, options, validation)
+    key = analysis_key(runs.run_ids, settings, validation)
     if run_id is None and not recompute:
         found = find_step(client, experiment_id, ANALYSIS, key)
         if found is not None:
@@ -151,23 +150,23 @@ def analyze(experiment: str, sweep_id: str | None = None, options: AnalysisOptio
     with run_scope(client, run_id), tempfile.TemporaryDirectory() as tmp:
         timings = {}
         start = time.perf_counter()
-        summary = write_artifacts(Path(tmp), sweep_id, runs, config, options, ctx.data_root, device, timings,
+        summary = write_artifacts(Path(tmp), sweep_id, runs, config, settings, ctx.dirs, device, timings,
                                   ctx.progress, client)
         timings["total_s"] = time.perf_counter() - start
-        params = {f"analysis.{k}": str(v) for k, v in asdict(options).items()}
+        params = {f"analysis.{k}": str(v) for k, v in asdict(settings).items()}
         log_new_params(client, run_id, {**params, "analysis.n_runs": str(len(runs)), **config.to_params()})
         log_metrics(client, run_id, {**summary, **timings})
         client.log_artifacts(run_id, tmp)
     result = _result(client, run_id, sweep_id)
-    describe_run(client, run_id, analysis_note(result, len(runs), options))
+    describe_run(client, run_id, analysis_note(result, len(runs), settings))
     return result
 
 
-def analysis_note(result: AnalysisResult, n_runs: int, options: AnalysisOptions) -> str:
+def analysis_note(result: AnalysisResult, n_runs: int, settings: AnalysisSettings) -> str:
     """The analysis run's description in the MLflow UI: what was fitted, the headline, where to read on."""
     top, bottom = result.ranking.iloc[0], result.ranking.iloc[-1]
     return (f"Influences of the source classes on the target, fitted from {n_runs} FINISHED runs of sweep "
-            f"`{result.sweep_id}` (output `{options.output}`; positive = including the class helps). Most helpful: "
+            f"`{result.sweep_id}` (output `{settings.output}`; positive = including the class helps). Most helpful: "
             f"{top.class_name} ({top.influence:+.4g}); most detrimental: {bottom.class_name} "
             f"({bottom.influence:+.4g}). Report: `{REPORT_ARTIFACT}` (Artifacts tab, previews here); ranking: "
             f"`{RANKING_ARTIFACT}`. Next: `transfer-core counterfactual --analysis {result.run_id}`.")

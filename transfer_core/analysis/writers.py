@@ -23,10 +23,11 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from transfer_core.analysis import figures, findings, report
-from transfer_core.analysis.estimate import AnalysisOptions, Estimates, estimate
+from transfer_core.analysis.estimate import Estimates, estimate
+from transfer_core.analysis.settings import AnalysisSettings
 from transfer_core.analysis.influence import spearman
 from transfer_core.config import ConfigError, RunConfig
-from transfer_core.data import (ImageSet, channel_stats, load_split, sample_per_class,
+from transfer_core.data import (DataDirs, ImageSet, channel_stats, load_split, sample_per_class,
                                 validation_halves)
 from transfer_core.track import CHECKPOINT_ARTIFACT, artifact_path, load_checkpoint
 
@@ -48,12 +49,12 @@ class AnalysisState:
     sweep_id: str
     runs: object  # transfer_core.sweep.CollectedRuns
     config: RunConfig
-    options: AnalysisOptions
+    options: AnalysisSettings
     est: Estimates
     test: ImageSet  # the target test split, at the runs' resolution
     source: ImageSet  # the source images the runs trained on (the per-class sample), at the runs' resolution
     sample: np.ndarray  # (len(source),) their indices in the full source train split
-    data_root: object = None
+    dirs: DataDirs = field(default_factory=DataDirs)
     device: object = None
     client: MlflowClient | None = None  # the tracking store's client (to read the runs' checkpoints)
     sections: list[report.Section] = field(default_factory=list)
@@ -85,7 +86,7 @@ def _scoped(ctx: AnalysisState) -> pd.DataFrame:
     return agg[(agg["scope"] != findings.ALL) & (agg["output"] == ctx.options.output)]
 
 
-def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, seed: int,
+def feature_extractor(run_ids: list[str], config: RunConfig, dirs, device, seed: int,
                       client: MlflowClient):
     """``images (N, 3, R, R) uint8 -> features (N, D)`` of a backbone trained on the source.
 
@@ -104,7 +105,7 @@ def feature_extractor(run_ids: list[str], config: RunConfig, data_root, device, 
             model = load_checkpoint(path).to(device)
             extract = fused_for_inference(model.net, "features")
             return lambda x: infer(extract, (x.to(device).float() - model.mean) / model.std).cpu()
-    source = load_split(config.data.source, "train", config.data.resolution, data_root)
+    source = load_split(config.data.source, "train", config.data.resolution, dirs)
     source = source.select(sample_per_class(source.labels, config.data.source_images_per_class,
                                             config.data.split_seed))
     norm = channel_stats(source.images)
@@ -245,7 +246,7 @@ def write_leakage_candidates(ctx: AnalysisState) -> None:
                                              options.leak_dominance, options.max_candidates)
     features = None
     if options.feature_neighbours and len(candidates):
-        features = feature_extractor(ctx.runs.run_ids, ctx.config, ctx.data_root, ctx.device, options.seed,
+        features = feature_extractor(ctx.runs.run_ids, ctx.config, ctx.dirs, ctx.device, options.seed,
                                      ctx.client)
     checked = findings.check_candidates(candidates, test, source, features, options.duplicate_threshold)
     checked.to_csv(ctx.root / "leakage_candidates.csv", index=False)
@@ -269,8 +270,8 @@ def write_leakage_candidates(ctx: AnalysisState) -> None:
 def write_near_duplicates(ctx: AnalysisState) -> None:
     """Every target test image with an exact or near copy among the source images."""
     options, config = ctx.options, ctx.config
-    dup_test = load_split(config.data.target, "test", options.duplicate_resolution, ctx.data_root)
-    dup_source = load_split(config.data.source, "train", options.duplicate_resolution, ctx.data_root)
+    dup_test = load_split(config.data.target, "test", options.duplicate_resolution, ctx.dirs)
+    dup_source = load_split(config.data.source, "train", options.duplicate_resolution, ctx.dirs)
     dups = findings.near_duplicates(dup_test, dup_source, options.duplicate_threshold)
     dups.insert(4, "in_training_sample", np.isin(dups["source_index"].to_numpy(), ctx.sample))
     dups = dups.sort_values(["in_training_sample", "exact", "similarity"], ascending=False, kind="stable")
@@ -322,11 +323,11 @@ WRITERS = [write_class_influence, write_selection_ranking, write_heatmap, write_
            write_subpopulations, write_leakage_candidates, write_near_duplicates, write_stability]
 
 
-def load_images(config: RunConfig, runs, data_root) -> tuple[ImageSet, ImageSet, np.ndarray]:
+def load_images(config: RunConfig, runs, dirs) -> tuple[ImageSet, ImageSet, np.ndarray]:
     """The target test split and the source images the runs trained on (with their indices in the
     source train split), checked to be the ones the runs used."""
-    test = load_split(config.data.target, "test", config.data.resolution, data_root)
-    source = load_split(config.data.source, "train", config.data.resolution, data_root)
+    test = load_split(config.data.target, "test", config.data.resolution, dirs)
+    source = load_split(config.data.source, "train", config.data.resolution, dirs)
     if not np.array_equal(test.labels.numpy(), runs.target_labels):
         raise ConfigError(f"the target test split of {config.data.target} here is not the one the runs scored; "
                           "point --data-root at the data the sweep used")
@@ -337,7 +338,7 @@ def load_images(config: RunConfig, runs, data_root) -> tuple[ImageSet, ImageSet,
     return test, source.select(sample), sample.numpy()
 
 
-def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options: AnalysisOptions, data_root, device,
+def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options: AnalysisSettings, dirs, device,
                     timings: dict, progress: bool = True, client: MlflowClient | None = None) -> dict[str, float]:
     """Write every artifact of the analysis of ``runs`` (a CollectedRuns) into ``root``.
 
@@ -352,13 +353,13 @@ def write_artifacts(root: Path, sweep_id: str, runs, config: RunConfig, options:
         start = time.perf_counter()
         bar.update()
 
-    test, source, sample = load_images(config, runs, data_root)
+    test, source, sample = load_images(config, runs, dirs)
     done("load_images")
     halves = None if runs.val_labels is None else validation_halves(runs.val_labels, config.data.split_seed)
     est = estimate(runs.masks, runs.outputs, runs.target_labels, runs.source_classes, test.class_names, options,
                    runs.val_outputs, halves)
     done("estimate")
-    ctx = AnalysisState(root, sweep_id, runs, config, options, est, test, source, sample, data_root, device, client)
+    ctx = AnalysisState(root, sweep_id, runs, config, options, est, test, source, sample, dirs, device, client)
     ctx.summary.update(n_runs=len(runs), n_targets=est.influence.shape[0], n_classes=est.influence.shape[1])
     for writer in WRITERS:
         writer(ctx)

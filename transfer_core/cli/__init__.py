@@ -8,6 +8,7 @@ import threading
 from typing import NoReturn
 
 from transfer_core.cli.commands import main
+from transfer_core.cli import ui as _ui  # noqa: F401  (registers `transfer-core ui` on main)
 
 __all__ = ["main", "run"]
 

@@ -10,16 +10,19 @@ import os
 
 import click
 
-from transfer_core.cli.options import (TEXT, Choice, FloatRange, IntRange, config_options, default, evidence_options,
-                                       execution_settings, executor_options, experiment_option, friendly_errors,
+from transfer_core.cli.options import (TEXT, Choice, IntRange, config_options, experiment_option, friendly_errors,
                                        given, merge_overrides, open_context, progress_option, set_option,
-                                       settings_options, store_options, transfer_params_option)
-from transfer_core.analysis import OUTPUTS, AnalysisOptions
+                                       settings_from, settings_options, store_options, transfer_params_option)
+from transfer_core.analysis.settings import AnalysisSettings
 from transfer_core.config import ConfigError
-from transfer_core.counterfactual import CounterfactualPlan
+from transfer_core.counterfactual.settings import CounterfactualPlan, EvidenceRule
+from transfer_core.execute.settings import ExecutorSettings
+from transfer_core.sweep.settings import SweepSettings
 from transfer_core.track import DEFAULT_EXPERIMENT
-from transfer_core.tune import TuneSettings
-from transfer_core.workflow import PipelineSettings, study_names
+from transfer_core.tune.settings import TuneSettings
+from transfer_core.workflow.settings import PipelineSettings, study_names
+
+RULE_SKIP = ("confidence",)  # the gate's family-wise level stays the library's (EvidenceRule.confidence)
 
 
 def overrides_of(overrides, transfer_mode=None, alpha=None, sweep_seed=None) -> dict[str, str]:
@@ -51,13 +54,13 @@ def main(verbose):
 @config_options
 @click.option("--index", type=IntRange(min=0), default=0, show_default=True,
               help="Model index: with the sweep seed it fixes the class mask and the training seed.")
-@click.option("--mask", "mask_file", type=TEXT, default=None,
+@click.option("--mask", type=TEXT, default=None,
               help="A .npy boolean mask (one entry per source class) to use instead of the random one.")
 @click.option("--log-checkpoint/--no-log-checkpoint", default=True, show_default=True,
               help="Log the transferred model as model.pt (about 0.3 MB for the quick profile).")
 @friendly_errors
-def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
-               index, mask_file, log_checkpoint):
+def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, experiment, index, mask, log_checkpoint,
+               **store):
     """Pretrain on one class subset, transfer to the target, log it all as one MLflow run."""
     import numpy as np
 
@@ -65,13 +68,13 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
     from transfer_core.execute import SubsetRunner
 
     config, _ = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed))
-    mask = None
+    mask_file, mask = mask, None
     if mask_file:
         try:
             mask = np.load(mask_file)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read mask file {mask_file} ({exc}); give a .npy boolean array") from None
-    runner = SubsetRunner(config, experiment or DEFAULT_EXPERIMENT, open_context(tracking_uri, data_root))
+    runner = SubsetRunner(config, experiment or DEFAULT_EXPERIMENT, open_context(**store))
     index = index if index is not None else 0
     run_id, result = runner.run(index, mask=mask, run_id=invocation_run_id(), name=runner.run_name(index),
                                 log_checkpoint=log_checkpoint)
@@ -81,14 +84,15 @@ def subset_run(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, 
 
 @main.command("prepare")
 @config_options
-@click.option("--workers", type=IntRange(min=1), default=None, help="Decoding threads. Default: one per CPU core.")
+@click.option("--workers", type=IntRange(min=1), default=None,
+              help="Threads that decode images while preparing. Unset: one per CPU core.")
 @click.option("--verify/--no-verify", default=False, show_default=True,
               help="Afterwards, re-read every source file and check its contents against the prepared copy "
                    "(a file rewritten with the same size and modification time is otherwise not noticed).")
 @progress_option
 @friendly_errors
-def prepare_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
-                    workers, verify, progress):
+def prepare_command(profile, overrides, transfer_mode, alpha, sweep_seed, experiment, workers, verify, progress,
+                    **store):
     """Prepare an image-folder source for streaming: one file of images plus an index, under the cache.
 
     What the runs of the same config would prepare on first use, made ahead (in parallel, with
@@ -101,7 +105,8 @@ def prepare_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_r
     from transfer_core.data.prepared import PreparedSplit
 
     config, _ = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed))
-    for folder in prepare_source(config.data, workers, progress):
+    ctx = open_context(**store, progress=progress)
+    for folder in prepare_source(config.data, ctx.dirs, workers, progress):
         split = PreparedSplit(folder)
         changed = split.verify() if verify else []
         if changed:
@@ -115,35 +120,10 @@ def prepare_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_r
 
 @main.command("tune")
 @config_options
-@click.option("--n-trials", type=IntRange(min=1), default=None, show_default=default(TuneSettings, "n_trials"),
-              help="Trials this call adds to the study (the study's first trial is the config's own recipe).")
-@click.option("--total-trials", type=IntRange(min=1), default=None,
-              help="Instead of --n-trials: add only the trials the study lacks to hold this many finished ones, "
-                   "so rerunning the command after an interruption completes the study and then adds none "
-                   "(the best params, and so the sweep they feed, stay the same).")
-@click.option("--study-name", type=TEXT, default=None,
-              help="Optuna study to create or extend. Default: <profile>-<mode>-<config hash>, so rerunning "
-                   "the same command adds trials to the same study.")
-@click.option("--storage", type=TEXT, default=None,
-              help="Where the study lives: unset = journal file mlruns/optuna/<study>.journal (resumable, safe "
-                   "for several processes on one machine); a *.journal path; or an RDB URL such as "
-                   "postgresql://user:pw@host/db shared by several machines.")
-@click.option("--space", "space", multiple=True, metavar="SPEC",
-              help="Search space, e.g. 'lr=0.001:1:log;epochs=2:30;batch_size=64,128' (LOW:HIGH[:log] is a "
-                   "range, a comma list a choice; names: lr, weight_decay, epochs, label_smoothing, "
-                   "batch_size). Repeatable. Default: lr, weight_decay, epochs, label_smoothing (+ batch_size "
-                   "in full mode).")
-@click.option("--backbone-index", type=IntRange(min=0), default=None,
-              help="Pretrain the shared backbone on the classes of sweep mask INDEX. Default: every source class.")
-@click.option("--timeout", type=FloatRange(0, min_open=True), default=None,
-              help="Stop starting new trials after this many seconds.")
-@click.option("--sampler-seed", type=IntRange(min=0), default=None,
-              help="Seed of the TPE sampler, for a reproducible search. Default: fresh (best when several "
-                   "processes share a study).")
+@settings_options(TuneSettings())
 @progress_option
 @friendly_errors
-def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
-                 n_trials, total_trials, study_name, storage, space, backbone_index, timeout, sampler_seed, progress):
+def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, experiment, progress, **kwargs):
     """Tune the transfer hyperparameters with Optuna on the target validation split.
 
     One backbone is pretrained and logged, then every trial transfers it with other
@@ -151,14 +131,11 @@ def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root
     result to other commands with --transfer-params-from RUN_ID (or latest).
     """
     from transfer_core.config import resolve_config
-    from transfer_core.tune import SearchSpace, tune
+    from transfer_core.tune import tune
 
+    settings = settings_from(TuneSettings(), kwargs)
     config, _ = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed))
-    space_specs = [s for s in space if s.strip() and s.strip().lower() != "default"]
-    settings = TuneSettings(**given(n_trials=n_trials, total_trials=total_trials, study_name=study_name,
-                                    storage=storage, space=SearchSpace.parse(space_specs) if space_specs else None,
-                                    backbone_index=backbone_index, timeout_s=timeout, sampler_seed=sampler_seed))
-    ctx = open_context(tracking_uri, data_root, progress=progress)
+    ctx = open_context(**kwargs, progress=progress)
     result = tune(config, settings, experiment or DEFAULT_EXPERIMENT, ctx=ctx, profile=profile or "tune",
                   run_id=invocation_run_id())
     counts = ", ".join(f"{n} {s.lower()}" for s, n in result.counts.items())
@@ -172,20 +149,12 @@ def tune_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root
 @main.command("sweep")
 @config_options
 @transfer_params_option
-@click.option("--n-models", required=True, type=IntRange(min=1),
-              help="Models (subset runs) the sweep should have. Rerunning trains only the missing ones; a larger "
-                   "number grows the sweep and reuses the runs it has.")
-@executor_options
-@click.option("--sweep-id", type=TEXT, default=None,
-              help="Name the sweep yourself. Default: sweep-<hash of the config>, so the same command always "
-                   "means the same sweep. A stored sweep of that name must have the same config.")
-@click.option("--log-checkpoint/--no-log-checkpoint", default=False, show_default=True,
-              help="Log each transferred model as model.pt (about 0.3 MB per run for the quick profile).")
+@settings_options(SweepSettings())
+@settings_options(ExecutorSettings())
 @progress_option
 @friendly_errors
-def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_root, experiment, tracking_uri,
-                  transfer_params_from, n_models, executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run,
-                  pack, compile_, sweep_id, log_checkpoint, progress):
+def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, experiment, transfer_params_from, progress,
+                  **kwargs):
     """Train N subset runs of one config as one sweep: resumable, parallel, or on Ray.
 
     The sweep is a parent MLflow run with one child run per model index. Interrupt it
@@ -195,15 +164,15 @@ def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_roo
     from transfer_core.sweep import SweepIncomplete, sweep_with_summary
     from transfer_core.tune import recipe_from
 
-    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_)
+    settings = settings_from(SweepSettings(), kwargs)
+    execution = settings_from(ExecutorSettings(), kwargs)
     experiment = experiment or DEFAULT_EXPERIMENT
-    ctx = open_context(tracking_uri, data_root, execution, progress)
+    ctx = open_context(**kwargs, execution=execution, progress=progress)
     recipe = recipe_from(ctx.client, transfer_params_from, experiment, transfer_mode)
     config, provenance = resolve_config(profile, overrides_of(overrides, transfer_mode, alpha, sweep_seed),
                                         recipe=recipe.overrides if recipe else None,
                                         tune_run_id=recipe.run_id if recipe else None)
-    summary = sweep_with_summary(config, n_models, ctx=ctx, experiment=experiment, sweep_id=sweep_id,
-                                 log_checkpoint=log_checkpoint, provenance=provenance,
+    summary = sweep_with_summary(config, settings, ctx=ctx, experiment=experiment, provenance=provenance,
                                  invocation_run_id=invocation_run_id())
     click.echo(f"sweep {summary.sweep_id} (parent run {summary.parent_run_id}): {summary.n_finished} of "
                f"{summary.n_models} runs FINISHED ({summary.n_reused} reused, {summary.n_trained} trained, "
@@ -217,45 +186,29 @@ def sweep_command(profile, overrides, transfer_mode, alpha, sweep_seed, data_roo
 @experiment_option
 @store_options
 @friendly_errors
-def sweeps_command(experiment, data_root, tracking_uri):
+def sweeps_command(experiment, **store):
     """List the sweep ids of an experiment, newest first."""
     from transfer_core.sweep import find_sweeps
     from transfer_core.track import existing_experiment
 
-    client = open_context(tracking_uri, data_root).client
+    client = open_context(**store).client
     for sweep_id in find_sweeps(client, existing_experiment(client, experiment or DEFAULT_EXPERIMENT)):
         click.echo(sweep_id)
 
 
 @main.command("analyze")
 @experiment_option
-@click.option("--sweep", "sweep_id", type=TEXT, default=None,
+@click.option("--sweep", type=TEXT, default=None,
               help="Sweep id to analyse (see `transfer-core sweeps`). May be left out when the experiment has one "
                    "sweep.")
-@click.option("--output", type=Choice(list(OUTPUTS)), default=None, show_default=default(AnalysisOptions, "output"),
-              help="Per-example output the influences are fitted to: margin (true-class logit minus the largest "
-                   "other), prob (true-class probability) or correct (then class influence = effect on accuracy).")
-@click.option("--bootstrap", type=IntRange(min=0), default=None, show_default=default(AnalysisOptions, "bootstrap"),
-              help="Bootstrap resamples of the runs for the intervals (0, or at least 20); 0 uses normal intervals "
-                   "from Welch standard errors.")
-@click.option("--min-runs", type=IntRange(min=2), default=None, show_default=default(AnalysisOptions, "min_runs"),
-              help="Each source class must be kept in, and left out of, at least this many runs.")
-@click.option("--confidence", type=FloatRange(0.5, 1, min_open=True, max_open=True), default=None,
-              show_default=default(AnalysisOptions, "confidence"), help="Confidence level of every interval.")
-@click.option("--seed", type=IntRange(min=0), default=None, show_default=default(AnalysisOptions, "seed"),
-              help="Seed of the bootstrap, split halves and held-out runs.")
-@click.option("--feature-neighbours/--no-feature-neighbours", default=None,
-              show_default="on" if AnalysisOptions().feature_neighbours else "off",
-              help="Also check leakage candidates by nearest neighbours in a backbone's feature space (uses a "
-                   "logged checkpoint, else pretrains one backbone on the whole source).")
+@settings_options(AnalysisSettings())
 @store_options
 @click.option("--recompute/--reuse", default=False, show_default=True,
               help="By default a FINISHED analysis of the same runs with the same options is reused (so reruns "
                    "of a script resume its counterfactuals); --recompute logs a new analysis run anyway.")
 @progress_option
 @friendly_errors
-def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidence, seed, feature_neighbours,
-                    data_root, tracking_uri, recompute, progress):
+def analyze_command(experiment, sweep, recompute, progress, **kwargs):
     """Fit class influences from a sweep's FINISHED runs and log the findings as an analysis run.
 
     Positive influence = including the source class helps the target. Logs class_influence.csv,
@@ -264,10 +217,8 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
     """
     from transfer_core.analysis import analyze
 
-    options = AnalysisOptions(**given(output=output, bootstrap=bootstrap, min_runs=min_runs, confidence=confidence,
-                                      seed=seed, feature_neighbours=feature_neighbours))
-    result = analyze(experiment or DEFAULT_EXPERIMENT, sweep_id, options, ctx=open_context(tracking_uri, data_root,
-                                                                                            progress=progress),
+    settings = settings_from(AnalysisSettings(), kwargs)
+    result = analyze(experiment or DEFAULT_EXPERIMENT, sweep, settings, ctx=open_context(**kwargs, progress=progress),
                      run_id=invocation_run_id(), recompute=recompute)
     top, bottom = result.ranking.iloc[0], result.ranking.iloc[-1]
     if result.reused:
@@ -281,16 +232,10 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
 
 @main.command("counterfactual")
 @experiment_option
-@click.option("--analysis", "analysis_run_id", type=TEXT, default=None,
-              help="Analysis run whose class ranking (class_influence.csv) to check. Default: the experiment's "
-                   "latest FINISHED analysis run.")
-@click.option("--orders", type=TEXT, default=None, show_default=default(CounterfactualPlan, "orders"),
-              help="Removal orders, comma-separated: bottom (the k most detrimental classes), top (the k most "
-                   "helpful), random (k random classes, a baseline).")
-@click.option("--ks", type=TEXT, default=None, show_default=default(CounterfactualPlan, "ks"),
-              help="Numbers of removed classes, comma-separated; 0 (the full source) is always included.")
-@click.option("--seeds", type=IntRange(min=1), default=None, show_default=default(CounterfactualPlan, "n_seeds"),
-              help="Training seeds per grid point, fixed in the plan; confidence intervals are over seeds.")
+@click.option("--analysis", type=TEXT, default=None,
+              help="Analysis run whose class ranking (class_influence_validation.csv) to check. Default: the "
+                   "experiment's latest FINISHED analysis run.")
+@settings_options(CounterfactualPlan())
 @click.option("--profile", type=TEXT, default=None,
               help="Train with this profile instead of the config of the analysed sweep's runs (the default).")
 @set_option
@@ -298,14 +243,13 @@ def analyze_command(experiment, sweep_id, output, bootstrap, min_runs, confidenc
               help="fixed (frozen backbone in eval mode + linear head) or full (all weights train). Default: the "
                    "analysed sweep's.")
 @transfer_params_option
-@executor_options
-@evidence_options
+@settings_options(ExecutorSettings())
+@settings_options(EvidenceRule(), skip=RULE_SKIP)
 @store_options
 @progress_option
 @friendly_errors
-def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profile, overrides, transfer_mode,
-                           transfer_params_from, executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run,
-                           pack, compile_, min_seeds, stability_threshold, data_root, tracking_uri, progress):
+def counterfactual_command(experiment, analysis, profile, overrides, transfer_mode, transfer_params_from,
+                           progress, **kwargs):
     """Retrain without the classes an analysis ranks most detrimental / helpful / at random.
 
     Classes are removed by the analysis's validation ranking (fitted on one half of the
@@ -317,24 +261,22 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
 
     The plan (orders, ks, seeds) is fixed when it starts. Another plan on the same analysis is
     another counterfactual run: it reuses the points already trained, and it is another look at
-    the selection half, which may spend a smaller share of the error rate (README, "Every look
-    counts"). The command refuses settings that carve another validation split than the analysis's.
+    the selection half, which may spend a smaller share of the error rate (docs/counterfactual.md,
+    "Every look counts"). The command refuses settings that carve another validation split than the
+    analysis's.
     """
-    from transfer_core.counterfactual import EvidenceRule, counterfactual_from_analysis
-    from transfer_core.counterfactual.grid import parse_list
+    from transfer_core.counterfactual import counterfactual_from_analysis
     from transfer_core.tune import recipe_from
 
-    plan = CounterfactualPlan(**given(orders=parse_list(orders, str, "--orders") if orders else None,
-                                      ks=parse_list(ks, int, "--ks") if ks else None, n_seeds=seeds))
-    execution = execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_)
+    plan = settings_from(CounterfactualPlan(), kwargs)
+    execution = settings_from(ExecutorSettings(), kwargs)
+    rule = settings_from(EvidenceRule(), kwargs)
     experiment = experiment or DEFAULT_EXPERIMENT
-    ctx = open_context(tracking_uri, data_root, execution, progress)
+    ctx = open_context(**kwargs, execution=execution, progress=progress)
     recipe = recipe_from(ctx.client, transfer_params_from, experiment, transfer_mode)
-    outcome = counterfactual_from_analysis(experiment, plan, ctx=ctx, analysis_run_id=analysis_run_id,
+    outcome = counterfactual_from_analysis(experiment, plan, ctx=ctx, analysis_run_id=analysis,
                                            profile=profile, overrides=overrides_of(overrides, transfer_mode),
-                                           recipe=recipe, invocation_run_id=invocation_run_id(),
-                                           rule=EvidenceRule(**given(min_seeds=min_seeds)),
-                                           **given(stability_threshold=stability_threshold))
+                                           recipe=recipe, invocation_run_id=invocation_run_id(), rule=rule)
     for warning in outcome.warnings:
         click.echo(f"Warning: {warning}", err=True)
     runs = outcome.runs
@@ -346,15 +288,14 @@ def counterfactual_command(experiment, analysis_run_id, orders, ks, seeds, profi
 
 @main.command("register")
 @experiment_option
-@click.option("--counterfactual", "counterfactual_run_id", type=TEXT, default=None,
+@click.option("--counterfactual", type=TEXT, default=None,
               help="Counterfactual run whose chosen model to register. Default: the experiment's latest "
                    "FINISHED counterfactual run.")
-@click.option("--name", type=TEXT, default=None, help="Registered model name. Default: <experiment>-target.")
-@evidence_options
+@click.option("--name", type=TEXT, default=None, help="Registered model name. Unset: <experiment>-target.")
+@settings_options(EvidenceRule(), skip=RULE_SKIP)
 @store_options
 @friendly_errors
-def register_command(experiment, counterfactual_run_id, name, min_seeds, stability_threshold, data_root,
-                     tracking_uri):
+def register_command(experiment, counterfactual, name, **kwargs):
     """Register the champion target model (alias `champion`) in the MLflow Model Registry.
 
     The decision is recomputed from the counterfactual's logged runs, never read from a stored
@@ -363,50 +304,43 @@ def register_command(experiment, counterfactual_run_id, name, min_seeds, stabili
     seeds fixed in the plan, at the level its look at that half may spend; otherwise the
     full-source model does, and the command says why in one sentence.
     """
-    from transfer_core.counterfactual import EvidenceRule
     from transfer_core.registry import latest_counterfactual_run, register_champion
+    from transfer_core.registry.champion import PICKLE_NOTE
 
-    ctx = open_context(tracking_uri, data_root)
-    run_id = counterfactual_run_id or latest_counterfactual_run(ctx.client, experiment or DEFAULT_EXPERIMENT)
-    result = register_champion(run_id, ctx=ctx, name=name, run_id=invocation_run_id(),
-                               rule=EvidenceRule(**given(min_seeds=min_seeds)),
-                               **given(stability_threshold=stability_threshold))
+    rule = settings_from(EvidenceRule(), kwargs)
+    ctx = open_context(**kwargs)
+    run_id = counterfactual or latest_counterfactual_run(ctx.client, experiment or DEFAULT_EXPERIMENT)
+    result = register_champion(run_id, ctx=ctx, name=name, run_id=invocation_run_id(), rule=rule)
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
-    click.echo(f"{result.message}\nregistered {result.name} version {result.version}: {result.uri}")
+    click.echo(f"{result.message}\nregistered {result.name} version {result.version}: {result.uri} ({PICKLE_NOTE})")
 
 
 @main.command("main")
-@click.option("--settings", "settings_file", type=TEXT, default=None, metavar="NAME|PATH",
+@click.option("--settings", "study", type=TEXT, default=None, metavar="NAME|PATH",
               help=f"Pipeline settings: a named study ({', '.join(study_names())}) or a path to a .toml file of "
-                   "PipelineSettings fields; the options below override it. Unset: the main job's defaults.")
-@settings_options(PipelineSettings)
-@click.option("--set", "set_items", multiple=True, metavar="FIELD=VALUE",
-              help="Config overrides added to --overrides, e.g. --set pretrain.epochs=2. Repeatable.")
-@executor_options(workers=False)
+                   "PipelineSettings fields; the options below override it (--set adds to its overrides). Unset: "
+                   "the main job's defaults, shown below.")
+@settings_options(PipelineSettings())
 @store_options
 @progress_option
 @friendly_errors
-def main_job(settings_file, set_items, executor, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack, compile_,
-             data_root, tracking_uri, progress, **fields):
+def main_job(study, progress, **kwargs):
     """The pipeline: tune -> sweep -> analyze -> counterfactual -> register (-> publish), reusing what is done.
 
     Every step is its own MLflow run; a rerun trains nothing it has, and a code change recomputes
-    the steps whose computing code changed (README, "The pipeline"). `mlflow run .` runs this
-    command; `--settings cifar100_to_cifar10` runs the study behind the README's results.
+    the steps whose computing code changed (docs/pipeline.md). `mlflow run .` runs this command;
+    `--settings cifar100_to_cifar10` runs the study behind the published results (docs/results.md).
     """
     from transfer_core.workflow import run_pipeline
 
-    if set_items:
-        base = PipelineSettings.load(settings_file).overrides if fields.get("overrides") is None else \
-            tuple(t for t in fields["overrides"].split(",") if t.strip())
-        fields["overrides"] = (*base, *(f"{k}={v}" for k, v in merge_overrides(set_items).items()))
-    settings = PipelineSettings.load(settings_file, **given(**fields))
-    execution = execution_settings(executor, settings.workers, ray_address, ray_cpus_per_run, ray_gpus_per_run,
-                                   pack, compile_)
-    ctx = open_context(tracking_uri, data_root, execution, progress)
+    added = [item for item in kwargs.pop("overrides") or () if item and item.strip()]
+    settings = settings_from(PipelineSettings.load(study), kwargs)
+    if added:  # --set adds to the study's overrides (a later one wins for the same field)
+        settings = settings.replace(overrides=",".join([*settings.overrides, *added]))
+    ctx = open_context(**kwargs, execution=settings.executor, progress=progress)
     result = run_pipeline(settings, ctx, echo=click.echo, invocation_run_id=invocation_run_id())
-    click.echo(result.where_to_look(ctx.tracking_uri))
+    click.echo(result.where_to_look())
 
 
 @main.command("publish")
@@ -424,8 +358,7 @@ def main_job(settings_file, set_items, executor, ray_address, ray_cpus_per_run, 
                    "share of its target class (at least 8 images).")
 @store_options
 @friendly_errors
-def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id, top_k, subpopulation, data_root,
-                    tracking_uri):
+def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id, top_k, subpopulation, **store):
     """Write an experiment's results (figures, tables, RESULTS.md) into a folder for a README.
 
     Reads the analysis run, the counterfactual run made from it and the tune run whose recipe
@@ -434,10 +367,26 @@ def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id,
     """
     from transfer_core.workflow.publish import publish
 
-    path = publish(experiment or DEFAULT_EXPERIMENT, out_dir, ctx=open_context(tracking_uri, data_root),
+    path = publish(experiment or DEFAULT_EXPERIMENT, out_dir, ctx=open_context(**store),
                    analysis_run_id=analysis_run_id, counterfactual_run_id=counterfactual_run_id, top_k=top_k,
                    subpopulation=subpopulation)
     click.echo(f"results written to {path}")
+
+
+@main.command("experiment")
+@click.argument("name", default=DEFAULT_EXPERIMENT, metavar="[NAME]")
+@store_options
+@friendly_errors
+def experiment_command(name, **store):
+    """Create experiment NAME (default transfer_core) as the tool makes one, if missing, and print its id.
+
+    The tool's experiments keep their artifacts beside a sqlite store (mlruns/artifacts/<name>) and open in
+    the UI's Model training mode. `mlflow run --experiment-name NAME` creates a missing experiment its own
+    way instead (artifacts under ./mlruns/<id> of wherever it runs), so `make run` calls this first.
+    """
+    from transfer_core.track import get_experiment_id
+
+    click.echo(get_experiment_id(open_context(**store).client, name))
 
 
 @main.command("links")
@@ -447,15 +396,16 @@ def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id,
               help="Where the MLflow UI answers.")
 @friendly_errors
 def links_command(tracking_uri, base):
-    """Print the MLflow UI links of every experiment this tool wrote: its runs in Model training mode,
-    and the saved views a pipeline run made (every trained model; accuracy against k). Writes nothing."""
+    """Print the MLflow UI links of every experiment this tool wrote, as `transfer-core ui` does: its runs in
+    Model training mode, the saved views (every trained model; accuracy against k), the analysis report, the
+    counterfactual figure and the registered version's page, each only when it exists. Writes nothing."""
     from transfer_core.track.store import default_tracking_uri, sqlite_path
-    from transfer_core.track.views import experiment_links
+    from transfer_core.workflow.links import store_links
 
     uri = tracking_uri or default_tracking_uri(create=False)
     store = sqlite_path(uri)
     if store is not None and not store.is_file():
         raise click.ClickException(f"there is no MLflow store at {store} yet; run `make run` (or a transfer-core "
                                    "command) first, or pass --tracking-uri")
-    for line in experiment_links(open_context(uri, None).client, base):
+    for line in store_links(open_context(uri).client, base):
         click.echo(line)

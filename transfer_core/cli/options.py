@@ -1,22 +1,23 @@
-"""Shared pieces of the command line: parameter types, option groups, and one-sentence errors.
+"""Shared pieces of the command line: options generated from settings, parameter types, one-sentence errors.
 
-MLproject passes every parameter as a string, and an empty string means "not given". The
-parameter types here map ``""`` to None (unset, so the library's typed default applies)
-and convert everything else to the real type, so ``--help`` shows choices and ranges and a
-bad value gets click's one-line error. Defaults shown in ``--help`` are read from the
-library's dataclasses, the one place they live.
+Every stage's options are generated from its settings dataclass (:mod:`transfer_core.settings`):
+:func:`settings_options` makes one click option per field (name, type, range, choices, help and
+the default ``--help`` shows, all read from the field), and :func:`settings_from` builds the
+settings back from what was given. MLproject passes every parameter as a string, and an empty
+string means "not given": the parameter types here map ``""`` to None (unset, so the settings'
+default applies) and convert everything else, so a bad value gets click's one-line error.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
+from typing import Any
 
 import click
 from mlflow.exceptions import MlflowException
 
 from transfer_core.config import DEFAULT_PROFILE, ConfigError, parse_overrides, profile_names
-from transfer_core.execute import AUTO, EXECUTORS, ExecutorSettings
+from transfer_core.settings import Settings, Spec, flat_specs, with_flat
 from transfer_core.track import DEFAULT_EXPERIMENT
 
 
@@ -47,62 +48,75 @@ class Choice(_EmptyIsUnset, click.Choice):
     pass
 
 
-class _PackCount(click.ParamType):
-    name = "N|auto"
-
-    def convert(self, value, param, ctx):
-        if value == AUTO or isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
-        text = str(value).strip().lower()
-        if text == AUTO:
-            return AUTO
-        try:
-            number = int(text)
-        except ValueError:
-            self.fail(f"{value!r} is neither a number of models nor auto; give e.g. --pack 8, or --pack auto",
-                      param, ctx)
-        if number < 1:
-            self.fail(f"{number} is not a positive number of models; give --pack 1 or more, or --pack auto", param, ctx)
-        return number
-
-
-class PackCount(_EmptyIsUnset, _PackCount):
-    """A positive number of models per pack, or ``auto``."""
+class Bool(_EmptyIsUnset, click.types.BoolParamType):
+    name = "true|false"
 
 
 TEXT = Text()
 
 
-def default(cls, name: str) -> str:
-    """The default of field ``name`` of dataclass ``cls``, as ``--help`` shows it (lists comma-separated)."""
-    field = next(f for f in dataclasses.fields(cls) if f.name == name)
-    value = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+def shown(value: Any) -> str:
+    """A settings value as ``--help`` shows it: lists comma-separated, None as unset, booleans as true/false."""
     if isinstance(value, (tuple, list)):
         return ",".join(map(str, value)) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
     return "unset" if value is None or value == "" else str(value)
 
 
-def settings_options(cls, skip: tuple[str, ...] = ()):
-    """Options for every field of dataclass ``cls`` (``--n-models`` for ``n_models``): the type, range or
-    choices, help and default all come from the field (its metadata ``help``, ``min``, ``choices``)."""
+def param_type(spec: Spec) -> click.ParamType:
+    """The click type of a settings field: ranges and choices checked by click, lists and custom values by the
+    settings themselves (one sentence either way)."""
+    if spec.is_list or spec.parse is not None:
+        return TEXT
+    if spec.choices is not None:
+        return Choice([str(c) for c in spec.choices])
+    if spec.kind is bool:
+        return Bool()
+    if spec.kind is int:
+        return IntRange(min=spec.min, max=spec.max)
+    if spec.kind is float:
+        low = spec.above if spec.above is not None else spec.min
+        return FloatRange(min=low, max=spec.max, min_open=spec.above is not None)
+    return TEXT
+
+
+def option_for(spec: Spec, current: Any) -> Any:
+    """One click option for ``spec``; ``current`` is the default ``--help`` shows (the composed settings' value)."""
+    help_text = spec.help
+    if spec.is_list and spec.choices is not None:
+        help_text += f" Choices: {', '.join(map(str, spec.choices))}."
+    return click.option(spec.option, spec.name, type=param_type(spec), default=None, multiple=spec.is_list,
+                        metavar=spec.metavar or ("A,B,..." if spec.is_list else None), show_default=shown(current),
+                        help=help_text)
+
+
+def settings_options(settings: Settings, skip: tuple[str, ...] = ()):
+    """Options for every field of ``settings`` and of its components (flat: ``--n-models`` for ``n_models``),
+    but for ``skip``."""
     def decorate(fn):
-        options = []
-        for f in dataclasses.fields(cls):
-            if f.name in skip:
-                continue
-            kind = TEXT
-            if "choices" in f.metadata:
-                kind = Choice(list(f.metadata["choices"]))
-            elif f.type in (int, "int"):
-                kind = IntRange(min=f.metadata.get("min"))
-            options.append(click.option(f"--{f.name.replace('_', '-')}", f.name, type=kind, default=None,
-                                        show_default=default(cls, f.name), help=f.metadata.get("help", "")))
+        options = [option_for(spec, value) for _, spec, value in flat_specs(settings) if spec.name not in skip]
         return _stack(fn, options)
     return decorate
 
 
+def settings_from(settings: Settings, kwargs: dict[str, Any]) -> Any:
+    """``settings`` with the options that were given (popped from ``kwargs``) on top; lists given several
+    times (``--set a=1 --set b=2``) or comma-separated are joined into one list."""
+    given = {}
+    for _, spec, _ in flat_specs(settings):
+        if spec.name not in kwargs:
+            continue
+        value = kwargs.pop(spec.name)
+        if spec.is_list:
+            value = ",".join(v for v in (value or ()) if v and v.strip()) or None
+        if value is not None:
+            given[spec.name] = value
+    return with_flat(settings, given)
+
+
 def given(**values) -> dict:
-    """The keyword arguments that were given (not None), for a dataclass whose defaults fill the rest."""
+    """The keyword arguments that were given (not None)."""
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -122,8 +136,8 @@ def _stack(fn, options):
 
 def profile_option(fn):
     return click.option("--profile", type=TEXT, default=None, show_default=DEFAULT_PROFILE,
-                        help=f"Named experiment config from experiments/profiles ({', '.join(profile_names())}) "
-                             "or a path to a .toml file.")(fn)
+                        help=f"A profile shipped with the package in transfer_core/presets/profiles "
+                             f"({', '.join(profile_names())}) or a path to a .toml file.")(fn)
 
 
 def set_option(fn):
@@ -137,21 +151,31 @@ def experiment_option(fn):
                         help="MLflow experiment name.")(fn)
 
 
-def open_context(tracking_uri=None, data_root=None, execution: ExecutorSettings | None = None, progress: bool = True):
-    """The command's one :class:`~transfer_core.execute.Context`: the store, the data, the executor."""
+def open_context(tracking_uri=None, data_root=None, cache_dir=None, execution=None, progress: bool = True,
+                 ledger=None):
+    """The command's one :class:`~transfer_core.execute.Context`: the store, the data folders, the executor,
+    the look ledger."""
     from transfer_core.execute import Context
-    return Context.open(tracking_uri, data_root, execution, progress)
+    return Context.open(tracking_uri, data_root, cache_dir, execution, progress, ledger)
 
 
 def store_options(fn):
-    """``--data-root`` and ``--tracking-uri``: where the data and the MLflow store are."""
+    """``--data-root``, ``--cache-dir``, ``--tracking-uri`` and ``--ledger``: where the data, its decoded copies,
+    the MLflow store and the look ledger are. The only place the environment is read: these options' defaults."""
     return _stack(fn, [
         click.option("--data-root", type=TEXT, default=None, envvar="TRANSFER_CORE_DATA",
                      help="Folder with cifar10.tar.gz / cifar100.tar.gz or their extracted trees "
                           "[env: TRANSFER_CORE_DATA]. Unset: torchvision downloads CIFAR."),
+        click.option("--cache-dir", type=TEXT, default=None, envvar="TRANSFER_CORE_CACHE",
+                     help="Where decoded images, prepared copies and sweep caches are kept [env: "
+                          "TRANSFER_CORE_CACHE]. Unset: ~/.cache/transfer_core (make uses .cache/ in the checkout)."),
         click.option("--tracking-uri", type=TEXT, default=None, envvar="MLFLOW_TRACKING_URI",
                      help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store "
                           "mlruns/mlflow.db with artifacts under mlruns/."),
+        click.option("--ledger", type=TEXT, default=None, envvar="TRANSFER_CORE_LEDGER",
+                     help="The look ledger: an append-only file that counts every look at a validation selection "
+                          "half, whatever store or `mlflow gc` [env: TRANSFER_CORE_LEDGER]. Unset: "
+                          "~/.local/state/transfer_core/looks.jsonl (docs/looks.md)."),
     ])
 
 
@@ -171,47 +195,6 @@ def config_options(fn):
     ])
 
 
-def executor_options(fn=None, *, workers: bool = True):
-    """Where models train: local worker processes or a Ray cluster (see ExecutorSettings).
-
-    ``workers=False`` leaves ``--workers`` to the command (the pipeline's settings own it)."""
-    if fn is None:
-        return functools.partial(executor_options, workers=workers)
-    d = functools.partial(default, ExecutorSettings)
-    options = [
-        click.option("--executor", type=Choice(list(EXECUTORS)), default=None, show_default=d("executor"),
-                     help="local (worker processes on this machine) or ray (one Ray task per model; needs "
-                          "pip install 'transfer-core[ray]')."),
-        workers and click.option("--workers", type=IntRange(min=1), default=None, show_default=d("workers"),
-                                 help="Local worker processes; each loads the data once and gets cores/workers "
-                                      "torch threads (1 trains in this process)."),
-        click.option("--ray-address", type=TEXT, default=None,
-                     help="Ray cluster to use, e.g. 10.0.0.5:6379 or auto. Unset: $RAY_ADDRESS if set, else a new "
-                          "local Ray instance."),
-        click.option("--ray-cpus-per-run", type=FloatRange(0, min_open=True), default=None,
-                     show_default=d("ray_cpus_per_run"), help="CPUs each Ray task reserves."),
-        click.option("--ray-gpus-per-run", type=FloatRange(0), default=None, show_default=d("ray_gpus_per_run"),
-                     help="GPUs each Ray task (one pack) reserves; a fraction (0.25) lets several small packs share "
-                          "one card, 1 with --pack N trains N models on each GPU."),
-        click.option("--pack", type=PackCount(), default=None, show_default=d("pack"),
-                     help="Models trained at once as one network on one device (grouped convolutions; each model "
-                          "keeps its own weights, batches and seed, and is its own run). auto: as many as fit in the "
-                          "GPU's free memory, and 1 on a CPU, where packing does not pay. A pack that cannot fit is "
-                          "refused with the largest that can."),
-        click.option("--compile/--no-compile", "compile_", default=None,
-                     show_default="compile" if ExecutorSettings().compile else "no-compile",
-                     help="torch.compile packed training (once per process; for GPUs)."),
-    ]
-    return _stack(fn, [option for option in options if option])
-
-
-def execution_settings(executor, workers, ray_address, ray_cpus_per_run, ray_gpus_per_run, pack=None,
-                       compile_=None) -> ExecutorSettings:
-    return ExecutorSettings(**given(executor=executor, workers=workers, ray_address=ray_address,
-                                    ray_cpus_per_run=ray_cpus_per_run, ray_gpus_per_run=ray_gpus_per_run, pack=pack,
-                                    compile=compile_))
-
-
 def transfer_params_option(fn):
     """``--transfer-params-from RUN_ID|latest``: train with the recipe a ``tune`` run found."""
     return click.option(
@@ -220,21 +203,6 @@ def transfer_params_option(fn):
              "'latest' for the experiment's latest FINISHED tune run. They override the profile's and "
              "--set's transfer values, are logged as params on every run, and the tune run's id is "
              "recorded on the sweep (tag tune_run_id).")(fn)
-
-
-def evidence_options(fn):
-    """When a pruned source may become champion, and when a ranking counts as unstable."""
-    from transfer_core.counterfactual.summary import STABILITY_THRESHOLD, EvidenceRule
-    return _stack(fn, [
-        click.option("--min-seeds", type=IntRange(min=3), default=None, show_default=default(EvidenceRule, "min_seeds"),
-                     help="Seeds per grid point a champion needs: a pruned source becomes champion only when its "
-                          "paired gain on the held-out validation half has a confidence interval above zero over at "
-                          "least this many seeds."),
-        click.option("--stability-threshold", type=FloatRange(0, 1), default=None,
-                     show_default=str(STABILITY_THRESHOLD),
-                     help="Warn when the class ranking's split-half Spearman (two disjoint halves of the runs) is "
-                          "below this: the removed classes are then largely noise."),
-    ])
 
 
 def progress_option(fn):

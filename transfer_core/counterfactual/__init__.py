@@ -1,8 +1,9 @@
 """Counterfactuals: retrain without the classes an influence ranking names, and compare.
 
-    outcome = counterfactual_from_analysis("demo", CounterfactualPlan(ks=(0, 10, 20), n_seeds=3))
+    outcome = counterfactual_from_analysis("demo", CounterfactualPlan(ks=(10, 20), seeds=3), ctx=ctx)
     outcome.selection.describe()     # the pruned source chosen on validation, with its test figures
 
+Its settings (:mod:`~transfer_core.counterfactual.settings`: the plan and the evidence rule).
 Pure pieces (:mod:`~transfer_core.counterfactual.grid`: which classes each point removes, and the
 plan as a record; :mod:`~transfer_core.counterfactual.summary`: intervals over seeds, the
 selection and the paired contrasts) are kept apart from what reads the store
@@ -17,9 +18,10 @@ _EXPORTS = {
     "StaleCounterfactual": "transfer_core.counterfactual.gate",
     "read_plan": "transfer_core.counterfactual.gate",
     "recompute_selection": "transfer_core.counterfactual.gate",
-    "FULL": "transfer_core.counterfactual.grid",
-    "ORDERS": "transfer_core.counterfactual.grid",
-    "CounterfactualPlan": "transfer_core.counterfactual.grid",
+    "FULL": "transfer_core.counterfactual.settings",
+    "ORDERS": "transfer_core.counterfactual.settings",
+    "CounterfactualPlan": "transfer_core.counterfactual.settings",
+    "EvidenceRule": "transfer_core.counterfactual.settings",
     "ranking_order": "transfer_core.counterfactual.grid",
     "removal_set": "transfer_core.counterfactual.grid",
     "LEDGER_ARTIFACT": "transfer_core.counterfactual.looks",
@@ -36,8 +38,6 @@ _EXPORTS = {
     "run_counterfactual": "transfer_core.counterfactual.step",
     "CONTRASTS": "transfer_core.counterfactual.summary",
     "RULE_VERSION": "transfer_core.counterfactual.summary",
-    "STABILITY_THRESHOLD": "transfer_core.counterfactual.summary",
-    "EvidenceRule": "transfer_core.counterfactual.summary",
     "Selection": "transfer_core.counterfactual.summary",
     "contrasts": "transfer_core.counterfactual.summary",
     "select": "transfer_core.counterfactual.summary",

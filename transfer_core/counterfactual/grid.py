@@ -24,7 +24,6 @@ Two ids, two records:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -32,49 +31,7 @@ import pandas as pd
 from transfer_core.config import ConfigError, RunConfig
 from transfer_core.track.steps import step_key
 
-ORDERS = ("bottom", "top", "random")
-FULL = "full"  # order tag of the k = 0 runs
-
-
-@dataclass(frozen=True)
-class CounterfactualPlan:
-    """The grid: removal orders, numbers of removed classes (0 added), seeds ``0..n_seeds-1``."""
-
-    orders: tuple[str, ...] = ORDERS
-    ks: tuple[int, ...] = (0, 5, 10, 20)
-    n_seeds: int = 3
-
-    def validate(self, n_classes: int) -> "CounterfactualPlan":
-        unknown = [o for o in self.orders if o not in ORDERS]
-        if unknown or not self.orders:
-            raise ConfigError(f"unknown removal order(s) {', '.join(unknown) or '(none given)'}; "
-                              f"choose from {', '.join(ORDERS)}, e.g. --orders bottom,top,random")
-        if any(k < 0 for k in self.ks):
-            raise ConfigError(f"every k must be >= 0, got {list(self.ks)}")
-        if max(self.ks, default=0) >= n_classes:
-            raise ConfigError(f"k={max(self.ks)} would remove every one of the {n_classes} source "
-                              f"classes; choose ks below {n_classes}")
-        if self.n_seeds < 1:
-            raise ConfigError(f"--seeds must be a positive integer, got {self.n_seeds}")
-        return CounterfactualPlan(tuple(dict.fromkeys(self.orders)), tuple(sorted({0, *self.ks})),
-                                  self.n_seeds)
-
-    def points(self) -> list[tuple[str, int, int]]:
-        """``(order, k, seed)`` for every run: the full source first, then k ascending."""
-        pts = [(FULL, 0, s) for s in range(self.n_seeds)]
-        for k in self.ks:
-            if k > 0:
-                pts += [(o, k, s) for o in self.orders for s in range(self.n_seeds)]
-        return pts
-
-
-def parse_list(text: str, kind: type, what: str) -> tuple:
-    """``"0,5,10"`` -> ``(0, 5, 10)``, with a clear error naming ``what``."""
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    try:
-        return tuple(kind(t) for t in items)
-    except ValueError:
-        raise ConfigError(f"{what} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+from transfer_core.counterfactual.settings import ORDERS, CounterfactualPlan
 
 
 def ranking_order(ranking: pd.DataFrame, class_names: list[str]) -> np.ndarray:
@@ -126,7 +83,7 @@ def plan_record(plan: CounterfactualPlan, grid: str, analysis_run_id: str | None
                 validation: dict[str, str]) -> dict:
     """What a plan is, as stored on its run (tag ``plan``): a validated plan, its grid, and the
     digests of the validation split and halves it ranks and selects on."""
-    return {"orders": list(plan.orders), "ks": list(plan.ks), "n_seeds": plan.n_seeds, "grid_id": grid,
+    return {"orders": list(plan.orders), "ks": list(plan.ks), "n_seeds": plan.seeds, "grid_id": grid,
             "analysis_run_id": analysis_run_id or "", **validation}
 
 
@@ -141,4 +98,5 @@ def plan_id(record: dict) -> str:
 
 
 def plan_from_record(record: dict) -> CounterfactualPlan:
+    """The plan a record stores (the record keeps the key ``n_seeds``, as stored runs have it)."""
     return CounterfactualPlan(tuple(record["orders"]), tuple(int(k) for k in record["ks"]), int(record["n_seeds"]))

@@ -14,8 +14,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from transfer_core.counterfactual.gate import read_plan
-from transfer_core.counterfactual.grid import FULL, ORDERS
 from transfer_core.counterfactual.looks import LookLedger, record_look
+from transfer_core.counterfactual.settings import FULL, ORDERS
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, contrasts, select, summarize
 from transfer_core.track import describe_step, log_metrics, set_tags
 

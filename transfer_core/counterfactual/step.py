@@ -22,12 +22,14 @@ from mlflow.tracking import MlflowClient
 from transfer_core.analysis import class_ranking, find_analysis_run
 from transfer_core.config import ConfigError, Provenance, RunConfig, resolve_config
 from transfer_core.counterfactual.gate import PLAN_TAG, finished_points, grid_table
-from transfer_core.counterfactual.grid import (CounterfactualPlan, grid_id, plan_id, plan_key, plan_record,
+from transfer_core.counterfactual.grid import (grid_id, plan_id, plan_key, plan_record,
                                                ranking_order, removal_set)
 from transfer_core.counterfactual.looks import LOOK_KEY_TAG, LookLedger
 from transfer_core.counterfactual.report import log_report
-from transfer_core.counterfactual.summary import STABILITY_THRESHOLD, EvidenceRule, Selection
-from transfer_core.data import data_digest, load_source, load_transfer_data, selection_half_key, validation_digests
+from transfer_core.counterfactual.settings import CounterfactualPlan, EvidenceRule
+from transfer_core.counterfactual.summary import Selection
+from transfer_core.data import (DataDirs, data_digest, load_source, load_transfer_data, selection_half_key,
+                                validation_digests)
 from transfer_core.execute import Context, Job, Task, resolve_pack, run_tasks
 from transfer_core.track import DEFAULT_EXPERIMENT, get_experiment_id, latest_run, run_config, set_tags
 from transfer_core.track.claims import settle_parent
@@ -75,7 +77,7 @@ def point_name(order: str, k: int, seed: int, grid: str) -> str:
 
 
 def check_validation(config: RunConfig, expected: dict[str, str] | None, analysis_run_id: str | None,
-                     data_root=None) -> dict[str, str]:
+                     dirs: DataDirs = DataDirs()) -> dict[str, str]:
     """The digests of ``config``'s validation split and halves, and the selection half's key
     (``look_key``: its images, whatever the resolution); refused when the digests differ from ``expected``.
 
@@ -83,9 +85,9 @@ def check_validation(config: RunConfig, expected: dict[str, str] | None, analysi
     validation split (another ``data.split_seed``, ``val_fraction`` or ``target_train_images``,
     another data root) would select on images the ranking may have seen, so it is refused.
     """
-    val = load_transfer_data(config.data, data_root).target_val
+    val = load_transfer_data(config.data, dirs).target_val
     found = validation_digests(val, config.data.split_seed)
-    found[LOOK_KEY_TAG] = selection_half_key(config.data, data_root)  # what a look at the selection half sees
+    found[LOOK_KEY_TAG] = selection_half_key(config.data, dirs)  # what a look at the selection half sees
     if expected is None:
         return found
     missing = [k for k in VALIDATION_KEYS if not expected.get(k)]
@@ -104,7 +106,7 @@ def check_validation(config: RunConfig, expected: dict[str, str] | None, analysi
 
 
 def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: CounterfactualPlan, *,
-                       ctx: Context | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                       ctx: Context, experiment: str = DEFAULT_EXPERIMENT,
                        analysis_run_id: str | None = None, expected_validation: dict[str, str] | None = None,
                        source_sweep_id: str | None = None, invocation_run_id: str | None = None,
                        provenance: Provenance | None = None) -> CounterfactualRuns:
@@ -117,16 +119,15 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
     (``model.pt``) so the registry can log the chosen one without retraining. Points that fail
     are retried by the next call; this one raises after the others have run.
     """
-    ctx = ctx or Context.open()
-    names = load_source(config.data, "train", ctx.data_root).class_names
+    names = load_source(config.data, "train", ctx.dirs).class_names
     plan = plan.validate(len(names))
     ranked = ranking_order(ranking, names)
-    validation = check_validation(config, expected_validation, analysis_run_id, ctx.data_root)
+    validation = check_validation(config, expected_validation, analysis_run_id, ctx.dirs)
     client = ctx.client
     experiment_id = get_experiment_id(client, experiment)
     # a pack that cannot fit is refused before anything is recorded
-    pack = resolve_pack(config, ctx.execution, ctx.data_root)
-    grid = grid_id(config, ranked, analysis_run_id, data_digest(config.data, ctx.data_root))
+    pack = resolve_pack(config, ctx.execution, ctx.dirs)
+    grid = grid_id(config, ranked, analysis_run_id, data_digest(config.data, ctx.dirs))
     record = plan_record(plan, grid, analysis_run_id, validation)
     cf_id = plan_id(record)
     common = {"grid_id": grid, "analysis_run_id": analysis_run_id or "", "source_sweep_id": source_sweep_id or ""}
@@ -139,12 +140,12 @@ def run_counterfactual(config: RunConfig, ranking: pd.DataFrame, plan: Counterfa
                            extra_tags=extra)
     client.update_run(parent, status="RUNNING")
     set_tags(client, parent, {"orders": ",".join(plan.orders), "ks": ",".join(map(str, plan.ks)),
-                              "n_seeds": plan.n_seeds})
+                              "n_seeds": plan.seeds})
     done = finished_points(client, experiment_id, grid)
     todo = [p for p in plan.points() if p not in done]
     log.info("counterfactual %s (grid %s): %d of %d runs already FINISHED", cf_id, grid,
              len(plan.points()) - len(todo), len(plan.points()))
-    job = Job(config, experiment, ctx.tracking_uri, ctx.data_root, log_checkpoint=True, pack=pack,
+    job = Job(config, experiment, ctx.tracking_uri, ctx.dirs, log_checkpoint=True, pack=pack,
               compile=ctx.execution.compile)
     tasks = grid_tasks(todo, ranked, config.sweep_seed, grid, parent, common)
     if pack > 1:  # points that keep as many classes pack together (their step counts and heads match)
@@ -190,11 +191,11 @@ def stability_warning(split_half: float, threshold: float, analysis_run_id: str)
             "grow the sweep (--n-models) and analyse it again for a ranking worth acting on"]
 
 
-def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, ctx: Context | None = None,
+def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, ctx: Context,
                                  analysis_run_id: str | None = None, profile: str | None = None,
                                  overrides: dict | None = None, recipe: TunedRecipe | None = None,
-                                 invocation_run_id: str | None = None, rule: EvidenceRule = EvidenceRule(),
-                                 stability_threshold: float = STABILITY_THRESHOLD) -> CounterfactualOutcome:
+                                 invocation_run_id: str | None = None,
+                                 rule: EvidenceRule = EvidenceRule()) -> CounterfactualOutcome:
     """Run (or resume) the counterfactual plan of an analysis run and report it.
 
     The classes are removed by the analysis's validation ranking (fitted on the ranking half
@@ -204,9 +205,6 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, c
     on top (:func:`transfer_core.config.resolve_config`). The run records where its config came
     from, the tune run included (the sweep's, when the config is the sweep's).
     """
-    if not 0 <= stability_threshold <= 1:
-        raise ConfigError(f"--stability-threshold must be a Spearman correlation in [0, 1], got {stability_threshold}")
-    ctx = ctx or Context.open()
     ledger = LookLedger(ctx.ledger)  # refused before anything trains when the context has none
     client = ctx.client
     experiment_id = get_experiment_id(client, experiment)
@@ -233,7 +231,7 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, c
                                           "ranking_split_half": f"{split_half:.4f}"})
     selection = log_report(client, runs.parent_run_id, runs.table, rule=rule, ranking_split_half=split_half,
                            name=run_name(runs.counterfactual_id), invocation_run_id=invocation_run_id, ledger=ledger)
-    warnings = stability_warning(split_half, stability_threshold, analysis.info.run_id)
+    warnings = stability_warning(split_half, rule.stability_threshold, analysis.info.run_id)
     return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id, warnings)
 
 

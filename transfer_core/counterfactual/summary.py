@@ -35,13 +35,12 @@ import numpy as np
 import pandas as pd
 
 from transfer_core.config import ConfigError
-from transfer_core.counterfactual.grid import FULL
+from transfer_core.counterfactual.settings import FULL, EvidenceRule
 
 RULE_VERSION = 3  # 2: looks on a selection half share the error rate, seeds fixed per plan; 3: looks counted in the
 # look ledger, keyed by the selection half's images (not the store, not the resolution); outputs checked
 CANDIDATE_ORDERS = ("bottom",)  # pruning candidates: removing detrimental classes; top and random are controls
 SELECT_METRIC = "select_acc"  # accuracy on the selection half of the validation split
-STABILITY_THRESHOLD = 0.3  # split-half Spearman below which a ranking is called unstable
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
@@ -81,27 +80,6 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         row["test_diff"], row["diff_ci_low"], row["diff_ci_high"] = t_interval(paired_differences(table, order, k))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-@dataclass(frozen=True)
-class EvidenceRule:
-    """When a pruned source may become the champion (validated at construction)."""
-
-    min_seeds: int = 3  # seeds per point needed for an interval worth the name
-    confidence: float = 0.95  # family-wise, over the pruned candidates (Bonferroni)
-
-    def __post_init__(self):
-        if self.min_seeds < 3:
-            raise ConfigError(f"a champion needs at least 3 seeds for a confidence interval, got --min-seeds "
-                              f"{self.min_seeds}; use 3 or more")
-        if not 0.5 < self.confidence < 1:
-            raise ConfigError(f"--confidence must be in (0.5, 1), got {self.confidence}")
-
-    def look_alpha(self, look: int) -> float:
-        """The family-wise error look ``look`` (1, 2, ...) on one selection half may spend: ``alpha / 2**look``."""
-        if look < 1:
-            raise ValueError(f"looks are numbered from 1, got {look}")
-        return (1 - self.confidence) / 2 ** look
 
 
 @dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from transfer_core.config import DataConfig
-from transfer_core.data.images import ImageSet
+from transfer_core.data.images import DataDirs, ImageSet
 from transfer_core.data.loading import TransferData, load_transfer_data, validation_halves, validation_images
 
 DIGEST_CHARS = 12  # hex characters kept: 48 bits, like the tool's other ids (MLflow allows up to 36)
@@ -85,7 +85,7 @@ def validation_digests(val: ImageSet, split_seed: int) -> dict[str, str]:
             "selection_half_digest": half_digest(whole, "selection", ~ranking)}
 
 
-def selection_half_key(config: DataConfig, data_root: str | None = None) -> str:
+def selection_half_key(config: DataConfig, dirs: DataDirs) -> str:
     """``half-<16 hex>``: which images the selection half of ``config``'s validation split holds.
 
     A sha256 of the target's class names and, for every selection-half example in order, its row in
@@ -94,7 +94,7 @@ def selection_half_key(config: DataConfig, data_root: str | None = None) -> str:
     so a sweep at another resolution, or the same job in a new store, has the same key; another
     ``data.split_seed``, ``val_fraction``, ``target_train_images`` or other images give another.
     """
-    images, rows = validation_images(config, KEY_RESOLUTION, data_root)
+    images, rows = validation_images(config, KEY_RESOLUTION, dirs)
     members = ~validation_halves(images.labels.numpy(), config.split_seed)
     h = hashlib.sha256(f"{KEY_VERSION}|".encode() + "\0".join(images.class_names).encode() + b"\0")
     h.update(rows[members].astype("<i8").tobytes())
@@ -121,7 +121,7 @@ def transfer_digest(data: TransferData) -> str:
 
 
 @lru_cache(maxsize=8)
-def data_digest(config: DataConfig, data_root: str | None = None) -> str:
+def data_digest(config: DataConfig, dirs: DataDirs = DataDirs()) -> str:
     """The content digest of the data ``config`` gives (pixels and labels, never file sizes or times):
     what the key of a step that trains on it holds. Loads the data once per process and config."""
-    return transfer_digest(load_transfer_data(config, data_root))
+    return transfer_digest(load_transfer_data(config, dirs))

@@ -3,12 +3,12 @@
 Following airbench, a dataset is one image tensor plus a label tensor; a subset is an
 index into them, never a new ``Dataset`` class. The pieces every way of reading images shares
 (in memory, :mod:`~transfer_core.data.loading`; from a prepared copy on disk,
-:mod:`~transfer_core.data.prepared`) live here: the decoder, the centre square, the cache folder.
+:mod:`~transfer_core.data.prepared`) live here: the decoder, the centre square, the folders data is read
+from and cached in.
 """
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +25,31 @@ class DataError(ConfigError):
     """Missing, empty or corrupt data; the message says what to fix."""
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("TRANSFER_CORE_CACHE") or Path.home() / ".cache" / "transfer_core"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+DEFAULT_CACHE = Path.home() / ".cache" / "transfer_core"  # what an entry point gives when told nothing
+
+
+@dataclass(frozen=True)
+class DataDirs:
+    """Where images come from and where decoded copies go, resolved once by the entry point.
+
+    ``root``: the data root, a folder with ``cifar10.tar.gz`` / ``cifar100.tar.gz`` or their trees
+    (None: torchvision downloads CIFAR); ``cache``: decoded tensors, prepared copies of image
+    folders and sweep caches (the command line's ``--cache-dir`` / ``$TRANSFER_CORE_CACHE``, else
+    :data:`DEFAULT_CACHE`). None here means none was given: generated (synthetic) data needs none,
+    and anything that would be cached is refused rather than written somewhere unasked. Picklable.
+    """
+
+    root: str | None = None
+    cache: str | None = None
+
+    def cache_path(self, *parts: str) -> Path:
+        """``cache/<parts...>``, its folder created."""
+        if self.cache is None:
+            raise DataError("no cache folder was given for decoded images; open a Context (Context.open picks "
+                            "~/.cache/transfer_core) or pass DataDirs(cache=...)")
+        path = Path(self.cache).expanduser().joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 @dataclass

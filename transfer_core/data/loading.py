@@ -9,11 +9,14 @@ resolution (the analysis's duplicate search reads 32 px) costs a resize, not a d
 Dataset specs:
   ``cifar10`` / ``cifar100``     an ImageFolder tree ``<root>/<name>/{train,test}/<class>/``
                                  or an archive ``<root>/<name>.tar.gz`` under the data root
-                                 (``--data-root`` or ``$TRANSFER_CORE_DATA``); with no data
-                                 root, torchvision's downloader.
+                                 (:attr:`DataDirs.root`: ``--data-root`` or ``$TRANSFER_CORE_DATA``
+                                 on the command line); with no data root, torchvision's downloader.
   ``imagefolder:<path>``         ``<path>/{train,test}`` (``val`` stands in for ``test``).
   ``synthetic-source`` / ``synthetic-target``  generated data with planted structure, see
                                  :mod:`transfer_core.data.synthetic`.
+A spec is parsed once, by :class:`transfer_core.config.DataSpec`. Where data is read from and
+cached is a :class:`~transfer_core.data.images.DataDirs` the entry point resolves; nothing here
+reads the environment.
 """
 from __future__ import annotations
 
@@ -29,13 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transfer_core.config import ConfigError, DataConfig
-from transfer_core.data.images import (IMAGE_SUFFIXES, DataError, ImageSet, cache_dir, center_square,
-                                       channel_stats, decode_image, resize)
+from transfer_core.config import IMAGEFOLDER, DataConfig, DataSpec
+from transfer_core.data.images import (IMAGE_SUFFIXES, DataDirs, DataError, ImageSet, center_square, channel_stats,
+                                       decode_image, resize)
 from transfer_core.data.synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
-CIFAR_NAMES = ("cifar10", "cifar100")
 CACHE_VERSION = "v1"
 
 
@@ -56,12 +58,11 @@ class TransferData:
             self.source_norm = self.source.norm() if hasattr(self.source, "norm") else channel_stats(self.source.images)
 
 
-def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
-    """The data root given, else ``$TRANSFER_CORE_DATA``, else None (download)."""
-    root = data_root or os.environ.get("TRANSFER_CORE_DATA")
-    if not root:
+def check_data_root(data_root: str | os.PathLike | None) -> Path | None:
+    """The data root as a path, checked: one sentence when it is missing or empty; None stays None (download)."""
+    if not data_root:
         return None
-    path = Path(root).expanduser()
+    path = Path(data_root).expanduser()
     if not path.is_dir():
         raise DataError(f"data root {str(path)!r} does not exist; pass --data-root (or set "
                         "TRANSFER_CORE_DATA) to a folder holding cifar10.tar.gz / cifar100.tar.gz "
@@ -72,42 +73,37 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path | None:
     return path
 
 
-OWN_VALIDATION = ("synthetic-target",)  # datasets that ship a validation split (others are carved from train)
-
-
-def load_split(spec: str, split: str, resolution: int, data_root=None) -> ImageSet:
-    """Load one split (train, test; val where the dataset has one) at ``resolution`` pixels, decoding it once."""
-    if split not in ("train", "test") and not (split == "val" and spec in OWN_VALIDATION):
-        raise ValueError(f"split must be 'train' or 'test' (or 'val' for {', '.join(OWN_VALIDATION)}), "
-                         f"got {split!r}")
-    if spec.startswith("synthetic"):
+def load_split(spec: str, split: str, resolution: int, dirs: DataDirs = DataDirs()) -> ImageSet:
+    """Load one split (train, test; val where the dataset has one) at ``resolution`` pixels, decoding it once
+    (into ``dirs.cache``)."""
+    parsed = DataSpec.parse(spec)
+    if split not in ("train", "test") and not (split == "val" and parsed.has_own_validation):
+        raise ValueError(f"split must be 'train' or 'test' (or 'val' for a dataset with its own), got {split!r}")
+    if parsed.kind == "synthetic":
         return make_synthetic(spec, split, resolution)
-    root = resolve_data_root(data_root) if spec in CIFAR_NAMES else None
-    cached = _cache_file(spec, root, split, resolution)
+    root = check_data_root(dirs.root) if parsed.kind == "cifar" else None
+    cached = _cache_file(dirs, spec, root, split, resolution)
     if cached.is_file():
         return ImageSet(**torch.load(cached, weights_only=False))
-    native = _cache_file(spec, root, split, "native")
+    native = _cache_file(dirs, spec, root, split, "native")
     if native.is_file():  # decoded before at another resolution: resizing is all that is left
         splits = {split: ImageSet(**torch.load(native, weights_only=False))}
-    elif spec in CIFAR_NAMES:  # small images: their decoded pixels are cached too (30 MB for 10,000)
-        splits = _decode_cifar(spec, split, root)
+    elif parsed.kind == "cifar":  # small images: their decoded pixels are cached too (30 MB for 10,000)
+        splits = _decode_cifar(spec, split, root, dirs)
         for name, images in splits.items():
-            _save(images, _cache_file(spec, root, name, "native"))
-    elif spec.startswith("imagefolder:"):
-        splits = {split: _decode_folder(_imagefolder_split(Path(spec.split(":", 1)[1]), split))}
+            _save(images, _cache_file(dirs, spec, root, name, "native"))
     else:
-        raise ConfigError(f"unknown dataset {spec!r}; use cifar10, cifar100, imagefolder:<path>, "
-                          "synthetic-source or synthetic-target")
+        splits = {split: _decode_folder(_imagefolder_split(Path(parsed.path), split))}
     for name, images in splits.items():  # an archive is read once for all of its splits
         images.images = resize(images.images, resolution)
-        _save(images, _cache_file(spec, root, name, resolution))
+        _save(images, _cache_file(dirs, spec, root, name, resolution))
     return splits[split]
 
 
-def _cache_file(spec: str, root: Path | None, split: str, resolution: int | str) -> Path:
+def _cache_file(dirs: DataDirs, spec: str, root: Path | None, split: str, resolution: int | str) -> Path:
     key = hashlib.sha256(f"{CACHE_VERSION}|{spec}|{root}|{split}|{resolution}".encode()).hexdigest()[:16]
     label = spec.replace(":", "_").replace("/", "_")[-40:]
-    return cache_dir() / "tensors" / f"{label}-{split}-{resolution}px-{key}.pt"
+    return dirs.cache_path("tensors") / f"{label}-{split}-{resolution}px-{key}.pt"
 
 
 def _save(images: ImageSet, path: Path) -> None:
@@ -117,10 +113,10 @@ def _save(images: ImageSet, path: Path) -> None:
     os.replace(tmp, path)  # atomic: a concurrent reader never sees a half-written file
 
 
-def _decode_cifar(name: str, split: str, root: Path | None) -> dict[str, ImageSet]:
+def _decode_cifar(name: str, split: str, root: Path | None, dirs: DataDirs) -> dict[str, ImageSet]:
     """``{split: images}``: the split asked for; from an archive, every split in it (one pass over the file)."""
     if root is None:
-        return {split: _download_cifar(name, split)}
+        return {split: _download_cifar(name, split, dirs)}
     tree = root / name / split
     if tree.is_dir():
         return {split: _decode_folder(tree)}
@@ -203,11 +199,11 @@ def _decode_items(items: dict[str, list[tuple[str, bytes | Path]]], where: str) 
                     [f"{class_names[y]}/{Path(f).stem}" for f, y in zip(files, labels)])
 
 
-def _download_cifar(name: str, split: str) -> ImageSet:
+def _download_cifar(name: str, split: str, dirs: DataDirs) -> ImageSet:
     import torchvision
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     try:
-        ds = cls(root=str(cache_dir() / "torchvision"), train=(split == "train"), download=True)
+        ds = cls(root=str(dirs.cache_path("torchvision")), train=(split == "train"), download=True)
     except Exception as exc:  # no network: say how to use local data instead
         raise DataError(f"could not download {name} ({exc}); pass --data-root (or set "
                         f"TRANSFER_CORE_DATA) to a folder holding {name}.tar.gz") from None
@@ -247,35 +243,35 @@ def validation_halves(labels, seed: int) -> np.ndarray:
     return ranking
 
 
-def load_source(config: DataConfig, split: str = "train", data_root=None):
+def load_source(config: DataConfig, split: str = "train", dirs: DataDirs = DataDirs()):
     """The source's ``split`` as the runs read it: an :class:`ImageSet` decoded in memory, or, when
     ``source_store`` streams, a :class:`~transfer_core.data.stream.StreamedSource` (nothing decoded).
     The train split is not sampled here (:func:`load_transfer_data` samples it)."""
     if config.source_store == "memory":
-        return load_split(config.source, split, config.resolution, data_root)
-    return streamed_source(config, split)
+        return load_split(config.source, split, config.resolution, dirs)
+    return streamed_source(config, split, dirs)
 
 
-def load_transfer_data(config: DataConfig, data_root=None) -> TransferData:
+def load_transfer_data(config: DataConfig, dirs: DataDirs = DataDirs()) -> TransferData:
     """Source (sampled per class), and the target's train / val / test splits.
 
-    The validation split is the target's own when it ships one (:data:`OWN_VALIDATION`), else
+    The validation split is the target's own when it ships one (:attr:`DataSpec.has_own_validation`), else
     ``val_fraction`` of the (first ``target_train_images``, shuffled) train images. With
     ``source_store`` jpeg or raw the source is a :class:`~transfer_core.data.stream.StreamedSource`
     read from a prepared copy (made on first use), never decoded whole; the target is read at
     ``target_resolution`` (default: ``resolution``).
     """
     if config.source_store == "memory":
-        source = load_split(config.source, "train", config.resolution, data_root)
+        source = load_split(config.source, "train", config.resolution, dirs)
         source = source.select(sample_per_class(source.labels, config.source_images_per_class,
                                                 config.split_seed))
     else:
-        source = streamed_source(config, "train")
+        source = streamed_source(config, "train", dirs)
     side = config.target_resolution or config.resolution
-    train = load_split(config.target, "train", side, data_root)
-    test = load_split(config.target, "test", side, data_root)
-    if config.target in OWN_VALIDATION:
-        return TransferData(source, train, load_split(config.target, "val", side, data_root), test)
+    train = load_split(config.target, "train", side, dirs)
+    test = load_split(config.target, "test", side, dirs)
+    if DataSpec.parse(config.target, "data.target").has_own_validation:
+        return TransferData(source, train, load_split(config.target, "val", side, dirs), test)
     train_rows, val_rows = carve_validation(config, len(train))
     return TransferData(source, train.select(train_rows), train.select(val_rows), test)
 
@@ -295,42 +291,44 @@ def carve_validation(config: DataConfig, n_train: int) -> tuple[torch.Tensor, to
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
-def validation_images(config: DataConfig, resolution: int, data_root=None) -> tuple[ImageSet, np.ndarray]:
+def validation_images(config: DataConfig, resolution: int, dirs: DataDirs) -> tuple[ImageSet, np.ndarray]:
     """The target's validation split at ``resolution`` px and its rows ``(n_val,)`` int64 in the split it comes
     from (the target's own validation split, or its train split when carved from it)."""
-    if config.target in OWN_VALIDATION:
-        val = load_split(config.target, "val", resolution, data_root)
+    if DataSpec.parse(config.target, "data.target").has_own_validation:
+        val = load_split(config.target, "val", resolution, dirs)
         return val, np.arange(len(val), dtype=np.int64)
-    train = load_split(config.target, "train", resolution, data_root)
+    train = load_split(config.target, "train", resolution, dirs)
     _, rows = carve_validation(config, len(train))
     return train.select(rows), rows.numpy().astype(np.int64)
 
 
-def prepare_source(config: DataConfig, workers: int | None = None, progress: bool = True) -> list:
+def prepare_source(config: DataConfig, dirs: DataDirs, workers: int | None = None, progress: bool = True) -> list:
     """Prepare the image-folder source of ``config`` for streaming, ahead of the runs: its train split
     and its test (or val) split when it has one, in ``config.source_store``'s format. Returns the
     prepared folders; each is made once (later calls, and other processes, find it)."""
     from transfer_core.data.prepared import PrepareSpec, prepare
 
-    if not config.source.startswith("imagefolder:") or config.source_store == "memory":
+    if DataSpec.parse(config.source).kind != IMAGEFOLDER or config.source_store == "memory":
         raise DataError(f"only an image-folder source streamed from disk is prepared (data.source="
                         f"{config.source}, data.source_store={config.source_store}); set "
                         "data.source=imagefolder:/path and data.source_store=jpeg or raw")
-    root = Path(config.source.split(":", 1)[1])
+    root = Path(DataSpec.parse(config.source).path)
     spec = PrepareSpec(config.source_store, resolution=config.resolution if config.source_store == "raw" else None)
     splits = ["train"] + [s for s in ("test", "val") if (root / s).is_dir()][:1]
-    return [prepare(_imagefolder_split(root, s), spec, workers=workers, progress=progress) for s in splits]
+    return [prepare(_imagefolder_split(root, s), spec, root=dirs.cache_path("prepared"), workers=workers,
+                    progress=progress) for s in splits]
 
 
-def streamed_source(config: DataConfig, split: str = "train"):
+def streamed_source(config: DataConfig, split: str = "train", dirs: DataDirs = DataDirs()):
     """The ``split`` of an image-folder source as a :class:`~transfer_core.data.stream.StreamedSource`:
     prepared on first use (``transfer-core prepare`` does it ahead), the train split sampled per class."""
     from transfer_core.data.prepared import PrepareSpec, prepare
     from transfer_core.data.stream import StreamedSource
 
-    tree = _imagefolder_split(Path(config.source.split(":", 1)[1]), split)
+    tree = _imagefolder_split(Path(DataSpec.parse(config.source).path), split)
     spec = PrepareSpec(config.source_store, resolution=config.resolution if config.source_store == "raw" else None)
-    source = StreamedSource.open(prepare(tree, spec), resolution=config.resolution, order_seed=config.split_seed)
+    source = StreamedSource.open(prepare(tree, spec, root=dirs.cache_path("prepared")), resolution=config.resolution,
+                                 order_seed=config.split_seed)
     if split == "train" and config.source_images_per_class:
         rows = sample_per_class(source.labels, config.source_images_per_class, config.split_seed).numpy()
         source = StreamedSource(source.prepared, rows, config.resolution, config.split_seed)

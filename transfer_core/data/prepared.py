@@ -28,7 +28,6 @@ against ``file_sha``.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -36,16 +35,16 @@ import os
 import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from transfer_core.config import ConfigError
-from transfer_core.data.images import IMAGE_SUFFIXES, DataError, cache_dir, center_square, decode_image, resize
+from transfer_core.data.images import IMAGE_SUFFIXES, DataError, center_square, decode_image, resize
 
 log = logging.getLogger(__name__)
 PREPARED_VERSION = 1
@@ -102,9 +101,10 @@ def tree_key(files: list[tuple[str, int, int, int]], spec: PrepareSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def prepared_folder(split_dir: Path, key: str, root: Path | None = None) -> Path:
+def prepared_folder(split_dir: Path, key: str, root: Path) -> Path:
+    """Where the copy of ``split_dir`` with ``key`` lives under ``root`` (``<cache>/prepared`` of the entry point)."""
     label = "-".join(split_dir.resolve().parts[-2:]).replace(" ", "_")[-48:]
-    return (root or cache_dir() / "prepared") / f"{label}-{key}"
+    return Path(root) / f"{label}-{key}"
 
 
 def _encode(path: Path, spec: PrepareSpec) -> tuple[bytes, tuple[int, int], bytes]:
@@ -147,18 +147,6 @@ def _write_chunk(folder: Path, number: int, split_dir: Path, files, spec: Prepar
     os.replace(tmp.with_suffix(".npz.tmp.npz"), folder / f"{number:05d}.npz")  # the chunk counts once this exists
 
 
-@contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock on ``path`` for the block: one preparer of a key at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def class_digests(classes: list[str], labels: np.ndarray, file_sha: np.ndarray) -> list[str]:
     """Per class: sha256 of its name and its files' contents, in storage order (full hex)."""
     out = []
@@ -169,9 +157,9 @@ def class_digests(classes: list[str], labels: np.ndarray, file_sha: np.ndarray) 
     return out
 
 
-def prepare(split_dir, spec: PrepareSpec = PrepareSpec(), *, root: Path | None = None, workers: int | None = None,
+def prepare(split_dir, spec: PrepareSpec = PrepareSpec(), *, root: Path, workers: int | None = None,
             progress: bool = True, after_chunk=None) -> Path:
-    """Prepare ``split_dir`` (``<class>/<image>`` folders) once; returns the prepared folder.
+    """Prepare ``split_dir`` (``<class>/<image>`` folders) once under ``root``; returns the prepared folder.
 
     Resumes an interrupted preparation; waits for another process preparing the same key.
     ``after_chunk(number)`` runs after each chunk is written (tests interrupt there).
@@ -182,7 +170,8 @@ def prepare(split_dir, spec: PrepareSpec = PrepareSpec(), *, root: Path | None =
     folder = prepared_folder(split_dir, key, root)
     if (folder / "manifest.json").is_file():
         return folder
-    with _locked(folder.with_name(folder.name + ".lock")):
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(folder.name + ".lock")):  # one preparer of a key at a time
         if (folder / "manifest.json").is_file():  # another process finished it while we waited
             return folder
         chunks = folder / "chunks"

@@ -1,12 +1,12 @@
 """Execution: where models train, one way for every retraining (sweeps and counterfactual grids).
 
     from transfer_core.execute import Context, SubsetRunner
-    ctx = Context.open()                                       # the store, the data, the executor
+    ctx = Context.open(data_root="../shared/data")           # the store, the data folders, the executor
     runner = SubsetRunner(build_config("quick"), experiment="demo", ctx=ctx)   # one model, in this process
     run_id, result = runner.run(index=0)
 
 :class:`Context` is what every stage receives from its entry point: the tracking store, the
-data root and the :class:`ExecutorSettings`.
+data folders and the :class:`ExecutorSettings`.
 
 A :class:`Task` is one model named by its key tags; :func:`run_tasks` claims each task
 through the tracking store and trains it on local worker processes or a Ray cluster, so

@@ -22,18 +22,14 @@ from collections import deque
 
 from tqdm.auto import tqdm
 
-from transfer_core.execute.settings import ExecutorSettings
+from transfer_core.execute.settings import EXECUTORS, ExecutorSettings
 from transfer_core.execute.tasks import Job, Outcome, Task
 
 BUSY_RETRY_S = (3.0, 60.0)  # first and longest wait before re-checking a task another process holds
 
 def make_executor(job: Job, settings: ExecutorSettings, n_tasks: int | None = None):
-    """An executor for ``job``; a local one starts at most ``n_tasks`` workers."""
-    if settings.executor == "ray":
-        from transfer_core.execute.ray_cluster import RayExecutor
-        return RayExecutor(job, settings.ray_address, settings.ray_cpus_per_run, settings.ray_gpus_per_run)
-    from transfer_core.execute.local import LocalExecutor
-    return LocalExecutor(job, min(settings.workers, n_tasks or settings.workers))
+    """The executor ``settings.executor`` names in :data:`EXECUTORS`; a local one starts at most ``n_tasks`` workers."""
+    return EXECUTORS[settings.executor].make(job, settings, n_tasks)
 
 
 def drive(executor, tasks: list[Task], n_total: int | None = None, n_done: int = 0, progress: bool = True,

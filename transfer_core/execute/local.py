@@ -26,6 +26,11 @@ START_TIMEOUT_S = 5.0  # how often a starting pool checks for a worker that died
 class LocalExecutor:
     """``workers`` processes on this machine; with one worker, everything runs in this process."""
 
+    @classmethod
+    def from_settings(cls, job: Job, settings, n_packs: int | None = None) -> "LocalExecutor":
+        """``settings.workers`` processes, but no more than there are packs to train."""
+        return cls(job, min(settings.workers, n_packs or settings.workers))
+
     def __init__(self, job: Job, workers: int):
         self.job, self.capacity = job, workers
         self.threads = threads_per_worker(workers)

@@ -1,7 +1,7 @@
 """Packs: N claimed models trained at once on one device, each logged as its own run.
 
 :func:`resolve_pack` turns ``--pack N|auto`` into a number before anything is recorded: on
-the CPU ``auto`` is 1 (packing does not pay there; README, "Packed training"), on a GPU it
+the CPU ``auto`` is 1 (packing does not pay there; docs/scaling.md, "Packed training"), on a GPU it
 is the largest pack that fits in its free memory (:mod:`transfer_core.train.memory`), and an
 explicit N that does not fit is refused with the largest that does. :func:`train_pack`
 trains the tasks one worker claimed (:func:`transfer_core.execute.tasks.attempt_pack`) with
@@ -17,7 +17,7 @@ import weakref
 import numpy as np
 
 from transfer_core.config import RunConfig
-from transfer_core.data import DataError, check_mask, load_source, load_transfer_data, run_seed
+from transfer_core.data import DataDirs, DataError, check_mask, load_source, load_transfer_data, run_seed
 from transfer_core.track import log_subset_result, mark_failed, one_line, run_scope, set_tags
 from transfer_core.train import DeviceData, pack_budget, pick_device, run_pack
 
@@ -26,7 +26,7 @@ PACK_SIZE_TAG = "pack_size"  # how many models trained together with this one (p
 _DEVICE_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # runner -> its DeviceData, once per process
 
 
-def resolve_pack(config: RunConfig, settings, data_root=None) -> int:
+def resolve_pack(config: RunConfig, settings, dirs: DataDirs = DataDirs()) -> int:
     """Models per pack for ``settings.pack`` (an :class:`~transfer_core.execute.ExecutorSettings`) on this
     machine's device; refuses a pack that does not fit.
 
@@ -45,9 +45,9 @@ def resolve_pack(config: RunConfig, settings, data_root=None) -> int:
             return 1
         if settings.executor == "ray":
             return int(settings.pack)
-    data = load_transfer_data(config.data, data_root)
+    data = load_transfer_data(config.data, dirs)
     try:
-        n_source_test = len(load_source(config.data, "test", data_root))
+        n_source_test = len(load_source(config.data, "test", dirs))
     except DataError:
         n_source_test = 0
     workers = settings.workers if settings.executor == "local" else 1

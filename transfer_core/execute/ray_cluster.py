@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from transfer_core.execute.settings import RAY_MISSING, ExecutionError
+from transfer_core.execute.settings import RAY_MISSING, ExecutionError, ExecutorSettings
 from transfer_core.execute.tasks import Job, Outcome, Task, attempt_pack, make_runner, one_line
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 _RAY_RUNNERS: dict = {}  # per Ray worker process: data loaded once, reused by later tasks of the same job
@@ -41,7 +41,12 @@ def credentials_env() -> dict | None:
 class RayExecutor:
     """Each pack of tasks is one Ray task with ``cpus`` CPUs and ``gpus`` (possibly fractional) GPUs."""
 
-    def __init__(self, job: Job, address: str | None, cpus: float = 1.0, gpus: float = 0.0):
+    @classmethod
+    def from_settings(cls, job: Job, settings: ExecutorSettings, n_packs: int | None = None) -> "RayExecutor":
+        return cls(job, settings)
+
+    def __init__(self, job: Job, settings: ExecutorSettings):
+        address, cpus, gpus = settings.ray_address, settings.ray_cpus_per_run, settings.ray_gpus_per_run
         try:
             import ray
         except ImportError:

@@ -22,17 +22,17 @@ class SubsetRunner:
 
     Example::
 
-        runner = SubsetRunner(build_config("quick"), experiment="demo")
+        runner = SubsetRunner(build_config("quick"), "demo", Context.open(data_root="../shared/data"))
         run_id, result = runner.run(index=0)
     """
 
-    def __init__(self, config: RunConfig, experiment: str = "transfer_core", ctx: Context | None = None, device=None):
+    def __init__(self, config: RunConfig, experiment: str, ctx: Context, device=None):
         self.config = config
-        self.ctx = ctx = ctx or Context.open()
+        self.ctx = ctx
         self.device = pick_device(device)
-        self.data = load_transfer_data(config.data, ctx.data_root)
+        self.data = load_transfer_data(config.data, ctx.dirs)
         try:  # source accuracy is measured on held-out source images when the source has them
-            self.source_test = load_source(config.data, "test", ctx.data_root)
+            self.source_test = load_source(config.data, "test", ctx.dirs)
         except DataError:  # e.g. an image folder with no test/ or val/ split
             self.source_test = None
         self.client = ctx.client

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from transfer_core.config import RunConfig
+from transfer_core.data import DataDirs
 from transfer_core.track import one_line, run_filter
 from transfer_core.track.claims import Heartbeat, claim_tags, contest, is_live, is_superseded
 
@@ -32,7 +33,7 @@ class Job:
     config: RunConfig
     experiment: str
     tracking_uri: str
-    data_root: str | None = None
+    dirs: DataDirs = field(default_factory=DataDirs)
     log_checkpoint: bool = False
     pack: int = 1  # models trained at once as one packed network (1: each alone, through run_subset)
     compile: bool = False  # torch.compile the packed network (once per process)
@@ -99,7 +100,7 @@ def make_runner(job: Job, threads: int):
     from transfer_core.execute.subset_runner import SubsetRunner
 
     torch.set_num_threads(threads)
-    runner = SubsetRunner(job.config, job.experiment, Context(job.tracking_uri, job.data_root))
+    runner = SubsetRunner(job.config, job.experiment, Context(job.tracking_uri, job.dirs))
     return runner, Heartbeat(runner.client)
 
 

@@ -23,8 +23,10 @@ mlflow::
 from __future__ import annotations
 
 import json
+import logging
 import re
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +42,6 @@ from transfer_core.counterfactual import (RULE_VERSION, SELECTION_ARTIFACT, Evid
                                           recompute_selection)
 from transfer_core.counterfactual.looks import LEDGER_ARTIFACT, LookLedger
 from transfer_core.counterfactual.step import stability_warning
-from transfer_core.counterfactual.summary import STABILITY_THRESHOLD
 from transfer_core.data import load_split, selection_half_key
 from transfer_core.execute import Context
 from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, describe_run, existing_experiment,
@@ -113,9 +114,9 @@ def _check_look(run_id: str, stored: Selection, recomputed: Selection, ledger: L
                       "or decide on a fresh selection half (another data.split_seed, a new sweep)")
 
 
-def _check_key(run_id: str, record: dict, cf_run, data_root) -> None:
+def _check_key(run_id: str, record: dict, cf_run, dirs) -> None:
     """Refuse when the plan's data no longer gives the selection half its record names."""
-    found = selection_half_key(run_config(cf_run).data, data_root)
+    found = selection_half_key(run_config(cf_run).data, dirs)
     if found != record["look_key"]:
         raise ConfigError(f"counterfactual run {run_id} records selection half {record['look_key']} but its data "
                           f"settings give {found} here (other images, or another --data-root), so its look cannot be "
@@ -158,9 +159,8 @@ def _existing_version(client: MlflowClient, name: str, counterfactual_run_id: st
     return max(found, key=lambda v: int(v.version)) if found else None
 
 
-def register_champion(counterfactual_run_id: str, *, ctx: Context | None = None, name: str | None = None,
-                      run_id: str | None = None, rule: EvidenceRule = EvidenceRule(),
-                      stability_threshold: float = STABILITY_THRESHOLD) -> Registration:
+def register_champion(counterfactual_run_id: str, *, ctx: Context, name: str | None = None,
+                      run_id: str | None = None, rule: EvidenceRule = EvidenceRule()) -> Registration:
     """Log and register the champion model chosen by a counterfactual run; set alias ``champion``.
 
     The pruned source is champion only on evidence (see :mod:`transfer_core.counterfactual.summary`),
@@ -170,9 +170,6 @@ def register_champion(counterfactual_run_id: str, *, ctx: Context | None = None,
     registered from this counterfactual run with the same recomputed decision is reused.
     ``run_id`` is the run to log the model in (e.g. ``mlflow run``'s); default a new run.
     """
-    if not 0 <= stability_threshold <= 1:
-        raise ConfigError(f"--stability-threshold must be a Spearman correlation in [0, 1], got {stability_threshold}")
-    ctx = ctx or Context.open()
     ledger = LookLedger(ctx.ledger)
     client = ctx.client
     cf_run, stored = read_selection(client, counterfactual_run_id)
@@ -184,7 +181,7 @@ def register_champion(counterfactual_run_id: str, *, ctx: Context | None = None,
                           f"plan); run a new plan with `transfer-core counterfactual --analysis {analysis} --ks "
                           f"{','.join(map(str, record['ks']))} --seeds {rule.min_seeds}` (it reuses the points "
                           "trained, and counts as another look at the selection half), then register that run")
-    _check_key(counterfactual_run_id, record, cf_run, ctx.data_root)
+    _check_key(counterfactual_run_id, record, cf_run, ctx.dirs)
     selection, _ = recompute_selection(client, cf_run, rule, ledger=ledger)
     _check_look(counterfactual_run_id, stored, selection, ledger)
     selection.ranking_split_half = stored.ranking_split_half
@@ -192,7 +189,7 @@ def register_champion(counterfactual_run_id: str, *, ctx: Context | None = None,
     name = name or model_name(experiment)
     pruned = selection.is_champion
     message = selection.describe() + _disagreement(stored, selection)
-    warnings = stability_warning(selection.ranking_split_half, stability_threshold,
+    warnings = stability_warning(selection.ranking_split_half, rule.stability_threshold,
                                  cf_run.data.tags.get("analysis_run_id", "?"))
     chosen_run_id = selection.model_run_id if pruned else selection.full_run_id
     existing = _existing_version(client, name, counterfactual_run_id, chosen_run_id)
@@ -215,14 +212,14 @@ def register_champion(counterfactual_run_id: str, *, ctx: Context | None = None,
                           "counterfactual (it logs checkpoints) before registering")
     model = load_checkpoint(checkpoint)
     config = run_config(model_run)
-    test = load_split(config.data.target, "test", config.data.resolution, ctx.data_root)
+    test = load_split(config.data.target, "test", config.data.resolution, ctx.dirs)
     tags = _version_tags(selection, model_run, cf_run, pruned)
     if run_id is None:
         run_id = client.create_run(cf_run.info.experiment_id, tags={
             MLFLOW_RUN_NAME: f"register-{name}"}).info.run_id
     set_tags(client, run_id, {KIND_TAG: REGISTER, "counterfactual_run_id": counterfactual_run_id})
     with run_scope(client, run_id):
-        source = log_model_files(client, run_id, model, test)
+        source = log_model_files(client, run_id, model, test, config.data.target)
         version = str(_new_version(client, name, source, model_run.info.run_id, tags, message).version)
         log_metrics(client, run_id, {"val_acc": float(tags["val_acc"]), "test_acc": float(tags["test_acc"])})
         set_tags(client, run_id, {"registered_model": name, "registered_version": version, "pruned": tags["pruned"],
@@ -255,9 +252,26 @@ RULE_SUMMARY = ("the pruned source only when its paired selection-half gain over
                 "half's images); else the full source")
 
 
-def log_model_files(client: MlflowClient, run_id: str, model, test) -> str:
+PICKLE_NOTE = ("the model is saved with pickle, not MLflow's pt2 (torch.export): pickle loads back the very module, "
+               "for any batch size; like any pickle, load it only from a store you trust")
+
+
+@contextmanager
+def _quiet(logger: str):
+    """Hold back ``logger``'s warnings for the block (the caller says the same thing in its own words)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def log_model_files(client: MlflowClient, run_id: str, model, test, target: str) -> str:
     """Save ``model`` as an MLflow model (``pickle`` format, the package's code along) into run ``run_id``'s
-    artifacts under ``model/``; returns the source URI a model version points to.
+    artifacts under ``model/``; returns the source URI a model version points to. Its metadata name the
+    ``target`` dataset (its spec), its classes and resolution, so a user can score its test split.
 
     ``pickle``, not the default ``pt2``: ``pt2`` (torch.export) loads back as a GraphModule with the
     traced input shape baked in; ``pickle`` loads back the very :class:`Normalized` module.
@@ -265,12 +279,13 @@ def log_model_files(client: MlflowClient, run_id: str, model, test) -> str:
     example = test.images[:N_EXAMPLE_IMAGES].numpy()
     with torch.no_grad():
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):  # its pickle warning: PICKLE_NOTE instead
         path = Path(tmp) / "model"
         mlflow.pytorch.save_model(
             model, str(path), signature=signature, input_example=example, serialization_format="pickle",
             code_paths=[str(PACKAGE_DIR)],
-            metadata={"target_classes": list(test.class_names), "resolution": int(test.images.shape[-1]),
+            metadata={"target": target, "target_classes": list(test.class_names),
+                      "resolution": int(test.images.shape[-1]),
                       "input": "uint8 images (N, 3, R, R), RGB, values 0-255", "output": "logits (N, C)"},
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
                               f"numpy=={np.__version__}"])

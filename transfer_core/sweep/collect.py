@@ -19,9 +19,10 @@ from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from transfer_core.config import ConfigError
-from transfer_core.data import cache_dir
+from transfer_core.data import DataDirs
+from transfer_core.execute import Context
 from transfer_core.track import (CLASSES_ARTIFACT, MASK_ARTIFACT, OUTPUTS_ARTIFACT, VAL_OUTPUTS_ARTIFACT, artifact_path,
-                                 client_for, open_store, run_filter, search_all)
+                                 run_filter, search_all)
 from transfer_core.track.claims import is_superseded
 from transfer_core.track.runs import SUBSET_RUN, all_experiment_ids
 from transfer_core.track.steps import step_key
@@ -82,10 +83,10 @@ def finished_runs(sweep_id: str, experiment_id: str | None, client: MlflowClient
     return [best[i] for i in sorted(best)]
 
 
-def cache_file(tracking_uri: str, sweep_id: str, experiment_ids: set[str]) -> Path:
-    """One cache per (tracking store, experiment, sweep): sweep ids are unique only within a store."""
-    folder = cache_dir() / "sweeps"
-    folder.mkdir(parents=True, exist_ok=True)
+def cache_file(dirs: DataDirs, tracking_uri: str, sweep_id: str, experiment_ids: set[str]) -> Path:
+    """One cache per (tracking store, experiment, sweep) under ``<cache>/sweeps``: sweep ids are unique only
+    within a store."""
+    folder = dirs.cache_path("sweeps")
     key = step_key("collect", upstream={"store": tracking_uri, "experiments": sorted(experiment_ids)})
     return folder / f"{sweep_id}-{key[:10]}.npz"
 
@@ -138,23 +139,22 @@ def _cache_layout(cache: dict[str, np.ndarray]) -> tuple:
     return cache["masks"].shape[1], cache["target_labels"].tolist(), None if val is None else val.tolist()
 
 
-def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=True, progress=True, *,
-                  tracking_uri: str | None = None) -> CollectedRuns:
+def collect_sweep(sweep_id: str, experiment_id: str | None = None, use_cache=True, *, ctx: Context) -> CollectedRuns:
     """Masks and per-example outputs of every FINISHED run of ``sweep_id``, stacked by index.
 
-    ``tracking_uri``: the store (default: :func:`transfer_core.track.open_store`'s choice).
+    ``ctx``: the store, the cache folder (``<cache>/sweeps``) and whether to show progress.
     Reads only runs missing from the sweep's cache (all of them with ``use_cache=False``).
     Raises ConfigError when the sweep has no FINISHED run or its runs disagree in shape.
     """
-    tracking_uri = tracking_uri or open_store()
-    client = client_for(tracking_uri)
+    tracking_uri, progress = ctx.tracking_uri, ctx.progress
+    client = ctx.client
     runs = finished_runs(sweep_id, experiment_id, client)
     if not runs:
         where = f"experiment {experiment_id}" if experiment_id is not None else "any experiment"
         raise ConfigError(f"sweep {sweep_id} has no FINISHED subset run in {where}; run `transfer-core sweep` "
                           "first, or check the id with `transfer-core sweeps`")
     run_ids = [r.info.run_id for r in runs]
-    path = cache_file(tracking_uri, sweep_id, {r.info.experiment_id for r in runs})
+    path = cache_file(ctx.dirs, tracking_uri, sweep_id, {r.info.experiment_id for r in runs})
     cache = _load_cache(path) if use_cache else None
     if cache is not None and "masks" not in cache:
         cache = None

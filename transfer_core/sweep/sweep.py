@@ -10,8 +10,8 @@ Starting a sweep again trains only the indices that have no FINISHED run.
 
 Example::
 
-    sweep_id = run_sweep(build_config("synthetic"), n_models=8)
-    runs = collect_sweep(sweep_id)     # transfer_core.sweep.collect
+    sweep_id = run_sweep(build_config("synthetic"), SweepSettings(n_models=8), ctx=ctx)
+    runs = collect_sweep(sweep_id, ctx=ctx)     # transfer_core.sweep.collect
 
 Models train through :mod:`transfer_core.execute`, which claims each index through the
 tracking store, so several sweep commands (on one machine or many) never train an index twice.
@@ -27,6 +27,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from transfer_core.config import ConfigError, Provenance, RunConfig
+from transfer_core.sweep.settings import SweepSettings
 from transfer_core.data import data_digest
 from transfer_core.execute import Context, Job, Task, resolve_pack, run_tasks
 from transfer_core.sweep.collect import check_sweep_id, finished_runs
@@ -162,25 +163,22 @@ def log_summary(client: MlflowClient, summary: SweepSummary) -> None:
     client.set_terminated(summary.parent_run_id, status="FINISHED" if summary.complete else "FAILED")
 
 
-def sweep_with_summary(config: RunConfig, n_models: int, *, ctx: Context | None = None,
-                       experiment: str = DEFAULT_EXPERIMENT, sweep_id: str | None = None,
-                       extra_params: dict | None = None, log_checkpoint: bool = False,
+def sweep_with_summary(config: RunConfig, settings: SweepSettings = SweepSettings(), *, ctx: Context,
+                       experiment: str = DEFAULT_EXPERIMENT, extra_params: dict | None = None,
                        provenance: Provenance | None = None, invocation_run_id: str | None = None) -> SweepSummary:
-    """Run (or resume, or grow) the sweep of ``config`` to ``n_models`` FINISHED runs.
+    """Run (or resume, or grow) the sweep of ``config`` to ``settings.n_models`` FINISHED runs.
 
     ``ctx`` says which store, which data and where models train (and how many at once:
     ``ctx.execution.pack``); ``provenance`` (where the config came from, the tune run whose recipe
     it carries) is recorded on the parent run.
     """
     started = time.monotonic()
-    ctx = ctx or Context.open()
-    if n_models < 1:
-        raise ConfigError(f"--n-models must be a positive integer, got {n_models}")
+    n_models, sweep_id = settings.n_models, settings.sweep_id
     params = sweep_params(config, extra_params)
-    key = sweep_key(config, data_digest(config.data, ctx.data_root), extra_params)
+    key = sweep_key(config, data_digest(config.data, ctx.dirs), extra_params)
     sweep_id = check_sweep_id(sweep_id) if sweep_id else f"sweep-{key[:12]}"
     # a pack that cannot fit is refused before anything is recorded
-    pack = resolve_pack(config, ctx.execution, ctx.data_root)
+    pack = resolve_pack(config, ctx.execution, ctx.dirs)
     client = ctx.client
     experiment_id = get_experiment_id(client, experiment)
     tags = {**step_tags(key), PROVENANCE_TAG: (provenance or Provenance("?")).to_json()}
@@ -192,7 +190,8 @@ def sweep_with_summary(config: RunConfig, n_models: int, *, ctx: Context | None 
     todo = [i for i in range(n_models) if i not in done]
     n_reused = n_models - len(todo)
     log.info("sweep %s: parent run %s, %d of %d models already FINISHED", sweep_id, parent, n_reused, n_models)
-    job = Job(config, experiment, ctx.tracking_uri, ctx.data_root, log_checkpoint, pack, ctx.execution.compile)
+    job = Job(config, experiment, ctx.tracking_uri, ctx.dirs, settings.log_checkpoint, pack,
+              ctx.execution.compile)
     outcomes = run_tasks(job, sweep_tasks(sweep_id, parent, todo), ctx.execution, n_total=n_models, n_done=n_reused,
                          progress=ctx.progress, desc=sweep_id)
     summary = summarise(client, experiment_id, sweep_id, parent, n_models, n_reused, outcomes, started)
@@ -212,12 +211,12 @@ def sweep_note(summary: SweepSummary, config: RunConfig) -> str:
             f"analyze --sweep {summary.sweep_id}`.")
 
 
-def run_sweep(config: RunConfig, n_models: int, *, extra_params: dict | None = None, **options) -> str:
+def run_sweep(config: RunConfig, settings: SweepSettings = SweepSettings(), **options) -> str:
     """Run, resume or grow a sweep (see :func:`sweep_with_summary` for options); returns its id.
 
     Raises SweepIncomplete if some runs failed (they are retried by the next call).
     """
-    summary = sweep_with_summary(config, n_models, extra_params=extra_params, **options)
+    summary = sweep_with_summary(config, settings, **options)
     if not summary.complete:
         raise SweepIncomplete(summary)
     return summary.sweep_id

@@ -15,7 +15,6 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-import mlflow
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
@@ -209,12 +208,11 @@ def to_local_path(artifact_uri: str) -> Path | None:
     return None
 
 
-def artifact_path(run, name: str, client: MlflowClient | None = None) -> Path:
+def artifact_path(run, name: str, client: MlflowClient) -> Path:
     """A local path to artifact ``name`` of ``run``: read in place when local, else downloaded through
-    ``client`` (the store's client: a server's artifacts are reached through its tracking URI)."""
+    ``client``, the store's own (a server's artifacts are reached through its tracking URI, never MLflow's
+    global one)."""
     local = to_local_path(run.info.artifact_uri)
     if local is not None:
         return local / name
-    if client is not None:
-        return Path(client.download_artifacts(run.info.run_id, name))
-    return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name))
+    return Path(client.download_artifacts(run.info.run_id, name))

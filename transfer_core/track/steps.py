@@ -38,7 +38,8 @@ STEP_KEY_TAG = "transfer_core.step_key"
 CODE_VERSION_TAG = "transfer_core.code_version"
 # What computes each kind of result (paths under transfer_core/; a folder means every module in it).
 CODE = {
-    "models": ("config.py", "data", "train", "execute/subset_runner.py", "execute/pack_tasks.py", "track/run_record.py"),
+    "models": ("config.py", "data", "train", "execute/subset_runner.py", "execute/pack_tasks.py",
+               "track/run_record.py"),
     "analysis": ("analysis", "sweep/collect.py"),
     "tune": ("tune",),
 }

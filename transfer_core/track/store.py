@@ -19,17 +19,16 @@ wherever the command was started; MLflow's own default is ``./mlruns`` of the cr
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -47,10 +46,8 @@ class TrackingError(ConfigError):
 
 
 def default_tracking_uri(create: bool = True) -> str:
-    """$MLFLOW_TRACKING_URI, else the embedded store ``mlruns/mlflow.db`` (its folder made if ``create``)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
+    """The embedded store ``mlruns/mlflow.db`` of the working directory (its folder made if ``create``); the
+    command line passes ``$MLFLOW_TRACKING_URI`` instead when it is set."""
     if create:
         DEFAULT_STORE_DIR.mkdir(exist_ok=True)
     return f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
@@ -62,18 +59,6 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///"):].split("?", 1)[0]
     return Path(path) if path not in ("", ":memory:") else None
-
-
-@contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock on ``path`` (created if missing), held for the ``with`` block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_sqlite_store(uri: str) -> None:
@@ -88,7 +73,8 @@ def open_sqlite_store(uri: str) -> None:
     last = None
     for attempt in range(INIT_TRIES):
         try:
-            with file_lock(path.with_name(path.name + ".lock")):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(path.with_name(path.name + ".lock")):
                 MlflowClient(uri).search_experiments(max_results=1)
             return
         except Exception as exc:  # sqlalchemy OperationalError, alembic errors: retried, then explained
@@ -100,8 +86,8 @@ def open_sqlite_store(uri: str) -> None:
 
 
 def open_store(tracking_uri: str | None = None) -> str:
-    """The tracking URI to use (``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else the embedded
-    store), checked to answer; a new sqlite store is created under a lock. Sets nothing global."""
+    """The tracking URI to use (``tracking_uri``, else the embedded store), checked to answer; a new sqlite
+    store is created under a lock. Sets nothing global, reads no environment (the command line does)."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:

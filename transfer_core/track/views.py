@@ -6,11 +6,20 @@ envelope ``{name, createdAt, updatedAt, state}`` (``state`` is a JSON string of 
 and the UI state), and ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens it. The key names and
 the card fields below are those of the MLflow 3.17 UI bundle; a key the UI does not know is ignored,
 and ``runsExpanded`` is dropped on read, so a view selects runs by its filter, not by expanding
-parents; the runs view groups runs by kind, which lists nested runs as rows of their own.
+parents.
+
+Nested runs as rows of their own: the runs table nests a child run under its parent (collapsed,
+even when the filter leaves the parent out) while there is no filter or the table is ordered by
+start time; with a filter and any other order it lists the matching runs flat (the bundle's
+``nestChildren``). Grouping also flattens, but a group's row averages every numeric column of
+its runs, params included (``k`` of a counterfactual grid came out as 18.75), and the UI shows
+those means unrounded (it has no per-column number format). So the every-model view is ordered
+by accuracy and not grouped: each row is one model, with the values it logged.
 
 Two views per experiment, rewritten by every pipeline run (the same key, so the same link):
-  ``transfer_core-runs``            every trained model (sweep and grid), with accuracy, classes kept,
-                                    order, k and seed as columns;
+  ``transfer_core-runs``            every trained model (sweep and grid), most accurate first, one row
+                                    each (its name says which: ``00039 · sweep-…``, ``bottom k20 s3 ·
+                                    grid-…``), with accuracy, classes kept, order, k and seed as columns;
   ``transfer_core-counterfactual``  the counterfactual grid's points as a chart of target test
                                     accuracy against k, one point per (order, k), averaged over seeds.
 """
@@ -23,7 +32,7 @@ import uuid
 from mlflow.tracking import MlflowClient
 
 from transfer_core.track.runs import COUNTERFACTUAL_RUN, KIND_TAG, run_filter
-from transfer_core.track.store import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ui_url
+from transfer_core.track.store import ui_url
 
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 RUNS_VIEW = "transfer_core-runs"
@@ -43,14 +52,12 @@ def _facets(search_filter: str, order_by: str) -> dict:
 
 
 def runs_view_state() -> dict:
-    """The runs table of every trained model: sweep models and grid points, newest first, grouped by kind.
-
-    Grouped, because the table shows a run that has a parent under that parent, collapsed, even when
-    a filter leaves the parent out (seen in 3.17.2); a grouped table lists every matching run."""
+    """The runs table of every trained model: sweep models and grid points, one row each, most accurate
+    first (a filter plus an order other than start time lists nested runs flat; module docstring)."""
     kinds = f"tags.`{KIND_TAG}` LIKE '%_run'"  # subset_run and counterfactual_run (no IN for tags)
-    return {**_facets(kinds, "attributes.start_time"), "selectedColumns": [column(*c) for c in RUN_COLUMNS],
-            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False,
-            "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": KIND_TAG}]},
+    return {**_facets(kinds, column("metrics", "target_test_acc")),
+            "selectedColumns": [column(*c) for c in RUN_COLUMNS],
+            "runsHiddenMode": "SHOW_ALL", "viewMaximized": False, "runListHidden": False, "groupBy": None,
             "groupsExpanded": {}, "hideEmptyCharts": True, "useGroupedValuesInCharts": True,
             "isAccordionReordered": False, "chartsSearchFilter": ""}
 
@@ -100,16 +107,3 @@ def save_pipeline_views(client: MlflowClient, experiment_id: str, grid_id: str) 
     save_view(client, experiment_id, CHART_VIEW, "transfer_core: counterfactual accuracy against k",
               chart_view_state(grid_id))
     return {"runs": view_url(experiment_id, RUNS_VIEW), "chart": view_url(experiment_id, CHART_VIEW, chart=True)}
-
-
-def experiment_links(client: MlflowClient, base: str = "http://127.0.0.1:5000") -> list[str]:
-    """One block of lines per training experiment of the store: its name, its runs and its saved views."""
-    lines = []
-    for experiment in client.search_experiments(filter_string=f"tags.`{EXPERIMENT_KIND_TAG}` = '{EXPERIMENT_KIND}'"):
-        lines.append(f"{experiment.name}:")
-        lines.append(f"  runs:          {ui_url(experiment.experiment_id, base=base)}")
-        if SHARED_VIEW_PREFIX + RUNS_VIEW in experiment.tags:
-            lines.append(f"  every model:   {view_url(experiment.experiment_id, RUNS_VIEW, base=base)}")
-        if SHARED_VIEW_PREFIX + CHART_VIEW in experiment.tags:
-            lines.append(f"  accuracy vs k: {view_url(experiment.experiment_id, CHART_VIEW, chart=True, base=base)}")
-    return lines or ["no experiment written by transfer-core in this store yet: run `make run` first"]

@@ -62,7 +62,10 @@ class Recipe:
 
 
 def normalize(images: torch.Tensor, mean, std, device) -> torch.Tensor:
-    x = images.to(device, non_blocking=True).float()
+    """``(images - mean) / std`` ``(N, 3, R, R)`` in channels_last, in torch's default dtype: float32, unless a
+    test sets float64 (``torch.set_default_dtype``), in which the whole training computes, so that packed and
+    single-model runs can be compared to rounding."""
+    x = images.to(device, non_blocking=True).to(torch.get_default_dtype())
     return ((x - mean.to(device).view(1, 3, 1, 1)) / std.to(device).view(1, 3, 1, 1)).contiguous(
         memory_format=torch.channels_last)
 
@@ -115,6 +118,10 @@ class NesterovSGD:
 
     The learning rate is given to every :meth:`step`, so a schedule is a plain function.
     Parameters without a gradient in a step are left alone, momentum included.
+
+    Why not torch's own: its first ``step`` imports ``torch._dynamo`` (2.0 s measured on the 2-core
+    machine, 2026-12-07, in every worker process), and a pack zeroes one diverged member's momentum
+    in place (``packed_training._quarantine``), which needs the buffers at hand.
     """
 
     def __init__(self, params, momentum: float = 0.9, weight_decay: float = 0.0):
@@ -243,11 +250,13 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe, ge
 
 @torch.no_grad()
 def infer(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Apply ``fn`` to ``x`` in batches, in eval precision; returns float32 on x's device."""
+    """Apply ``fn`` to ``x`` in batches, in eval precision; returns float32 on x's device (float64 from a
+    float64 model)."""
     out = []
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
         for chunk in x.split(batch_size):
-            out.append(fn(chunk).float())
+            y = fn(chunk)
+            out.append(y if y.dtype == torch.float64 else y.float())
     return torch.cat(out)
 
 

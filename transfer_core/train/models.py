@@ -109,17 +109,19 @@ def training_memory_format(model: nn.Module) -> torch.memory_format:
 class Normalized(nn.Module):
     """Wraps a network so it takes uint8 or [0, 255] float images ``(N, 3, R, R)`` directly.
 
-    This is the module that gets registered: callers need no preprocessing code.
+    This is the module that gets registered: callers need no preprocessing code. It computes in
+    the dtype of its ``mean`` buffer: torch's default dtype when it was made (float32, unless a
+    test sets float64).
     """
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", mean.reshape(1, 3, 1, 1).float())
-        self.register_buffer("std", std.reshape(1, 3, 1, 1).float())
+        self.register_buffer("mean", mean.reshape(1, 3, 1, 1).to(torch.get_default_dtype()))
+        self.register_buffer("std", std.reshape(1, 3, 1, 1).to(torch.get_default_dtype()))
 
     def forward(self, images):
-        return self.net((images.float() - self.mean) / self.std)
+        return self.net((images.to(self.mean.dtype) - self.mean) / self.std)
 
 
 class _Method(nn.Module):

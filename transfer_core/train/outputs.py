@@ -22,7 +22,7 @@ def per_example_outputs(logits: torch.Tensor, labels: torch.Tensor) -> dict[str,
         ``prob``    ``(N,)`` float32: softmax probability of the true class;
         ``correct`` ``(N,)`` bool; ``pred`` ``(N,)`` int16: the argmax class.
     """
-    logits = logits.float().cpu()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).cpu()  # float64 stays float64
     labels = labels.cpu()
     rows = torch.arange(len(labels))
     true = logits[rows, labels]
@@ -63,3 +63,6 @@ class SubsetRunResult:
     val_outputs: dict[str, np.ndarray]  # validation split: the same, each (n_val,)
     metrics: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    # with run_subset(keep_source_model=True): the pretrained network with its source head (logits over the
+    # kept classes, in class order), before the transfer; a Normalized network on the CPU
+    source_model: nn.Module | None = None

@@ -47,7 +47,7 @@ class PackedLinear(nn.Module):
 
     def member(self, j: int) -> nn.Linear:
         n, c, d = self.weight.shape
-        layer = nn.Linear(d, c, bias=self.bias is not None, device=self.weight.device)
+        layer = nn.Linear(d, c, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(self.weight[j])
             if self.bias is not None:
@@ -58,7 +58,8 @@ class PackedLinear(nn.Module):
 def _pack_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
     c, n = convs[0], len(convs)
     packed = nn.Conv2d(n * c.in_channels, n * c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
-                       n * c.groups, c.bias is not None, c.padding_mode, device=c.weight.device)
+                       n * c.groups, c.bias is not None, c.padding_mode, device=c.weight.device,
+                       dtype=c.weight.dtype)
     with torch.no_grad():
         packed.weight.copy_(torch.cat([m.weight for m in convs]))
         if c.bias is not None:
@@ -69,7 +70,8 @@ def _pack_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:
 def _conv_member(packed: nn.Conv2d, j: int, n: int) -> nn.Conv2d:
     c_in, c_out = packed.in_channels // n, packed.out_channels // n
     conv = nn.Conv2d(c_in, c_out, packed.kernel_size, packed.stride, packed.padding, packed.dilation,
-                     packed.groups // n, packed.bias is not None, packed.padding_mode, device=packed.weight.device)
+                     packed.groups // n, packed.bias is not None, packed.padding_mode, device=packed.weight.device,
+                     dtype=packed.weight.dtype)
     with torch.no_grad():
         conv.weight.copy_(packed.weight[j * c_out:(j + 1) * c_out])
         if packed.bias is not None:
@@ -82,8 +84,9 @@ _BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 def _pack_bn(bns: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
     b, n = bns[0], len(bns)
-    device = next(iter(b.state_dict().values())).device
-    packed = nn.BatchNorm2d(n * b.num_features, b.eps, b.momentum, b.affine, b.track_running_stats, device=device)
+    first = next(iter(b.state_dict().values()))  # weight or running_mean: the layer's device and dtype
+    packed = nn.BatchNorm2d(n * b.num_features, b.eps, b.momentum, b.affine, b.track_running_stats,
+                            device=first.device, dtype=first.dtype)
     with torch.no_grad():
         for name in _BN_TENSORS:
             if getattr(b, name) is not None:
@@ -95,8 +98,9 @@ def _pack_bn(bns: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
 
 def _bn_member(packed: nn.BatchNorm2d, j: int, n: int) -> nn.BatchNorm2d:
     c = packed.num_features // n
-    device = next(iter(packed.state_dict().values())).device
-    bn = nn.BatchNorm2d(c, packed.eps, packed.momentum, packed.affine, packed.track_running_stats, device=device)
+    first = next(iter(packed.state_dict().values()))
+    bn = nn.BatchNorm2d(c, packed.eps, packed.momentum, packed.affine, packed.track_running_stats,
+                        device=first.device, dtype=first.dtype)
     with torch.no_grad():
         for name in _BN_TENSORS:
             if getattr(packed, name) is not None:

@@ -4,6 +4,7 @@ No tracking here; :class:`transfer_core.execute.SubsetRunner` wraps :func:`run_s
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -106,8 +107,12 @@ def evaluate_split(model: Normalized, images: ImageSet, device) -> torch.Tensor:
 
 
 def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, seed: int,
-               source_test: ImageSet | None = None, device=None, on_epoch=None) -> SubsetRunResult:
+               source_test: ImageSet | None = None, device=None, on_epoch=None,
+               keep_source_model: bool = False) -> SubsetRunResult:
     """Pretrain on the kept classes of ``data.source``, transfer to the target, score.
+
+    With ``keep_source_model``, the result also holds the pretrained network with its source head, as it
+    was before the transfer (``source_model``; gradient attribution needs both ends of the transfer).
 
     Metrics: ``source_acc`` (held-out source images of the kept classes, if ``source_test``
     is given), ``target_val_acc``, ``target_test_acc``; per-example outputs on the target
@@ -130,6 +135,7 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
     norm = data.source_norm
     net = pretrain(config, source, len(kept), generator, device, norm)
     timings["pretrain_s"] = time.perf_counter() - start
+    source_model = Normalized(copy.deepcopy(net), *norm).eval().cpu() if keep_source_model else None
     if source_test is not None:
         held_out, _ = source_subset(source_test, class_mask)
         source_model = Normalized(net, *norm).to(device)
@@ -147,4 +153,4 @@ def run_subset(config: RunConfig, data: TransferData, class_mask: np.ndarray, se
     metrics["target_val_acc"] = float(val_outputs["correct"].mean())
     metrics["target_test_acc"] = float(outputs["correct"].mean())
     timings["evaluate_s"] = time.perf_counter() - start
-    return SubsetRunResult(class_mask, model.cpu(), outputs, val_outputs, metrics, timings)
+    return SubsetRunResult(class_mask, model.cpu(), outputs, val_outputs, metrics, timings, source_model)

@@ -1,7 +1,7 @@
 """Tuning: Optuna searches the transfer recipe on the target validation split's ranking half, tracked in MLflow.
 
-    result = tune(build_config("quick"), TuneSettings(n_trials=20), experiment="demo")
-    recipe = tuned_recipe(experiment_id)          # TunedRecipe(run_id, overrides) of the latest study
+    result = tune(build_config("quick"), TuneSettings(n_trials=20), "demo", ctx=ctx)
+    recipe = tuned_recipe(ctx.client, experiment_id)   # TunedRecipe(run_id, overrides) of the latest study
 
 Pure pieces (the search space, the schedule-aware pruner) are kept apart from the MLflow
 records of a study (:mod:`~transfer_core.tune.records`).
@@ -14,7 +14,7 @@ _EXPORTS = {
     "Choices": "transfer_core.tune.space",
     "Range": "transfer_core.tune.space",
     "SearchSpace": "transfer_core.tune.space",
-    "TuneSettings": "transfer_core.tune.space",
+    "TuneSettings": "transfer_core.tune.settings",
     "StorageError": "transfer_core.tune.study",
     "TunedRecipe": "transfer_core.tune.study",
     "TuneResult": "transfer_core.tune.study",

@@ -73,7 +73,7 @@ def reuse_backbone(client: MlflowClient, experiment_id: str, runner: SubsetRunne
                               order_by=["attributes.start_time ASC"])
     for run in runs:
         try:
-            model = load_checkpoint(artifact_path(run, BACKBONE_ARTIFACT))
+            model = load_checkpoint(artifact_path(run, BACKBONE_ARTIFACT, client))
         except (OSError, MlflowException, RuntimeError, KeyError):
             continue  # that call died before logging its backbone
         seed = run_seed(runner.config.sweep_seed, 0 if index is None else index)

@@ -7,12 +7,11 @@ overrides, so every run that uses them logs them as ordinary params.
 
 On the command line a space is written ``lr=0.001:1:log;epochs=2:30;batch_size=64,128``:
 ``LOW:HIGH`` is a range (``:log`` samples it on a log scale), a comma list is a choice.
-:class:`TuneSettings` says how a study searches it (trials, storage, backbone).
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, replace
+
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Union
 
 from transfer_core.config import ConfigError, RunConfig, TRANSFER_MODES, parse_value, with_overrides
@@ -176,39 +175,3 @@ def full_name(name: str) -> str:
         short = ", ".join(n.split(".", 1)[1] for n in TUNABLE)
         raise ConfigError(f"unknown hyperparameter {name!r}; tunable are: {short}")
     return dotted
-
-
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    """How to search; the config being tuned is a separate :class:`RunConfig`."""
-
-    n_trials: int = 20  # trials this call adds to the study
-    total_trials: int | None = None  # if set: add only the trials the study lacks to hold this many finished ones
-    study_name: str | None = None  # None: <profile>-<mode>-<hash of the config>
-    storage: str | None = None  # None: optuna/<study>.journal beside the MLflow store; a *.journal path; an RDB URL
-    space: SearchSpace | None = None  # None: SearchSpace.default(transfer mode)
-    backbone_index: int | None = None  # None: pretrain on every source class; i: the classes of mask i
-    timeout_s: float | None = None  # stop starting trials after this many seconds
-    sampler_seed: int | None = None  # TPE seed; None draws fresh (use None when processes share a study)
-    pruner_startup_trials: int = 4  # complete trials before the median pruner may stop any
-    pruner_warmup_epochs: int = 1  # epochs every trial runs before it may be pruned
-
-    def validate(self, config: RunConfig) -> "TuneSettings":
-        if self.n_trials < 1:
-            raise ConfigError(f"--n-trials must be a positive integer, got {self.n_trials}; e.g. --n-trials 20")
-        if self.total_trials is not None and self.total_trials < 1:
-            raise ConfigError(f"--total-trials must be a positive integer, got {self.total_trials}; "
-                              "e.g. --total-trials 16")
-        if self.backbone_index is not None and self.backbone_index < 0:
-            raise ConfigError(f"--backbone-index must be >= 0 (or unset for the full source), "
-                              f"got {self.backbone_index}")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout_s}")
-        if self.study_name is not None and not _STUDY_NAME.match(self.study_name):
-            raise ConfigError(f"study name {self.study_name!r} must be 1-121 letters, digits, '.', '_' or '-' "
-                              "and start with a letter or digit")
-        space = self.space if self.space is not None else SearchSpace.default(config.transfer.mode)
-        return replace(self, space=space.validate(config))

@@ -47,7 +47,8 @@ from transfer_core.track.steps import find_step, step_key, step_tags
 from transfer_core.track.store import sqlite_path
 from transfer_core.train import DivergenceError
 from transfer_core.tune.pruning import ScheduleMedianPruner
-from transfer_core.tune.space import TUNABLE, Choices, SearchSpace, TuneSettings
+from transfer_core.tune.settings import TuneSettings
+from transfer_core.tune.space import TUNABLE, Choices, SearchSpace
 from transfer_core.tune.backbone import BACKBONE_TAG, TrialFitter, backbone_hash, log_backbone, pretrain_backbone, \
     reuse_backbone
 from transfer_core.tune.records import BEST_PARAMS_ARTIFACT, STUDY_TAG, TrialRecorder, log_study_summary
@@ -120,7 +121,7 @@ def open_storage(storage: str | None, study_name: str, default_dir: Path = DEFAU
                            "installed), or leave --storage unset for optuna/ beside the MLflow store") from None
 
 
-def load_study(settings: TuneSettings, storage, study_name: str, storage_label: str,
+def load_study(settings: TuneSettings, space: SearchSpace, storage, study_name: str, storage_label: str,
                config: RunConfig, data: str) -> optuna.Study:
     """Create the study or load it to add trials; refuse one made for another config."""
     sampler = optuna.samplers.TPESampler(seed=settings.sampler_seed)
@@ -143,8 +144,8 @@ def load_study(settings: TuneSettings, storage, study_name: str, storage_label: 
                            f"{wanted}); resume it with the same profile, --set values, mode and backbone, "
                            "or choose another --study-name")
     if not study.trials:  # trial 0: the config's own recipe, the baseline every other trial is compared with
-        default = {name: getattr(config.transfer, name.split(".", 1)[1]) for name in settings.space.params}
-        outside = [f"{name}={default[name]}" for name, domain in settings.space.params.items()
+        default = {name: getattr(config.transfer, name.split(".", 1)[1]) for name in space.params}
+        outside = [f"{name}={default[name]}" for name, domain in space.params.items()
                    if isinstance(domain, Choices) and default[name] not in domain.values]
         if outside:  # Optuna can try a range value outside its range, but not an unlisted choice
             log.warning("no baseline trial: the default %s is not among the choices", ", ".join(outside))
@@ -188,11 +189,11 @@ def make_objective(space: SearchSpace, base: RunConfig, fitter: TrialFitter, cli
     return objective
 
 
-def tune(config: RunConfig, settings: TuneSettings, experiment: str = "transfer_core", *, ctx: Context | None = None,
+def tune(config: RunConfig, settings: TuneSettings, experiment: str = "transfer_core", *, ctx: Context,
          device=None, profile: str = "tune", run_id: str | None = None) -> TuneResult:
     """Run (or extend) a study; ``run_id`` continues an existing run (e.g. from ``mlflow run``)."""
     with _quiet_optuna():
-        return _tune(config, settings, experiment, ctx or Context.open(), device, profile, run_id)
+        return _tune(config, settings, experiment, ctx, device, profile, run_id)
 
 
 def _study_result(run_id: str, study, study_name: str, storage_label: str, best: dict) -> TuneResult:
@@ -204,12 +205,15 @@ def _study_result(run_id: str, study, study_name: str, storage_label: str, best:
 
 
 def _tune(config, settings, experiment, ctx: Context, device, profile, run_id) -> TuneResult:
-    settings = settings.validate(config)
-    data = data_digest(config.data, ctx.data_root)
+    if settings.total_trials == 0:
+        raise ConfigError("--total-trials 0 asks the study for no trials, so there is nothing to tune; give a "
+                          "positive number, or leave tuning out")
+    space = settings.search_space(config)
+    data = data_digest(config.data, ctx.dirs)
     study_name = settings.study_name or default_study_name(profile, config, settings.backbone_index, data)
     # fail fast, before any training
     storage, storage_label = open_storage(settings.storage, study_name, default_storage_dir(ctx.tracking_uri))
-    study = load_study(settings, storage, study_name, storage_label, config, data)
+    study = load_study(settings, space, storage, study_name, storage_label, config, data)
     n_trials = settings.n_trials
     client = ctx.client
     key = None
@@ -220,7 +224,7 @@ def _tune(config, settings, experiment, ctx: Context, device, profile, run_id) -
                  settings.total_trials)
         key = step_key("tune", config=config, data=data, code="tune",
                        extra={"study": study_name, "storage": storage_label, "total_trials": settings.total_trials,
-                              "space": settings.space.describe(), "backbone": settings.backbone_index})
+                              "space": space.describe(), "backbone": settings.backbone_index})
         existing = client.get_experiment_by_name(experiment)
         found = find_step(client, existing.experiment_id, TUNE, key) if n_trials == 0 and run_id is None and \
             existing is not None else None
@@ -236,7 +240,7 @@ def _tune(config, settings, experiment, ctx: Context, device, profile, run_id) -
             **(step_tags(key) if key else {})}
     if run_id is None:
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    params = {**config.to_params(), **settings.space.describe(), "tune.n_trials": str(n_trials),
+    params = {**config.to_params(), **space.describe(), "tune.n_trials": str(n_trials),
               "tune.study_name": study_name, "tune.storage": storage_label,
               "tune.backbone_index": "all" if settings.backbone_index is None else str(settings.backbone_index),
               "tune.sampler_seed": str(settings.sampler_seed)}
@@ -249,14 +253,14 @@ def _tune(config, settings, experiment, ctx: Context, device, profile, run_id) -
             client.set_tag(run_id, "backbone_from", found[1])
         log_backbone(client, run_id, backbone, config)
         fitter = TrialFitter(backbone, runner)
-        objective = make_objective(settings.space, config, fitter, client, experiment_id, run_id, study_name)
+        objective = make_objective(space, config, fitter, client, experiment_id, run_id, study_name)
         with tqdm(total=n_trials, desc=f"tune {study_name}", disable=not ctx.progress, unit="trial") as bar:
             def advance(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
                 bar.update()
                 if any(t.state.name == "COMPLETE" for t in study_.get_trials(deepcopy=False)):
                     bar.set_postfix(best=f"{study_.best_value:.4f}")
             if n_trials:
-                study.optimize(objective, n_trials=n_trials, timeout=settings.timeout_s, callbacks=[advance])
+                study.optimize(objective, n_trials=n_trials, timeout=settings.timeout, callbacks=[advance])
         best = log_study_summary(client, run_id, study, config)
     result = _study_result(run_id, study, study_name, storage_label, best)
     describe_run(client, run_id, tune_note(result))

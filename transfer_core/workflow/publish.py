@@ -8,7 +8,7 @@ whose recipe the sweep used, and writes into ``out_dir``:
   sub-populations, near duplicates, per-target-class image grids);
 - ``subpopulation_example.png``: one sub-population (target examples grouped under the
   source class that most influences them) next to images of that source class;
-- ``RESULTS.md``: every table the README's results section quotes, each naming the run and
+- ``RESULTS.md``: every table the results page (docs/results.md) quotes, each naming the run and
   artifact it comes from, so every number can be traced to a logged MLflow run; and the
   verdicts, each written from the test that fits its claim (:func:`verdicts`): paired
   contrasts per k with their correction, the champion gate, and which method found each leak.
@@ -265,14 +265,14 @@ def pick_subpopulation(subs: pd.DataFrame, choice: str | None = None, min_exampl
     return (big if len(big) else subs).sort_values("share", ascending=False, kind="stable").iloc[0]
 
 
-def subpopulation_figure(group: pd.Series, analysis, data_root, path: Path, n_images: int = 8) -> Path:
+def subpopulation_figure(group: pd.Series, analysis, dirs, path: Path, n_images: int = 8) -> Path:
     """The group's target test images (most influenced first) above images of its source class, at 32 px."""
     from transfer_core.analysis import figures
     from transfer_core.data import load_split
 
     config = run_config(analysis)
-    test = load_split(config.data.target, "test", 32, data_root)
-    source = load_split(config.data.source, "train", 32, data_root)
+    test = load_split(config.data.target, "test", 32, dirs)
+    source = load_split(config.data.source, "train", 32, dirs)
     members = [int(i) for i in str(group.examples).split(";") if i][:n_images]
     source_members = np.flatnonzero(source.labels.numpy() == int(group.class_index))[:n_images]
     rows = [(f"source\n{group.source_class}", float(group.mean_influence), [source.images[i] for i in source_members])]
@@ -292,12 +292,11 @@ def per_target_sections(aggregates: pd.DataFrame, output: str, k: int) -> list[s
     return parts
 
 
-def publish(experiment: str, out_dir, *, ctx: Context | None = None, analysis_run_id: str | None = None,
+def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | None = None,
             counterfactual_run_id: str | None = None, top_k: int = 10, subpopulation: str | None = None) -> Path:
     """Write the results folder described in the module docstring; returns the path of RESULTS.md."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    ctx = ctx or Context.open()
     client = ctx.client
     runs = find_runs(client, experiment, analysis_run_id, counterfactual_run_id)
     analysis = runs.analysis
@@ -404,7 +403,7 @@ def publish(experiment: str, out_dir, *, ctx: Context | None = None, analysis_ru
 
     if len(subs):
         group = pick_subpopulation(subs, subpopulation)
-        subpopulation_figure(group, analysis, ctx.data_root, out / "subpopulation_example.png")
+        subpopulation_figure(group, analysis, ctx.dirs, out / "subpopulation_example.png")
         lines += ["## Sub-populations", "", f"`{group.target_class}` test images whose most influential source class "
                   f"is `{group.source_class}`: {int(group.n_examples)} images, {group.share:.1%} of the class, mean "
                   f"per-example influence {group.mean_influence * 100:+.2f} (x100; run `{a_id}`, "
