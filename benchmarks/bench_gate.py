@@ -23,6 +23,7 @@ from scipy import stats
 def main() -> None:
     from transfer_core.counterfactual import EvidenceRule, read_plan, recompute_selection
     from transfer_core.counterfactual.gate import finished_points
+    from transfer_core.counterfactual.looks import LookLedger
     from transfer_core.data import validation_halves
     from common import environment_context
     from transfer_core.registry import latest_counterfactual_run
@@ -37,7 +38,7 @@ def main() -> None:
     client = ctx.client
     run = client.get_run(args.counterfactual or latest_counterfactual_run(client, args.experiment))
     record = read_plan(run)
-    selection, table = recompute_selection(client, run)
+    selection, table = recompute_selection(client, run, ledger=LookLedger(ctx.ledger))
     done = finished_points(client, run.info.experiment_id, record["grid_id"])
     order, k = ("bottom", selection.k) if selection.k else ("bottom", max(record["ks"]))
 

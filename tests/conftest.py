@@ -1,4 +1,5 @@
-"""Shared fixtures: a private MLflow store and data cache per test session, real data root."""
+"""Shared fixtures: a private MLflow store, data cache and look ledger per test session (a store and a
+ledger per test where a test asks for a store), real data root."""
 from __future__ import annotations
 
 import os
@@ -12,10 +13,12 @@ from support import SHARED_DATA, session_dirs, store_context
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Keep decoded tensors in a per-session cache unless the caller chose one; commands the tests start read
-    it from the environment, library calls get it through :func:`support.store_context` (and the ``dirs`` fixture)."""
+    """Keep decoded tensors in a per-session cache unless the caller chose one, and looks in a per-session
+    ledger always (a test never adds a look to the user's ledger). Commands the tests start read both from the
+    environment; library calls get them through :func:`support.store_context` (and the ``dirs`` fixture)."""
     if "TRANSFER_CORE_CACHE" not in os.environ:
         os.environ["TRANSFER_CORE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["TRANSFER_CORE_LEDGER"] = str(tmp_path_factory.mktemp("ledger") / "looks.jsonl")
     yield
 
 
@@ -38,6 +41,7 @@ def tracking(tmp_path, monkeypatch, _empty_store):
     db.close()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TRANSFER_CORE_LEDGER", str(tmp_path / "looks.jsonl"))  # this test's looks only
     monkeypatch.chdir(tmp_path)  # artifacts land under tmp_path/mlruns
     mlflow.set_tracking_uri(uri)
     yield uri
@@ -49,6 +53,7 @@ def new_store(tmp_path, monkeypatch):
     """A tracking URI whose sqlite file does not exist yet: the first process to open it creates it."""
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TRANSFER_CORE_LEDGER", str(tmp_path / "looks.jsonl"))
     monkeypatch.chdir(tmp_path)  # artifacts land under tmp_path/mlruns
     mlflow.set_tracking_uri(uri)
     yield uri

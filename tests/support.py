@@ -23,14 +23,16 @@ def session_dirs():
     return DataDirs(None if root is None else str(root), os.environ["TRANSFER_CORE_CACHE"])
 
 
-def store_context(tracking_uri: str | None = None, **execution):
+def store_context(tracking_uri: str | None = None, ledger=None, **execution):
     """A :class:`transfer_core.execute.Context` without progress bars, for ``tracking_uri`` (default: the store
-    the tracking fixture put in ``$MLFLOW_TRACKING_URI``), the session's data folders, and the given executor
-    settings (``workers=2``, ``pack=3``, ...). Tests are entry points: they may read the environment."""
+    the tracking fixture put in ``$MLFLOW_TRACKING_URI``), the session's data folders, the look ``ledger``
+    (default: the session's, ``$TRANSFER_CORE_LEDGER``, never the user's) and the given executor settings
+    (``workers=2``, ``pack=3``, ...). Tests are entry points: they may read the environment."""
     from transfer_core.execute import Context, ExecutorSettings
     dirs = session_dirs()
     return Context.open(tracking_uri or os.environ["MLFLOW_TRACKING_URI"], dirs.root, dirs.cache,
-                        ExecutorSettings(**execution), progress=False)
+                        ExecutorSettings(**execution), progress=False,
+                        ledger=ledger or os.environ["TRANSFER_CORE_LEDGER"])
 
 
 def serve_mlflow(tmp_path, empty_store, *args, env=None):

@@ -16,6 +16,7 @@ from transfer_core.counterfactual import (FULL, SELECTION_ARTIFACT, SUMMARY_ARTI
                                           run_counterfactual, select, summarize, t_interval)
 from transfer_core.counterfactual.report import PLOT_ARTIFACT
 from transfer_core.counterfactual.gate import FIRST_SHOWN_TAG, finished_points, recompute_selection
+from transfer_core.counterfactual.looks import LookLedger
 from transfer_core.counterfactual.settings import EvidenceRule
 from transfer_core.counterfactual.summary import RULE_VERSION, contrasts, paired_differences
 from transfer_core.data.synthetic import PLANTED, PLANTED_TARGET, SOURCE_CLASSES, TARGET_CLASSES
@@ -183,7 +184,8 @@ def test_looking_again_and_again_keeps_false_champions_below_five_percent():
 
 def test_contrasts_are_paired_tests_that_fail_when_only_the_means_differ():
     """top - random: means 2 points apart, but the per-seed differences disagree in sign, so the paired
-    interval includes zero; bottom - top: consistent per seed, so it excludes zero. Bonferroni over the ks."""
+    interval includes zero; bottom - top: consistent per seed, so it excludes zero. Bonferroni over every
+    (contrast, k)."""
     table = grid_table({
         (FULL, 0): [(0.5, 0.5, 0.50), (0.5, 0.5, 0.60), (0.5, 0.5, 0.55), (0.5, 0.5, 0.52)],
         ("top", 2): [(0.5, 0.5, 0.40), (0.5, 0.5, 0.62), (0.5, 0.5, 0.47), (0.5, 0.5, 0.53)],
@@ -194,9 +196,9 @@ def test_contrasts_are_paired_tests_that_fail_when_only_the_means_differ():
     rows = contrasts(table).set_index(["contrast", "k"])
     top_random = rows.loc[("top - random", 2)]
     assert top_random["mean"] == pytest.approx(-0.02) and top_random.sign == 0  # means differ, pairs do not agree
-    assert top_random.level == pytest.approx(1 - 0.05 / 2)  # two ks in the family
+    assert top_random.level == pytest.approx(1 - 0.05 / 12) and top_random.family == 12  # 6 contrasts x 2 ks
     diffs = np.array([0.43, 0.65, 0.50, 0.56]) - np.array([0.40, 0.62, 0.47, 0.53])
-    ref = stats.t.interval(1 - 0.05 / 2, 3, loc=diffs.mean(), scale=stats.sem(diffs))
+    ref = stats.t.interval(1 - 0.05 / 12, 3, loc=diffs.mean(), scale=stats.sem(diffs))
     assert rows.loc[("bottom - top", 2)].sign == 1
     assert (rows.loc[("bottom - top", 2)].ci_low, rows.loc[("bottom - top", 2)].ci_high) == pytest.approx(ref)
     assert set(rows.index.get_level_values(0)) == {"top - random", "bottom - random", "bottom - top",
@@ -233,10 +235,10 @@ def planted_grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("cf")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    grid = Grid(build_config("synthetic"), get_experiment_id(MlflowClient(uri), "cf-test"), uri)
+    grid = Grid(build_config("synthetic"), get_experiment_id(MlflowClient(uri), "cf-test"), uri, root / "looks.jsonl")
     plan = CounterfactualPlan(ks=(0, 1), seeds=PLANTED_SEEDS)
     runs = grid.run(plan, ExecutorSettings(workers=2))
-    selection = log_report(MlflowClient(), runs.parent_run_id, runs.table)
+    selection = log_report(MlflowClient(), runs.parent_run_id, runs.table, ledger=grid.ledger)
     yield grid, plan, runs, selection
     mlflow.set_tracking_uri(None)
 
@@ -244,11 +246,11 @@ def planted_grid(tmp_path_factory):
 class Grid:
     """The planted ranking's grid in experiment cf-test."""
 
-    def __init__(self, config, experiment_id, uri):
-        self.config, self.experiment_id, self.uri = config, experiment_id, uri
+    def __init__(self, config, experiment_id, uri, ledger):
+        self.config, self.experiment_id, self.uri, self.ledger = config, experiment_id, uri, ledger
 
     def run(self, plan, execution=None):
-        ctx = store_context(self.uri).with_execution(execution or ExecutorSettings())
+        ctx = store_context(self.uri, ledger=self.ledger).with_execution(execution or ExecutorSettings())
         return run_counterfactual(self.config, planted_ranking(), plan, ctx=ctx, experiment="cf-test",
                                   analysis_run_id="a" * 32)
 
@@ -331,19 +333,21 @@ def test_a_second_plan_is_a_new_run_and_a_second_look_that_spends_less(planted_g
     second = runner.run(CounterfactualPlan(("bottom",), (0, 1), 5))  # fewer seeds: a subset of the trained points
     assert second.n_trained == 0 and second.counterfactual_id != runs.counterfactual_id
     assert second.grid_id == runs.grid_id and second.parent_run_id != runs.parent_run_id
-    again = log_report(client, second.parent_run_id, second.table)
+    again = log_report(client, second.parent_run_id, second.table, ledger=runner.ledger)
     assert again.look == 2 and again.earlier_looks == [runs.parent_run_id]
     assert again.level == pytest.approx(1 - 0.05 / 4)  # one candidate, a quarter of 5%
     assert selection.look == 1  # and the stored selection is untouched:
     assert artifact_path(first, SELECTION_ARTIFACT, MlflowClient()).read_text() == stored
     assert client.get_run(runs.parent_run_id).data.tags[FIRST_SHOWN_TAG] == first.data.tags[FIRST_SHOWN_TAG]
-    recomputed, table = recompute_selection(client, client.get_run(runs.parent_run_id))
+    ledger = LookLedger(runner.ledger)
+    recomputed, table = recompute_selection(client, client.get_run(runs.parent_run_id), ledger=ledger)
     assert (recomputed.look, recomputed.is_champion, recomputed.k, recomputed.model_run_id) == (
         1, selection.is_champion, selection.k, selection.model_run_id)
     assert recomputed.select_diff_ci_low == pytest.approx(selection.select_diff_ci_low)
     assert table.run_id.tolist() == runs.table.run_id.tolist()
-    log_report(client, runs.parent_run_id, runs.table)  # reporting the first plan again is not a new look
-    assert recompute_selection(client, client.get_run(runs.parent_run_id))[0].look == 1
+    log_report(client, runs.parent_run_id, runs.table, ledger=runner.ledger)  # reporting again is not a new look
+    assert recompute_selection(client, client.get_run(runs.parent_run_id), ledger=ledger)[0].look == 1
+    assert [look.run_id for look in ledger.read()] == [runs.parent_run_id, second.parent_run_id]
 
 
 def class_margin(run_id: str, target_class: int) -> float:
@@ -383,11 +387,13 @@ def test_planted_effects(planted_grid):
         summary)
 
     from transfer_core.workflow.publish import claim_verdict
-    tests = contrasts(table)
-    for contrast in ("bottom - full", "bottom - random"):  # the planted harm, removed
-        verdict = claim_verdict(tests, contrast, 1)
-        assert verdict.startswith("**holds at every k** (1)"), verdict
-    assert "(Bonferroni over 1 k)" in claim_verdict(tests, "top - random", -1)
+    tests = contrasts(table).set_index("contrast")
+    assert (tests.family == 6).all() and tests.level.to_numpy() == pytest.approx(1 - 0.05 / 6)  # one family of six
+    for name, least in (("bottom - full", 0.10), ("bottom - random", 0.0)):  # the planted harm, removed
+        assert tests.loc[name, "mean"] > least and tests.loc[name, "sign"] != -1, tests
+        verdict = claim_verdict(tests.reset_index(), name, 1)
+        assert "two-sided 99.17% intervals, Bonferroni over all 6 paired tests of the grid" in verdict
+        assert "one-sided test at 0.42%" in verdict and "the opposite holds" not in verdict
 
     vertical = TARGET_CLASSES.index(PLANTED_TARGET["helpful"])
     margin = {order: np.mean([class_margin(r, vertical) for r in table[table.order == order].run_id])

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from transfer_core.config import ConfigError, build_config
 from transfer_core.counterfactual import CounterfactualPlan, run_counterfactual
+from transfer_core.counterfactual.grid import plan_id
 from transfer_core.track.runs import COUNTERFACTUAL as PARENT_KIND
 from transfer_core.counterfactual import RULE_VERSION, SELECTION_ARTIFACT, log_report
 from transfer_core.registry import CHAMPION, latest_counterfactual_run, model_name, register_champion
@@ -73,6 +74,7 @@ def grid(tmp_path_factory, make_ctx):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    ledger, os.environ["TRANSFER_CORE_LEDGER"] = os.environ["TRANSFER_CORE_LEDGER"], str(root / "looks.jsonl")
     cwd = os.getcwd()
     os.chdir(root)  # artifacts under root/mlruns
     # two 1-thread workers: 2.5x the runs per minute of one 2-thread worker on a shared 2-core machine
@@ -82,11 +84,12 @@ def grid(tmp_path_factory, make_ctx):
         plan = CounterfactualPlan(("bottom",), (0, 1), seeds)
         runs = run_counterfactual(runner.config, ranking_with_bottom(bottom), plan, ctx=runner.ctx,
                                   experiment="reg test", analysis_run_id=bottom)
-        grids[bottom] = (runs, log_report(runner.client, runs.parent_run_id, runs.table))
+        grids[bottom] = (runs, log_report(runner.client, runs.parent_run_id, runs.table, ledger=runner.ctx.ledger))
     runs, selection = grids["misleading"]
     yield runner, runs, selection, uri, grids["noise_gray"]
     os.chdir(cwd)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ["TRANSFER_CORE_LEDGER"] = ledger
     mlflow.set_tracking_uri(None)
 
 
@@ -96,6 +99,7 @@ def parent_with(runner, selection, plan: dict | None = None) -> str:
     tags = {KIND_TAG: PARENT_KIND, "source_sweep_id": "sweep-x", "analysis_run_id": "b" * 32}
     if plan is not None:
         tags["plan"] = json.dumps(plan)
+        tags["counterfactual_id"] = plan_id(plan)
     run_id = client.create_run(runner.experiment_id, tags=tags).info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / SELECTION_ARTIFACT).write_text(selection.to_json())
@@ -177,7 +181,8 @@ def test_register_recomputes_the_gate_instead_of_trusting_the_stored_file(grid, 
     finally:
         (tmp_path / SELECTION_ARTIFACT).write_text(null_selection.to_json())
         client.log_artifact(null_runs.parent_run_id, str(tmp_path / SELECTION_ARTIFACT))
-    assert not result.pruned and "the decision recomputed from its runs is what counts" in result.message
+    assert not result.pruned and "the decision recomputed from its runs and the look ledger, look 2, is what counts" \
+        in result.message
     version = client.get_model_version_by_alias("forged", CHAMPION)
     assert version.tags["pruned"] == "false" and version.tags["gate_rule"] == str(RULE_VERSION)
     assert version.tags["source_run_id"] == null_selection.full_run_id

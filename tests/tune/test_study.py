@@ -1,6 +1,7 @@
 """Real Optuna studies on the synthetic profile: journal storage, resuming, two processes,
 divergence, MLflow runs matching trials one for one, hand-over, and clear errors."""
 import copy
+import dataclasses
 import json
 import os
 import shlex
@@ -9,8 +10,10 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
+import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -23,7 +26,7 @@ from transfer_core.execute import SubsetRunner
 from transfer_core.track import KIND_TAG, artifact_path, run_filter
 from transfer_core.train.loop import seed_everything
 from transfer_core.train import evaluate_split, transfer
-from transfer_core.tune.backbone import TrialFitter, reuse_backbone
+from transfer_core.tune.backbone import TrialFitter, ranking_half, reuse_backbone
 from transfer_core.tune.records import BEST_PARAMS_ARTIFACT, HISTORY_PLOT, IMPORTANCE_PLOT, TRIALS_ARTIFACT
 from transfer_core.tune.settings import TuneSettings
 from transfer_core.tune.study import (StorageError, find_tune_run, load_study, open_storage,
@@ -176,11 +179,68 @@ def test_cached_fixed_feature_trials_equal_plain_transfer(resumed):
         value = fitter.fit(cfg, lambda epoch, loss, acc: reported.append(acc))
         net = transfer(cfg, copy.deepcopy(backbone.net), backbone.norm, runner.data, seed_everything(backbone.seed),
                        runner.device)
-        logits = evaluate_split(Normalized(net, *backbone.norm), runner.data.target_val, runner.device)
-        plain = accuracy(logits, runner.data.target_val.labels)
-        assert abs(value - plain) <= 1.0 / len(runner.data.target_val)
+        scored = ranking_half(runner)  # trials are scored on the validation ranking half only
+        assert 0 < len(scored) < len(runner.data.target_val)
+        logits = evaluate_split(Normalized(net, *backbone.norm), scored, runner.device)
+        plain = accuracy(logits, scored.labels)
+        assert abs(value - plain) <= 1.0 / len(scored)
         assert len(reported) == cfg.transfer.epochs and reported[-1] == pytest.approx(value)
     assert fitter.fit(config) == pytest.approx(trial0.value)  # a recorded value is reproducible
+
+
+def test_tuning_reads_no_selection_half_example(resumed, monkeypatch):
+    """Tuning scores trials on the validation ranking half only. The plant: every selection-half slot of
+    class c gets an image that a losing trial's recipe calls c and the winner's does not (labels stay, so
+    the halves stay), so that scoring on the whole validation split would move the recipe to the loser.
+    A study on the planted data (same sampler seed, same backbone) makes the same trials, with the same
+    values, and picks the same recipe as the first five trials of the real study."""
+    from transfer_core.config import with_overrides
+    from transfer_core.data import validation_halves
+    import transfer_core.execute.subset_runner as subset_runner
+
+    config = resumed[0]
+    real = journal_study("resume").trials[:5]  # the first call: n_trials=5, sampler seed 0
+    complete = [t for t in real if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: t.value)
+    runner = SubsetRunner(config, EXPERIMENT)
+    backbone, _ = reuse_backbone(runner.client, runner.experiment_id, runner, None)
+    data = runner.data
+    pool = torch.cat([data.target_train.images, data.target_test.images])  # images the recipes may disagree on
+
+    def predictions(trial, images):
+        cfg = with_overrides(config, {k: str(v) for k, v in trial.params.items()})
+        net = transfer(cfg, copy.deepcopy(backbone.net), backbone.norm, data, seed_everything(backbone.seed),
+                       runner.device)
+        with torch.no_grad():
+            return Normalized(net, *backbone.norm).eval()(images.to(runner.device)).argmax(1)
+
+    winner = predictions(best, pool)
+    others = [(t, predictions(t, pool)) for t in complete if t.params != best.params]
+    loser, called = max(others, key=lambda pair: int((pair[1] != winner).sum()))  # the most different recipe
+    val = data.target_val
+    selection = ~validation_halves(val.labels.numpy(), config.data.split_seed)
+    planted_images = val.images.clone()
+    planted = 0
+    for i in np.flatnonzero(selection):
+        donors = ((called == val.labels[i]) & (winner != val.labels[i])).nonzero().flatten()
+        if len(donors):
+            planted_images[i] = pool[donors[i % len(donors)]]
+            planted += 1
+    planted_val = type(val)(planted_images, val.labels, val.class_names, val.file_names)
+    whole = {name: float((predictions(t, planted_val.images) == val.labels).float().mean())
+             for name, t in (("best", best), ("loser", loser))}
+    print(f"planted {planted} of {int(selection.sum())} selection-half images; whole-split accuracy {whole}")
+    assert planted > 0 and whole["loser"] > whole["best"], (planted, whole)  # whole-split scoring would flip
+
+    load = subset_runner.load_transfer_data
+    monkeypatch.setattr(subset_runner, "load_transfer_data",
+                        lambda *a, **k: dataclasses.replace(load(*a, **k), target_val=planted_val))
+    again = tune(config, TuneSettings(n_trials=5, study_name="planted", space=SPACE,
+                                      sampler_seed=0), EXPERIMENT, ctx=quiet())
+    trials = journal_study("planted").trials
+    assert [(t.params, t.state.name, t.value, t.intermediate_values) for t in trials] == \
+        [(t.params, t.state.name, t.value, t.intermediate_values) for t in real]
+    assert journal_study("planted").best_trial.params == best.params and again.best_value == best.value
 
 
 def test_diverging_learning_rates_are_pruned_with_the_reason(store):

@@ -129,7 +129,7 @@ def test_verdicts_are_paired_tests_and_the_champion_row_is_the_registered_model(
     for claim in ("costs more than removing random ones", "helps more than removing random ones",
                   "separates helpful from detrimental", "improves transfer", "less helpful than the average class"):
         assert claim in verdicts
-    assert verdicts.count("(Bonferroni over 1 k)") >= 4
+    assert verdicts.count("two-sided 99.17% intervals, Bonferroni over all 6 paired tests of the grid") >= 4
     assert "paired top - random in test points over 3 seeds" in verdicts
     assert "truck/pickup_truck_s_000169` by " in verdicts
     client = MlflowClient()

@@ -15,7 +15,7 @@ from transfer_core.cli.commands import main
 ENTRY_POINTS = {"subset_run": "subset-run", "tune": "tune", "sweep": "sweep", "analyze": "analyze",
                 "attribute": "attribute",
                 "counterfactual": "counterfactual", "register": "register", "main": "main"}
-FROM_ENVIRONMENT = ("tracking_uri", "data_root", "cache_dir")  # mlflow run passes MLFLOW_TRACKING_URI; make the rest
+FROM_ENVIRONMENT = ("tracking_uri", "data_root", "cache_dir", "ledger")  # mlflow run passes MLFLOW_TRACKING_URI
 
 HEADER = """\
 name: transfer_core
@@ -26,7 +26,7 @@ name: transfer_core
 # every one). MLflow passes every parameter as a string and checks no types: an empty string means "not given",
 # so the settings' typed default applies; the command converts and validates everything else and names any bad
 # value in one sentence. The tracking store, data root and cache come from the environment (MLFLOW_TRACKING_URI,
-# TRANSFER_CORE_DATA, TRANSFER_CORE_CACHE).
+# TRANSFER_CORE_DATA, TRANSFER_CORE_CACHE, TRANSFER_CORE_LEDGER).
 conda_env: conda.yaml
 
 entry_points:

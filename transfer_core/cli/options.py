@@ -151,15 +151,17 @@ def experiment_option(fn):
                         help="MLflow experiment name.")(fn)
 
 
-def open_context(tracking_uri=None, data_root=None, cache_dir=None, execution=None, progress: bool = True):
-    """The command's one :class:`~transfer_core.execute.Context`: the store, the data folders, the executor."""
+def open_context(tracking_uri=None, data_root=None, cache_dir=None, execution=None, progress: bool = True,
+                 ledger=None):
+    """The command's one :class:`~transfer_core.execute.Context`: the store, the data folders, the executor,
+    the look ledger."""
     from transfer_core.execute import Context
-    return Context.open(tracking_uri, data_root, cache_dir, execution, progress)
+    return Context.open(tracking_uri, data_root, cache_dir, execution, progress, ledger)
 
 
 def store_options(fn):
-    """``--data-root``, ``--cache-dir`` and ``--tracking-uri``: where the data, its decoded copies and the
-    MLflow store are. The only place the environment is read: these options' defaults."""
+    """``--data-root``, ``--cache-dir``, ``--tracking-uri`` and ``--ledger``: where the data, its decoded copies,
+    the MLflow store and the look ledger are. The only place the environment is read: these options' defaults."""
     return _stack(fn, [
         click.option("--data-root", type=TEXT, default=None, envvar="TRANSFER_CORE_DATA",
                      help="Folder with cifar10.tar.gz / cifar100.tar.gz or their extracted trees "
@@ -170,6 +172,10 @@ def store_options(fn):
         click.option("--tracking-uri", type=TEXT, default=None, envvar="MLFLOW_TRACKING_URI",
                      help="MLflow tracking URI [env: MLFLOW_TRACKING_URI]. Default: sqlite store "
                           "mlruns/mlflow.db with artifacts under mlruns/."),
+        click.option("--ledger", type=TEXT, default=None, envvar="TRANSFER_CORE_LEDGER",
+                     help="The look ledger: an append-only file that counts every look at a validation selection "
+                          "half, whatever store or `mlflow gc` [env: TRANSFER_CORE_LEDGER]. Unset: "
+                          "~/.local/state/transfer_core/looks.jsonl (docs/looks.md)."),
     ])
 
 

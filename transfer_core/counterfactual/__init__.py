@@ -8,7 +8,9 @@ Pure pieces (:mod:`~transfer_core.counterfactual.grid`: which classes each point
 plan as a record; :mod:`~transfer_core.counterfactual.summary`: intervals over seeds, the
 selection and the paired contrasts) are kept apart from what reads the store
 (:mod:`~transfer_core.counterfactual.gate`: a plan's table and its look, recomputed), training
-the grid (:mod:`~transfer_core.counterfactual.step`) and logging its report.
+the grid (:mod:`~transfer_core.counterfactual.step`) and logging its report. Looks at a selection
+half are counted in the look ledger (:mod:`~transfer_core.counterfactual.looks`), which neither
+``mlflow gc`` nor a new tracking store resets.
 """
 from transfer_core import lazy_exports
 
@@ -22,6 +24,9 @@ _EXPORTS = {
     "EvidenceRule": "transfer_core.counterfactual.settings",
     "ranking_order": "transfer_core.counterfactual.grid",
     "removal_set": "transfer_core.counterfactual.grid",
+    "LEDGER_ARTIFACT": "transfer_core.counterfactual.looks",
+    "Look": "transfer_core.counterfactual.looks",
+    "LookLedger": "transfer_core.counterfactual.looks",
     "CONTRASTS_ARTIFACT": "transfer_core.counterfactual.report",
     "SELECTION_ARTIFACT": "transfer_core.counterfactual.report",
     "SUMMARY_ARTIFACT": "transfer_core.counterfactual.report",

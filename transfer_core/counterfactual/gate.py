@@ -1,16 +1,19 @@
 """The champion gate, read from the tracking store: plans, their looks, and their evidence.
 
 A counterfactual run (one *plan*, :mod:`~transfer_core.counterfactual.grid`) records what it
-asked for as the tag ``plan`` (orders, ks, seeds, grid, analysis run, and the digests of the
-validation split and its halves). Everything the gate decides is recomputed from the store:
+asked for as the tag ``plan`` (orders, ks, seeds, grid, analysis run, the digests of the
+validation split and its halves, and the selection half's key); its id (tag
+``counterfactual_id``) is a hash of that record. Everything the gate decides is recomputed,
+and what can be checked is checked, refused with one sentence naming the run when it fails:
 
+- :func:`read_plan` re-derives the plan's id from its record (an edited record is refused);
 - :func:`grid_table` rebuilds a plan's table from its points' FINISHED runs: their logged
-  metrics and per-example validation outputs (the selection-half accuracy of each seed is
-  recomputed from ``target_val_outputs.npz``, after checking that the halves are the ones the
-  plan recorded);
-- :func:`look_of` numbers the plan's look at its selection half: every plan whose results were
-  shown on that half, in any experiment of the store (deleted runs included), ordered by when
-  they were first shown (tag :data:`FIRST_SHOWN_TAG`);
+  metrics and per-example validation outputs (each file must match the digest logged with it,
+  and its accuracy the logged ``target_val_acc``; the selection-half accuracy of each seed is
+  recomputed from it, after checking that the halves are the ones the plan recorded);
+- :func:`look_of` numbers the plan's look at its selection half from the look ledger merged
+  with the store (:mod:`~transfer_core.counterfactual.looks`): every plan shown on the same
+  images, in any store that shared the ledger, deleted and garbage-collected runs included;
 - :func:`recompute_selection` applies the current champion rule to both, as ``counterfactual``
   does when it reports and ``register`` does again before it registers anything.
 """
@@ -20,21 +23,21 @@ import json
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from transfer_core.config import ConfigError
-from transfer_core.counterfactual.grid import plan_from_record
+from transfer_core.counterfactual.grid import plan_from_record, plan_id
+from transfer_core.counterfactual.looks import FIRST_SHOWN_TAG, LookLedger, look_number, looks_at
 from transfer_core.counterfactual.summary import RULE_VERSION, SELECT_METRIC, EvidenceRule, Selection, select
-from transfer_core.data import half_digest, validation_halves
-from transfer_core.track import (CLASSES_ARTIFACT, VAL_OUTPUTS_ARTIFACT, artifact_path, now_ms, run_filter,
-                                 search_all, set_tags)
-from transfer_core.track.claims import is_superseded
-from transfer_core.track.runs import COUNTERFACTUAL, COUNTERFACTUAL_RUN, all_experiment_ids
+from transfer_core.data import file_digest, half_digest, validation_halves
+from transfer_core.track import (CLASSES_ARTIFACT, VAL_OUTPUTS_ARTIFACT, VAL_OUTPUTS_DIGEST_TAG, artifact_path,
+                                 metric_value, run_filter, search_all)
+from transfer_core.track.runs import COUNTERFACTUAL_RUN
 
 PLAN_TAG = "plan"  # JSON of grid.plan_record on a counterfactual run
-FIRST_SHOWN_TAG = "transfer_core.first_shown_ms"  # when a plan's results were first shown: its look
 METRICS = ("target_val_acc", "target_test_acc", "source_acc")
+__all__ = ["FIRST_SHOWN_TAG", "PLAN_TAG", "StaleCounterfactual", "checked_val_outputs", "finished_points",
+           "grid_table", "look_of", "read_plan", "recompute_selection", "selection_half_accuracy"]
 
 
 class StaleCounterfactual(ConfigError):
@@ -42,14 +45,26 @@ class StaleCounterfactual(ConfigError):
 
 
 def read_plan(run) -> dict:
-    """The plan record of counterfactual run ``run``; :class:`StaleCounterfactual` when it has none."""
+    """The plan record of counterfactual run ``run``, checked against its id.
+
+    :class:`StaleCounterfactual` when it has none, or one made before looks were kept in the
+    look ledger (no ``look_key``); a :class:`ConfigError` when the record does not hash to the
+    run's ``counterfactual_id`` (it was edited after the plan was made).
+    """
     record = json.loads(run.data.tags.get(PLAN_TAG) or "null")
-    if not record or "selection_half_digest" not in record:
-        analysis = run.data.tags.get("analysis_run_id") or "ANALYSIS_RUN_ID"
+    analysis = run.data.tags.get("analysis_run_id") or "ANALYSIS_RUN_ID"
+    if not record or "selection_half_digest" not in record or "look_key" not in record:
         raise StaleCounterfactual(
-            f"counterfactual run {run.info.run_id} was made before plans and looks were recorded (champion rule "
-            f"{RULE_VERSION}), so its evidence cannot be checked; redo it with `transfer-core counterfactual "
-            f"--analysis {analysis}` (add --ks and --seeds as before) and register that run")
+            f"counterfactual run {run.info.run_id} was made before plans and looks were recorded in the look ledger "
+            f"(champion rule {RULE_VERSION}), so its evidence cannot be checked; redo it with `transfer-core "
+            f"counterfactual --analysis {analysis}` (add --ks and --seeds as before) and register that run")
+    recorded = run.data.tags.get("counterfactual_id", "")
+    if plan_id(record) != recorded:
+        raise ConfigError(
+            f"counterfactual run {run.info.run_id}: its plan tag does not hash to its counterfactual_id "
+            f"{recorded or '(none)'} (the record was edited after the plan was made), so neither its seeds nor its "
+            f"look can be trusted; rerun the plan's own `transfer-core counterfactual --analysis {analysis}` command "
+            "and register that run")
     return record
 
 
@@ -64,17 +79,41 @@ def finished_points(client: MlflowClient, experiment_id: str, grid: str) -> dict
     return done
 
 
+def checked_val_outputs(run, client: MlflowClient | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(correct, labels)``, each ``(n_val,)``, of a grid point's validation outputs, once they are shown to be
+    the file the run logged: its digest is the one logged with it, its accuracy the logged ``target_val_acc``."""
+    path = artifact_path(run, VAL_OUTPUTS_ARTIFACT, client)
+    name = run.info.run_id
+    if not path.is_file():
+        raise ConfigError(f"grid run {name} has no {VAL_OUTPUTS_ARTIFACT}; rerun the counterfactual")
+    logged = run.data.tags.get(VAL_OUTPUTS_DIGEST_TAG)
+    if not logged:
+        raise ConfigError(f"grid run {name} carries no digest of its {VAL_OUTPUTS_ARTIFACT} (it was trained by an "
+                          "older version), so its outputs cannot be checked; rerun the counterfactual with this "
+                          "version, which retrains its grid")
+    if file_digest(path) != logged:
+        raise ConfigError(f"grid run {name}: its {VAL_OUTPUTS_ARTIFACT} does not match the digest logged with it "
+                          f"({logged}), so the file was replaced after training; restore the original or retrain the "
+                          "point (delete the run and rerun the counterfactual)")
+    with np.load(path) as npz:
+        correct, labels = npz["correct"], npz["labels"]
+    accuracy = float(np.asarray(correct, dtype=float).mean())
+    metric = run.data.metrics.get("target_val_acc")
+    if metric is None or abs(metric_value(accuracy) - metric) > 1e-6:
+        raise ConfigError(f"grid run {name}: its {VAL_OUTPUTS_ARTIFACT} gives validation accuracy {accuracy:.6f} but "
+                          f"the run logged target_val_acc {metric}, so outputs and metric disagree; retrain the point "
+                          "(delete the run and rerun the counterfactual)")
+    return correct, labels
+
+
 def selection_half_accuracy(run, record: dict, client: MlflowClient | None = None) -> float:
     """A point's accuracy on the plan's selection half of the validation split (the half no ranking saw).
 
-    The halves are recomputed from the run's validation labels and ``data.split_seed`` and checked
-    against the digest the plan recorded; a mismatch is refused, never silently rescored.
+    The outputs are checked first (:func:`checked_val_outputs`). The halves are recomputed from the
+    run's validation labels and ``data.split_seed`` and checked against the digest the plan recorded;
+    a mismatch is refused, never silently rescored.
     """
-    path = artifact_path(run, VAL_OUTPUTS_ARTIFACT, client)
-    if not path.is_file():
-        raise ConfigError(f"grid run {run.info.run_id} has no {VAL_OUTPUTS_ARTIFACT}; rerun the counterfactual")
-    with np.load(path) as npz:
-        correct, labels = npz["correct"], npz["labels"]
+    correct, labels = checked_val_outputs(run, client)
     ranking = validation_halves(labels, int(run.data.params["data.split_seed"]))
     if half_digest(record["validation_digest"], "selection", ~ranking) != record["selection_half_digest"]:
         raise ConfigError(f"grid run {run.info.run_id} was scored on another validation split or halves than its "
@@ -104,36 +143,23 @@ def grid_table(client: MlflowClient, experiment_id: str, record: dict) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def record_shown(client: MlflowClient, run) -> None:
-    """Stamp the first time a plan's results are shown: from then on it counts as a look at its half."""
-    if FIRST_SHOWN_TAG not in run.data.tags:
-        set_tags(client, run.info.run_id, {FIRST_SHOWN_TAG: str(now_ms())})
-
-
-def looks_at(client: MlflowClient, selection_half_digest: str) -> list:
-    """Every plan shown on a selection half, in any experiment of the store (deleted ones too), in look order."""
-    experiments = all_experiment_ids(client, ViewType.ALL)
-    runs = search_all(client, experiments, run_filter(COUNTERFACTUAL, selection_half_digest=selection_half_digest),
-                      view_type=ViewType.ALL)
-    shown = [r for r in runs if FIRST_SHOWN_TAG in r.data.tags and not is_superseded(r)]
-    return sorted(shown, key=lambda r: (int(r.data.tags[FIRST_SHOWN_TAG]), r.info.run_id))
-
-
-def look_of(client: MlflowClient, run, record: dict) -> tuple[int, list[str]]:
+def look_of(client: MlflowClient, ledger: LookLedger, run, record: dict) -> tuple[int, list[str]]:
     """``(look, earlier)``: which look at its selection half run ``run`` is (1 = the first), and the
-    counterfactual runs that looked before it. The run must have been shown (:func:`record_shown`)."""
-    order = [r.info.run_id for r in looks_at(client, record["selection_half_digest"])]
-    if run.info.run_id not in order:
+    counterfactual runs that looked before it, from the look ledger merged with the store. The run
+    must have been shown (:func:`~transfer_core.counterfactual.looks.record_look`)."""
+    looks = looks_at(client, ledger, record["look_key"], record.get("selection_half_digest"))
+    look, earlier = look_number(looks, run.info.run_id)
+    if look == 0:
         raise ConfigError(f"counterfactual run {run.info.run_id} has not reported yet; run the same "
                           "`transfer-core counterfactual` command to finish it")
-    position = order.index(run.info.run_id)
-    return position + 1, order[:position]
+    return look, earlier
 
 
-def recompute_selection(client: MlflowClient, run,
-                        rule: EvidenceRule = EvidenceRule()) -> tuple[Selection, pd.DataFrame]:
-    """The champion decision of counterfactual run ``run`` under the current rule, from the store alone."""
+def recompute_selection(client: MlflowClient, run, rule: EvidenceRule = EvidenceRule(), *,
+                        ledger: LookLedger) -> tuple[Selection, pd.DataFrame]:
+    """The champion decision of counterfactual run ``run`` under the current rule, from its runs and the
+    look ledger (merged with the store)."""
     record = read_plan(run)
     table = grid_table(client, run.info.experiment_id, record)
-    look, earlier = look_of(client, run, record)
+    look, earlier = look_of(client, ledger, run, record)
     return select(table, rule, look, earlier), table

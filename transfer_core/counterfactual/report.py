@@ -1,8 +1,9 @@
 """The report of a counterfactual plan on its run: tables, the accuracy-vs-k plot, the paired contrasts, the selection.
 
 Reporting shows the plan's results on the selection half, so it is a *look* at that half: the
-first report stamps the run (:func:`~transfer_core.counterfactual.gate.record_shown`) and the
-selection uses the level that look may spend (see :mod:`~transfer_core.counterfactual.summary`).
+first report records it in the look ledger and on the run
+(:func:`~transfer_core.counterfactual.looks.record_look`), and the selection uses the level that
+look may spend (see :mod:`~transfer_core.counterfactual.summary`).
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from transfer_core.counterfactual.gate import look_of, read_plan, record_shown
+from transfer_core.counterfactual.gate import read_plan
+from transfer_core.counterfactual.looks import LookLedger, record_look
 from transfer_core.counterfactual.settings import FULL, ORDERS
 from transfer_core.counterfactual.summary import EvidenceRule, Selection, contrasts, select, summarize
-from transfer_core.track import describe_step, log_metrics
+from transfer_core.track import describe_step, log_metrics, set_tags
 
 TABLE_ARTIFACT = "counterfactual_runs.csv"
 SUMMARY_ARTIFACT = "counterfactual_summary.csv"
@@ -25,7 +27,7 @@ CONTRASTS_ARTIFACT = "counterfactual_contrasts.csv"
 
 
 def plot_accuracy(summary: pd.DataFrame, path) -> None:
-    """Target test accuracy against k for each order, with 95% CI bands; k = 0 is shared."""
+    """Target test accuracy against k for each order, with two-sided 95% CI bands; k = 0 is shared."""
     full = summary[summary.order == FULL]
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
@@ -41,7 +43,7 @@ def plot_accuracy(summary: pd.DataFrame, path) -> None:
     ax.axhline(float(full.test_mean.iloc[0]), color="black", lw=0.8, ls="--", label="full source")
     ax.set_xlabel("k = number of source classes removed")
     ax.set_ylabel("target test accuracy")
-    ax.set_title(f"Counterfactual retraining (mean, 95% CI over {int(full.n_seeds.iloc[0])} seeds)")
+    ax.set_title(f"Counterfactual retraining (mean, two-sided 95% CI over {int(full.n_seeds.iloc[0])} seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -66,16 +68,20 @@ def report_note(table: pd.DataFrame, selection: Selection) -> str:
 
 def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = True,
                rule: EvidenceRule = EvidenceRule(), ranking_split_half: float = float("nan"),
-               name: str | None = None, invocation_run_id: str | None = None) -> Selection:
+               name: str | None = None, invocation_run_id: str | None = None, *,
+               ledger: LookLedger | str) -> Selection:
     """Write the tables, plot, contrasts, selection and description to the plan's run; end it FINISHED if ``finish``.
 
     The run must carry its plan record (as :func:`~transfer_core.counterfactual.step.run_counterfactual`
-    writes it). ``name`` renames the run; an ``invocation_run_id`` (the ``mlflow run`` run, when
-    it is another run) gets the same name and a pointer to it (:func:`describe_step`).
+    writes it). Its first report is a look at its selection half, recorded in ``ledger`` (a
+    :class:`LookLedger` or its file's path: ``Context.ledger``). ``name`` renames the run; an
+    ``invocation_run_id`` (the ``mlflow run`` run, when it is another run) gets the same name and a
+    pointer to it (:func:`describe_step`).
     """
     run = client.get_run(parent_run_id)
-    record_shown(client, run)
-    look, earlier = look_of(client, client.get_run(parent_run_id), read_plan(run))
+    record = read_plan(run)
+    ledger = ledger if isinstance(ledger, LookLedger) else LookLedger(ledger)
+    look, earlier = record_look(client, ledger, run, record["look_key"], record["selection_half_digest"])
     summary = summarize(table)
     selection = select(table, rule, look, earlier)
     selection.ranking_split_half = ranking_split_half
@@ -95,7 +101,9 @@ def log_report(client, parent_run_id: str, table: pd.DataFrame, finish: bool = T
               "select_diff_ci_high": selection.select_diff_ci_high, "pruned_is_champion": float(selection.is_champion),
               "look": selection.look}
     log_metrics(client, parent_run_id, values)
-    client.set_tag(parent_run_id, "selection", selection.describe()[:4900])
+    # a batch, not set_tag: two commands that share a plan report on one run, and MLflow's sqlite store retries
+    # a batch whose tag another process inserted at the same moment (set_tag fails on that collision)
+    set_tags(client, parent_run_id, {"selection": selection.describe()[:4900]})
     describe_step(client, parent_run_id, report_note(table, selection), name, invocation_run_id)
     if finish:
         client.set_terminated(parent_run_id, status="FINISHED")

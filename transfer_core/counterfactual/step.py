@@ -24,10 +24,12 @@ from transfer_core.config import ConfigError, Provenance, RunConfig, resolve_con
 from transfer_core.counterfactual.gate import PLAN_TAG, finished_points, grid_table
 from transfer_core.counterfactual.grid import (grid_id, plan_id, plan_key, plan_record,
                                                ranking_order, removal_set)
+from transfer_core.counterfactual.looks import LOOK_KEY_TAG, LookLedger
 from transfer_core.counterfactual.report import log_report
 from transfer_core.counterfactual.settings import CounterfactualPlan, EvidenceRule
 from transfer_core.counterfactual.summary import Selection
-from transfer_core.data import DataDirs, data_digest, load_source, load_transfer_data, validation_digests
+from transfer_core.data import (DataDirs, data_digest, load_source, load_transfer_data, selection_half_key,
+                                validation_digests)
 from transfer_core.execute import Context, Job, Task, resolve_pack, run_tasks
 from transfer_core.track import DEFAULT_EXPERIMENT, get_experiment_id, latest_run, run_config, set_tags
 from transfer_core.track.claims import settle_parent
@@ -76,7 +78,8 @@ def point_name(order: str, k: int, seed: int, grid: str) -> str:
 
 def check_validation(config: RunConfig, expected: dict[str, str] | None, analysis_run_id: str | None,
                      dirs: DataDirs = DataDirs()) -> dict[str, str]:
-    """The digests of ``config``'s validation split and halves; refused when they differ from ``expected``.
+    """The digests of ``config``'s validation split and halves, and the selection half's key
+    (``look_key``: its images, whatever the resolution); refused when the digests differ from ``expected``.
 
     ``expected`` are the digests the analysis recorded (tags). A config that carves another
     validation split (another ``data.split_seed``, ``val_fraction`` or ``target_train_images``,
@@ -84,6 +87,7 @@ def check_validation(config: RunConfig, expected: dict[str, str] | None, analysi
     """
     val = load_transfer_data(config.data, dirs).target_val
     found = validation_digests(val, config.data.split_seed)
+    found[LOOK_KEY_TAG] = selection_half_key(config.data, dirs)  # what a look at the selection half sees
     if expected is None:
         return found
     missing = [k for k in VALIDATION_KEYS if not expected.get(k)]
@@ -201,6 +205,7 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, c
     on top (:func:`transfer_core.config.resolve_config`). The run records where its config came
     from, the tune run included (the sweep's, when the config is the sweep's).
     """
+    ledger = LookLedger(ctx.ledger)  # refused before anything trains when the context has none
     client = ctx.client
     experiment_id = get_experiment_id(client, experiment)
     analysis, ranking = ranking_run(client, experiment_id, analysis_run_id, plan.ranking)
@@ -224,7 +229,7 @@ def counterfactual_from_analysis(experiment: str, plan: CounterfactualPlan, *, c
     set_tags(client, runs.parent_run_id, {"ranking_split": "validation-ranking-half",
                                           "ranking_split_half": f"{split_half:.4f}", "ranking_source": plan.ranking})
     selection = log_report(client, runs.parent_run_id, runs.table, rule=rule, ranking_split_half=split_half,
-                           name=run_name(runs.counterfactual_id), invocation_run_id=invocation_run_id)
+                           name=run_name(runs.counterfactual_id), invocation_run_id=invocation_run_id, ledger=ledger)
     warnings = stability_warning(split_half, rule.stability_threshold, analysis.info.run_id)
     return CounterfactualOutcome(runs, selection, analysis.info.run_id, sweep_id, warnings)
 

@@ -1,7 +1,9 @@
 """Summaries of a counterfactual grid, as pure computation: intervals over seeds, and the champion.
 
 Confidence intervals are two-sided Student-t intervals over seeds. Differences from the full
-source are paired by seed (seed ``s`` trains every point with one training seed).
+source are paired by seed (seed ``s`` trains every point with one training seed). Where only
+one end of an interval decides (the gate: its lower end), the test is one-sided at half the
+interval's two-sided error, and the text says so.
 
 Who decides what, so that nothing is scored on the examples it was chosen on:
 - the *ranking half* of the validation split ranked the classes (in the analysis);
@@ -12,15 +14,17 @@ Who decides what, so that nothing is scored on the examples it was chosen on:
 - the test split only scores the choice (``test_diff``), and chooses nothing.
 
 **Every look counts** (champion rule version :data:`RULE_VERSION`). Every plan whose results were
-shown on a selection half is a look at it, numbered in the order they were first shown. Look
+shown on a selection half is a look at it, numbered in the order they were first shown, in the
+look ledger (:mod:`~transfer_core.counterfactual.looks`), which no store operation resets. Look
 ``j`` may spend ``alpha / 2**j`` of the family-wise error ``alpha = 1 - confidence`` (half, then
 a quarter, ...), split evenly over its candidates (Bonferroni), so however many plans look at
 one half (more seeds, other ks, another analysis of the same data), the chance that any of them
-makes a false champion stays below ``alpha``.
+makes a false champion stays below ``alpha``. ``alpha`` is the two-sided error of the intervals;
+only their lower end decides, so the one-sided chance of a false champion is at most ``alpha / 2``.
 
 The claims a report makes about the controls (:func:`contrasts`) are paired tests too: top -
-random, bottom - random, bottom - top and each order minus the full source, per k, each family
-Bonferroni-corrected over its ks.
+random, bottom - random, bottom - top and each order minus the full source, per k, all of them
+one family: Bonferroni over every (contrast, k) the grid tests.
 """
 from __future__ import annotations
 
@@ -33,7 +37,8 @@ import pandas as pd
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual.settings import FULL, EvidenceRule
 
-RULE_VERSION = 2  # 2: looks on a selection half are counted and share the error rate; seeds fixed per plan
+RULE_VERSION = 3  # 2: looks on a selection half share the error rate, seeds fixed per plan; 3: looks counted in the
+# look ledger, keyed by the selection half's images (not the store, not the resolution); outputs checked
 CANDIDATE_ORDERS = ("bottom",)  # pruning candidates: removing detrimental classes; top and random are controls
 SELECT_METRIC = "select_acc"  # accuracy on the selection half of the validation split
 
@@ -133,7 +138,8 @@ class Selection:
 
     def describe(self) -> str:
         test = (f"test {self.test_acc:.4f} vs full {self.full_test_acc:.4f}, difference {self.test_diff:+.4f} "
-                f"(95% CI [{self.diff_ci_low:+.4f}, {self.diff_ci_high:+.4f}], {self.n_seeds} seeds, reported only)")
+                f"(two-sided 95% CI [{self.diff_ci_low:+.4f}, {self.diff_ci_high:+.4f}], {self.n_seeds} seeds, "
+                "reported only)")
         if self.k == 0:
             return f"{self.reason}; full source: val {self.full_val_acc:.4f}, test {self.full_test_acc:.4f}"
         return f"{self.reason}; candidate: remove the {self.k} {self.order} classes; {test}"
@@ -166,7 +172,8 @@ def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule(), look: int =
                   full_run_id=str(full_runs.loc[full_runs[SELECT_METRIC].idxmax(), "run_id"]),
                   rule_version=RULE_VERSION, look=look, look_alpha=alpha, earlier_looks=list(earlier_looks))
     spent = (f"look {look} at this selection half, which may spend {alpha:.2%} of the {1 - rule.confidence:.0%} "
-             f"error rate, Bonferroni over {len(candidates)} candidate{'s' if len(candidates) != 1 else ''}")
+             f"two-sided error rate, Bonferroni over {len(candidates)} candidate{'s' if len(candidates) != 1 else ''}; "
+             f"only the lower end decides, so this look's one-sided error is at most {alpha / 2:.2%}")
     if candidates.empty:
         return Selection(FULL, 0, [], n_seeds, float(full.val_mean), float(full.test_mean), test_diff=0.0,
                          diff_ci_low=np.nan, diff_ci_high=np.nan, is_champion=False,
@@ -183,12 +190,13 @@ def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule(), look: int =
                                    f"{rule.min_seeds}), so the full source is champion")
     elif low > 0:
         evidence, reason = True, (f"the pruned source is champion: removing the {best.k} most detrimental classes "
-                                  f"raised selection-half validation accuracy by {mean:+.4f} ({level:.2%} CI "
+                                  f"raised selection-half validation accuracy by {mean:+.4f} (two-sided {level:.2%} CI "
                                   f"[{low:+.4f}, {high:+.4f}] over {len(gain)} seeds; {spent})")
     else:
         evidence, reason = False, (f"the best pruned source (remove the {best.k} most detrimental classes) did not "
                                    f"beat the full source on the held-out validation half: gain {mean:+.4f}, "
-                                   f"{level:.2%} CI [{low:+.4f}, {high:+.4f}] over {len(gain)} seeds includes zero "
+                                   f"two-sided {level:.2%} CI [{low:+.4f}, {high:+.4f}] over {len(gain)} seeds "
+                                   "includes zero "
                                    f"({spent}), so the full source is champion")
     removed = runs.iloc[0]["removed"]
     return Selection(
@@ -224,24 +232,26 @@ def paired_contrast(table: pd.DataFrame, first: str, second: str, k: int, metric
 def contrasts(table: pd.DataFrame, metric: str = "target_test_acc", confidence: float = 0.95) -> pd.DataFrame:
     """Paired tests of the controls, one row per (contrast, k > 0) whose orders the grid has.
 
-    Columns: ``contrast``, ``k``, ``n_seeds``, ``mean``, ``ci_low``, ``ci_high``, ``level`` and
-    ``sign`` (+1 / -1 when the interval lies above / below zero, else 0). Each contrast is a family
-    over its ks, Bonferroni-corrected: ``level = 1 - (1 - confidence) / n_ks``. Differences are
+    Columns: ``contrast``, ``k``, ``n_seeds``, ``mean``, ``ci_low``, ``ci_high``, ``level``,
+    ``family`` and ``sign`` (+1 / -1 when the interval lies above / below zero, else 0). Every row
+    is one test of one family, Bonferroni-corrected over all of them: ``family`` = the number of
+    rows, ``level = 1 - (1 - confidence) / family``, two-sided (a claim of one direction holds when
+    its interval lies on that side of zero: a one-sided test at ``(1 - level) / 2``). Differences are
     paired by seed, so an interval away from zero needs a consistent difference, not just different means.
     """
     orders = set(table.order)
     ks = sorted(int(k) for k in set(table.k) if k > 0)
+    tests = [(name, first, second, k) for name, first, second, _ in CONTRASTS
+             if first in orders and second in orders for k in ks
+             if (table[(table.order == first) & (table.k == k)].size or first == FULL)
+             and (table[(table.order == second) & (table.k == k)].size or second == FULL)]
+    level = 1 - (1 - confidence) / max(1, len(tests))
     rows = []
-    for name, first, second, _ in CONTRASTS:
-        if first not in orders or second not in orders:
-            continue
-        family = [k for k in ks if (table[(table.order == first) & (table.k == k)].size or first == FULL)
-                  and (table[(table.order == second) & (table.k == k)].size or second == FULL)]
-        level = 1 - (1 - confidence) / max(1, len(family))
-        for k in family:
-            diff = paired_contrast(table, first, second, k, metric)
-            mean, low, high = t_interval(diff, level)
-            sign = 1 if low > 0 else -1 if high < 0 else 0
-            rows.append({"contrast": name, "k": k, "n_seeds": len(diff), "mean": mean, "ci_low": low,
-                         "ci_high": high, "level": level, "sign": sign})
-    return pd.DataFrame(rows, columns=["contrast", "k", "n_seeds", "mean", "ci_low", "ci_high", "level", "sign"])
+    for name, first, second, k in tests:
+        diff = paired_contrast(table, first, second, k, metric)
+        mean, low, high = t_interval(diff, level)
+        sign = 1 if low > 0 else -1 if high < 0 else 0
+        rows.append({"contrast": name, "k": k, "n_seeds": len(diff), "mean": mean, "ci_low": low,
+                     "ci_high": high, "level": level, "family": len(tests), "sign": sign})
+    return pd.DataFrame(rows, columns=["contrast", "k", "n_seeds", "mean", "ci_low", "ci_high", "level", "family",
+                                       "sign"])

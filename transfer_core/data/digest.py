@@ -8,7 +8,10 @@ source (one pass over the images), so the digest of any mask costs microseconds:
 
 The validation split and its two halves (:func:`~transfer_core.data.loading.validation_halves`)
 have digests too (:func:`validation_digests`): a step that chooses on one half checks that its
-half is the one another step recorded, instead of recomputing it silently.
+half is the one another step recorded, instead of recomputing it silently. Those digests are of the
+pixels at the run's resolution; what was *looked at* is named by :func:`selection_half_key`, the
+identity of the selection half's images whatever the resolution or the tracking store (the key of
+the look ledger, :mod:`transfer_core.counterfactual.looks`).
 """
 from __future__ import annotations
 
@@ -20,9 +23,11 @@ import torch
 
 from transfer_core.config import DataConfig
 from transfer_core.data.images import DataDirs, ImageSet
-from transfer_core.data.loading import TransferData, load_transfer_data, validation_halves
+from transfer_core.data.loading import TransferData, load_transfer_data, validation_halves, validation_images
 
 DIGEST_CHARS = 12  # hex characters kept: 48 bits, like the tool's other ids (MLflow allows up to 36)
+KEY_RESOLUTION = 32  # px: the selection half's images are named by their pixels at this size, whatever a run reads
+KEY_VERSION = "selection-half-v1"
 
 
 def _update(h, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -78,6 +83,33 @@ def validation_digests(val: ImageSet, split_seed: int) -> dict[str, str]:
     ranking = validation_halves(val.labels.numpy(), split_seed)
     return {"validation_digest": whole, "ranking_half_digest": half_digest(whole, "ranking", ranking),
             "selection_half_digest": half_digest(whole, "selection", ~ranking)}
+
+
+def selection_half_key(config: DataConfig, dirs: DataDirs) -> str:
+    """``half-<16 hex>``: which images the selection half of ``config``'s validation split holds.
+
+    A sha256 of the target's class names and, for every selection-half example in order, its row in
+    the split it comes from (the index), its label and its pixels at :data:`KEY_RESOLUTION` px (the
+    content). The resolution a run reads (``data.resolution``) and the tracking store do not enter it,
+    so a sweep at another resolution, or the same job in a new store, has the same key; another
+    ``data.split_seed``, ``val_fraction``, ``target_train_images`` or other images give another.
+    """
+    images, rows = validation_images(config, KEY_RESOLUTION, dirs)
+    members = ~validation_halves(images.labels.numpy(), config.split_seed)
+    h = hashlib.sha256(f"{KEY_VERSION}|".encode() + "\0".join(images.class_names).encode() + b"\0")
+    h.update(rows[members].astype("<i8").tobytes())
+    index = torch.from_numpy(np.flatnonzero(members))
+    _update(h, images.images[index], images.labels[index])
+    return "half-" + h.hexdigest()[:16]
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes (16 hex): logged beside an artifact, so a file replaced later is noticed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def transfer_digest(data: TransferData) -> str:

@@ -272,16 +272,34 @@ def load_transfer_data(config: DataConfig, dirs: DataDirs = DataDirs()) -> Trans
     test = load_split(config.target, "test", side, dirs)
     if DataSpec.parse(config.target, "data.target").has_own_validation:
         return TransferData(source, train, load_split(config.target, "val", side, dirs), test)
+    train_rows, val_rows = carve_validation(config, len(train))
+    return TransferData(source, train.select(train_rows), train.select(val_rows), test)
+
+
+def carve_validation(config: DataConfig, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_rows, val_rows)``: which of the target's ``n_train`` train images train the probe and which
+    validate, each sorted. A pure function of ``data.split_seed``, ``target_train_images`` and
+    ``val_fraction`` (never of the resolution), for targets that ship no validation split."""
     gen = torch.Generator().manual_seed(config.split_seed + 1)
-    order = torch.randperm(len(train), generator=gen)
+    order = torch.randperm(n_train, generator=gen)
     if config.target_train_images:
         order = order[:config.target_train_images]
     n_val = max(1, int(round(config.val_fraction * len(order))))
     if len(order) - n_val < 1:
         raise DataError(f"target {config.target} has too few train images ({len(order)}) "
                         "for a train/validation split; lower data.val_fraction")
-    return TransferData(source, train.select(order[n_val:].sort().values),
-                        train.select(order[:n_val].sort().values), test)
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def validation_images(config: DataConfig, resolution: int, dirs: DataDirs) -> tuple[ImageSet, np.ndarray]:
+    """The target's validation split at ``resolution`` px and its rows ``(n_val,)`` int64 in the split it comes
+    from (the target's own validation split, or its train split when carved from it)."""
+    if DataSpec.parse(config.target, "data.target").has_own_validation:
+        val = load_split(config.target, "val", resolution, dirs)
+        return val, np.arange(len(val), dtype=np.int64)
+    train = load_split(config.target, "train", resolution, dirs)
+    _, rows = carve_validation(config, len(train))
+    return train.select(rows), rows.numpy().astype(np.int64)
 
 
 def prepare_source(config: DataConfig, dirs: DataDirs, workers: int | None = None, progress: bool = True) -> list:

@@ -3,9 +3,13 @@
 The champion is the fine-tuned target model of the pruned source that a counterfactual
 plan chose on the validation selection half, when the evidence rule holds; otherwise the
 full-source model is registered as champion, and the version says so. The decision is
-recomputed here from the plan's logged runs and its look at the selection half
-(:func:`transfer_core.counterfactual.recompute_selection`), never read from ``selection.json``;
-the rule's version is recorded on the model version (tag ``gate_rule``).
+recomputed here from the plan's logged runs and its look at the selection half, counted in the
+look ledger (:func:`transfer_core.counterfactual.recompute_selection`), never read from
+``selection.json``; the rule's version is recorded on the model version (tag ``gate_rule``).
+What can be checked is, before anything is recorded: the plan record against its id, each
+point's validation outputs against their digest and metric, the selection half's images
+against the plan's key, and the look against the one the run reported (a ledger that now counts
+fewer looks than the run saw has lost some, and is refused).
 
 The model is logged in MLflow's ``pickle`` format, not the default ``pt2``: ``pt2``
 (torch.export) loads back as a GraphModule with the traced input shape baked in, while
@@ -36,8 +40,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 from transfer_core.config import ConfigError
 from transfer_core.counterfactual import (RULE_VERSION, SELECTION_ARTIFACT, EvidenceRule, Selection, read_plan,
                                           recompute_selection)
+from transfer_core.counterfactual.looks import LEDGER_ARTIFACT, LookLedger
 from transfer_core.counterfactual.step import stability_warning
-from transfer_core.data import load_split
+from transfer_core.data import load_split, selection_half_key
 from transfer_core.execute import Context
 from transfer_core.track import (CHECKPOINT_ARTIFACT, KIND_TAG, artifact_path, describe_run, existing_experiment,
                                  get_run_of_kind, latest_run, load_checkpoint, log_metrics, quote, run_config,
@@ -81,14 +86,41 @@ def read_selection(client: MlflowClient, counterfactual_run_id: str):
     return run, Selection.from_json(path.read_text())
 
 
+def _decision(selection: Selection) -> tuple:
+    chosen = selection.model_run_id if selection.is_champion else selection.full_run_id
+    return selection.is_champion, selection.k, chosen, selection.look
+
+
 def _disagreement(stored: Selection, recomputed: Selection) -> str:
-    """A sentence when the stored selection differs from the recomputed one (which is what counts)."""
-    if (stored.is_champion, stored.k, stored.model_run_id if stored.is_champion else stored.full_run_id) == (
-            recomputed.is_champion, recomputed.k,
-            recomputed.model_run_id if recomputed.is_champion else recomputed.full_run_id):
+    """A sentence when the stored selection differs from the recomputed one (which is what counts):
+    another decision, or another look at the selection half."""
+    if _decision(stored) == _decision(recomputed):
         return ""
     return (f" (its stored {SELECTION_ARTIFACT} said {'pruned' if stored.is_champion else 'full'} source, k="
-            f"{stored.k}; the decision recomputed from its runs is what counts)")
+            f"{stored.k}, look {stored.look}; the decision recomputed from its runs and the look ledger, look "
+            f"{recomputed.look}, is what counts)")
+
+
+def _check_look(run_id: str, stored: Selection, recomputed: Selection, ledger: LookLedger) -> None:
+    """Refuse when the ledger, merged with the store, counts fewer looks before this run than it saw when it
+    reported: looks were removed, so the level it may spend cannot be known."""
+    if recomputed.look >= stored.look:
+        return
+    raise ConfigError(f"counterfactual run {run_id} reported look {stored.look} at its selection half, but the look "
+                      f"ledger {ledger.path}, merged with this store's runs, now counts it as look {recomputed.look}: "
+                      f"earlier looks were removed (the ledger deleted or replaced, and their runs garbage-collected "
+                      f"or their {LEDGER_ARTIFACT} copies deleted), so the level it may spend is unknown; restore the "
+                      "ledger (or point TRANSFER_CORE_LEDGER at the file that holds those looks) and register again, "
+                      "or decide on a fresh selection half (another data.split_seed, a new sweep)")
+
+
+def _check_key(run_id: str, record: dict, cf_run, dirs) -> None:
+    """Refuse when the plan's data no longer gives the selection half its record names."""
+    found = selection_half_key(run_config(cf_run).data, dirs)
+    if found != record["look_key"]:
+        raise ConfigError(f"counterfactual run {run_id} records selection half {record['look_key']} but its data "
+                          f"settings give {found} here (other images, or another --data-root), so its look cannot be "
+                          "counted; register it with the data root it was trained on")
 
 
 def _version_tags(selection: Selection, model_run, counterfactual_run, pruned: bool) -> dict[str, str]:
@@ -138,9 +170,10 @@ def register_champion(counterfactual_run_id: str, *, ctx: Context, name: str | N
     registered from this counterfactual run with the same recomputed decision is reused.
     ``run_id`` is the run to log the model in (e.g. ``mlflow run``'s); default a new run.
     """
+    ledger = LookLedger(ctx.ledger)
     client = ctx.client
     cf_run, stored = read_selection(client, counterfactual_run_id)
-    record = read_plan(cf_run)  # a run from before plans were records is refused, naming the command that redoes it
+    record = read_plan(cf_run)  # stale or edited records are refused, naming the command that redoes the plan
     if int(record["n_seeds"]) < rule.min_seeds:
         analysis = record.get("analysis_run_id") or "ANALYSIS_RUN_ID"
         raise ConfigError(f"counterfactual run {counterfactual_run_id} has {record['n_seeds']} seed(s) per point, too "
@@ -148,7 +181,9 @@ def register_champion(counterfactual_run_id: str, *, ctx: Context, name: str | N
                           f"plan); run a new plan with `transfer-core counterfactual --analysis {analysis} --ks "
                           f"{','.join(map(str, record['ks']))} --seeds {rule.min_seeds}` (it reuses the points "
                           "trained, and counts as another look at the selection half), then register that run")
-    selection, _ = recompute_selection(client, cf_run, rule)
+    _check_key(counterfactual_run_id, record, cf_run, ctx.dirs)
+    selection, _ = recompute_selection(client, cf_run, rule, ledger=ledger)
+    _check_look(counterfactual_run_id, stored, selection, ledger)
     selection.ranking_split_half = stored.ranking_split_half
     experiment = client.get_experiment(cf_run.info.experiment_id).name
     name = name or model_name(experiment)
@@ -211,9 +246,10 @@ def _register_run_of(client: MlflowClient, experiment_id: str, name: str, versio
     return found.info.run_id if found is not None else ""
 
 
-RULE_SUMMARY = ("the pruned source only when its paired selection-half gain over the full source has a t-interval "
-                "above zero over >= 3 seeds fixed in its plan, at the level its look at that half may spend "
-                "(5% / 2^look, Bonferroni over its candidates); else the full source")
+RULE_SUMMARY = ("the pruned source only when its paired selection-half gain over the full source has a two-sided "
+                "t-interval above zero over >= 3 seeds fixed in its plan, at the level its look at that half may spend "
+                "(5% / 2^look two-sided, Bonferroni over its candidates; looks counted in the look ledger, by the "
+                "half's images); else the full source")
 
 
 PICKLE_NOTE = ("the model is saved with pickle, not MLflow's pt2 (torch.export): pickle loads back the very module, "

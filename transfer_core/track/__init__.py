@@ -17,7 +17,7 @@ from transfer_core import lazy_exports
 
 _MODULES = {
     "transfer_core.track.run_record": ["CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT", "MASK_ARTIFACT", "OUTPUTS_ARTIFACT",
-                                       "VAL_OUTPUTS_ARTIFACT", "load_checkpoint", "log_subset_result",
+                                       "VAL_OUTPUTS_ARTIFACT", "VAL_OUTPUTS_DIGEST_TAG", "load_checkpoint", "log_subset_result",
                                        "save_checkpoint"],
     "transfer_core.track.runs": ["KIND_TAG", "artifact_path", "describe_run", "describe_step", "get_run_of_kind",
                                  "latest_run", "log_metrics", "log_new_params", "mark_failed", "metric_value", "now_ms",

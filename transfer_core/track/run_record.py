@@ -11,7 +11,8 @@ Run layout (what the analysis reads back):
   metrics    ``source_acc``, ``target_val_acc``, ``target_test_acc``, ``*_s`` phase times
   artifacts  ``class_mask.npy`` (n_source_classes,) bool, ``source_classes.json``,
              ``target_outputs.npz`` (margin, prob, correct, pred, labels; test-set order),
-             ``target_val_outputs.npz`` (the same for the validation split, in its order),
+             ``target_val_outputs.npz`` (the same for the validation split, in its order; its sha256
+             is the tag ``val_outputs_digest``, so a file replaced later is refused, not rescored),
              ``model.pt`` (optional checkpoint of the transferred model)
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from transfer_core.config import RunConfig
+from transfer_core.data import file_digest
 from transfer_core.track.datasets import log_dataset_inputs
 from transfer_core.track.runs import NOTE_TAG, metric_value, now_ms
 from transfer_core.train import Normalized, build_model, save_outputs
@@ -35,6 +37,7 @@ CLASSES_ARTIFACT = "source_classes.json"
 OUTPUTS_ARTIFACT = "target_outputs.npz"  # the target test split
 VAL_OUTPUTS_ARTIFACT = "target_val_outputs.npz"  # the target validation split
 CHECKPOINT_ARTIFACT = "model.pt"
+VAL_OUTPUTS_DIGEST_TAG = "val_outputs_digest"  # file_digest of VAL_OUTPUTS_ARTIFACT as logged
 
 
 def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, result, index: int, seed: int,
@@ -59,10 +62,6 @@ def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, resu
             f"(`{CLASSES_ARTIFACT}`, `{MASK_ARTIFACT}`; the `pretrain` dataset), transferred to "
             f"`{config.data.target}` ({config.transfer.mode}). Per-example outputs: `{OUTPUTS_ARTIFACT}` (test), "
             f"`{VAL_OUTPUTS_ARTIFACT}` (validation).")
-    client.log_batch(run_id, metrics=[Metric(k, metric_value(v), now, 0) for k, v in metrics.items()],
-                     params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag(NOTE_TAG, note)])
-    if inputs:
-        log_dataset_inputs(client, run_id, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         np.save(tmp / MASK_ARTIFACT, result.class_mask.astype(bool))
@@ -71,6 +70,12 @@ def log_subset_result(client: MlflowClient, run_id: str, config: RunConfig, resu
         save_outputs(tmp / VAL_OUTPUTS_ARTIFACT, result.val_outputs, data.target_val.labels)
         if log_checkpoint:
             save_checkpoint(tmp / CHECKPOINT_ARTIFACT, result.model, config)
+        tags = {NOTE_TAG: note, VAL_OUTPUTS_DIGEST_TAG: file_digest(tmp / VAL_OUTPUTS_ARTIFACT)}
+        client.log_batch(run_id, metrics=[Metric(k, metric_value(v), now, 0) for k, v in metrics.items()],
+                         params=[Param(k, str(v)) for k, v in params.items()],
+                         tags=[RunTag(k, v) for k, v in tags.items()])
+        if inputs:
+            log_dataset_inputs(client, run_id, inputs)
         client.log_artifacts(run_id, str(tmp))
 
 

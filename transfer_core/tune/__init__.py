@@ -1,4 +1,4 @@
-"""Tuning: Optuna searches the transfer recipe on the target validation split, tracked in MLflow.
+"""Tuning: Optuna searches the transfer recipe on the target validation split's ranking half, tracked in MLflow.
 
     result = tune(build_config("quick"), TuneSettings(n_trials=20), "demo", ctx=ctx)
     recipe = tuned_recipe(ctx.client, experiment_id)   # TunedRecipe(run_id, overrides) of the latest study

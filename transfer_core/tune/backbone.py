@@ -1,7 +1,11 @@
 """The source backbone a tuning study pretrains once, and the per-trial transfer on it.
 
 Every trial of a study fits only the transfer step on the same backbone, with the same
-seed, so trials differ only in their hyperparameters (common random numbers).
+seed, so trials differ only in their hyperparameters (common random numbers). Trials are
+scored on the validation split's **ranking half** only
+(:func:`~transfer_core.data.validation_halves`): the selection half, on which a pruned source
+must later show its gain, is read by the champion gate alone, so the recipe chosen here has
+never seen it.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from transfer_core.config import RunConfig
-from transfer_core.data import run_seed
+from transfer_core.data import run_seed, validation_halves
 from transfer_core.execute import SubsetRunner
 from transfer_core.track import artifact_path, load_checkpoint, log_metrics, run_filter, save_checkpoint
 from transfer_core.track.runs import TUNE
@@ -79,19 +83,27 @@ def reuse_backbone(client: MlflowClient, experiment_id: str, runner: SubsetRunne
     return None
 
 
-class TrialFitter:
-    """Fits the transfer step of one trial on the shared backbone; returns val accuracy.
+def ranking_half(runner: SubsetRunner):
+    """The validation images a trial is scored on: the ranking half of the validation split ``(n, 3, R, R)``."""
+    val = runner.data.target_val
+    return val.select(validation_halves(val.labels.numpy(), runner.config.data.split_seed).nonzero()[0])
 
-    fixed: features ``(N, D)`` of the target train and val images are computed once, here;
+
+class TrialFitter:
+    """Fits the transfer step of one trial on the shared backbone; returns its accuracy on the
+    validation split's ranking half (never the selection half, never test).
+
+    fixed: features ``(N, D)`` of the target train and ranking-half images are computed once, here;
            a trial trains a linear head on them (the same computation as ``transfer``).
     full:  a trial fine-tunes a deep copy of the backbone with ``transfer``.
     """
 
     def __init__(self, backbone: Backbone, runner: SubsetRunner):
         self.backbone, self.data, self.device = backbone, runner.data, runner.device
+        self.val = ranking_half(runner)
         self.y_train = self.data.target_train.labels.to(self.device)
-        self.y_val = self.data.target_val.labels.to(self.device)
-        self.x_val = normalize(self.data.target_val.images, *backbone.norm, self.device)
+        self.y_val = self.val.labels.to(self.device)
+        self.x_val = normalize(self.val.images, *backbone.norm, self.device)
         self.features = None
         if runner.config.transfer.mode == "fixed":
             frozen = copy.deepcopy(backbone.net)
@@ -99,7 +111,8 @@ class TrialFitter:
                 frozen, normalize(self.data.target_train.images, *backbone.norm, self.device), self.x_val))
 
     def fit(self, config: RunConfig, on_epoch: Callable[[int, float, float], None] | None = None) -> float:
-        """Transfer with ``config.transfer``; ``on_epoch(epoch, loss, val_acc)`` after each epoch."""
+        """Transfer with ``config.transfer``; ``on_epoch(epoch, loss, val_acc)`` after each epoch (``val_acc``:
+        on the ranking half)."""
         generator = seed_everything(self.backbone.seed)
         report = on_epoch or (lambda epoch, loss, acc: None)
         if config.transfer.mode == "fixed":

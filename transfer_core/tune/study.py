@@ -1,10 +1,12 @@
-"""Optuna tuning of the transfer recipe on the target **validation** split, tracked in MLflow.
+"""Optuna tuning of the transfer recipe on the target validation split's **ranking half**, tracked in MLflow.
 
 :func:`tune` pretrains one source backbone (on every source class, or on the classes of one
 sweep index), logs it, and runs an Optuna study whose trials fit only the transfer step on
-that backbone. Each trial is scored by target validation accuracy; the test split is never
-read. In fixed-feature mode the backbone's features are computed once and a trial trains a
-linear head on them (about a second); in full mode a trial fine-tunes a copy.
+that backbone. Each trial is scored by target validation accuracy on the ranking half of the
+validation split (:func:`~transfer_core.tune.backbone.ranking_half`); the selection half, which
+gates the champion, and the test split are never read. In fixed-feature mode the backbone's
+features are computed once and a trial trains a linear head on them (about a second); in full
+mode a trial fine-tunes a copy.
 
 Trials report validation accuracy after every epoch and a median pruner stops the weak
 ones, comparing trials at the same point of their learning-rate schedule
@@ -271,9 +273,9 @@ def tune_note(result: TuneResult) -> str:
     baseline = "n/a" if result.default_value is None else f"{result.default_value:.4f}"
     recipe = ", ".join(f"`{k}={v}`" for k, v in result.best_params.items())
     return (f"Optuna study `{result.study_name}` ({result.storage}): {counts} trials (child runs), each scored on "
-            f"target validation accuracy, never the test split. Best {result.best_value:.4f} (the profile's recipe "
-            f"{baseline}) with {recipe}: `{BEST_PARAMS_ARTIFACT}`; every trial: `trials.csv`. Next: `transfer-core "
-            f"sweep ... --transfer-params-from {result.run_id}`.")
+            f"target accuracy on the validation ranking half, never the selection half or the test split. Best "
+            f"{result.best_value:.4f} (the profile's recipe {baseline}) with {recipe}: `{BEST_PARAMS_ARTIFACT}`; every "
+            f"trial: `trials.csv`. Next: `transfer-core sweep ... --transfer-params-from {result.run_id}`.")
 
 
 class _quiet_optuna:

@@ -126,12 +126,13 @@ def accuracy_rows(summary: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     return pd.DataFrame({
         "source": [name for name, _ in rows],
         "seeds": [int(r.n_seeds) for _, r in rows],
-        "validation selection half − full (paired) [95% CI]": [
+        "validation selection half − full (paired) [two-sided 95% CI]": [
             "—" if r.order == FULL or not has_select else ci(r.select_diff, r.select_diff_ci_low, r.select_diff_ci_high)
             for _, r in rows],
-        "test acc % [95% CI]": [ci(r.test_mean, r.test_ci_low, r.test_ci_high, sign=False) for _, r in rows],
-        "test − full (paired) [95% CI]": ["—" if r.order == FULL else ci(r.test_diff, r.diff_ci_low, r.diff_ci_high)
-                                          for _, r in rows]})
+        "test acc % [two-sided 95% CI]": [ci(r.test_mean, r.test_ci_low, r.test_ci_high, sign=False)
+                                          for _, r in rows],
+        "test − full (paired) [two-sided 95% CI]": [
+            "—" if r.order == FULL else ci(r.test_diff, r.diff_ci_low, r.diff_ci_high) for _, r in rows]})
 
 
 def curve_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -140,10 +141,10 @@ def curve_rows(summary: pd.DataFrame) -> pd.DataFrame:
     summary = summary.assign(rank=summary.order.map(order)).sort_values(["rank", "k"])
     return pd.DataFrame({
         "removal": summary.order, "k": summary.k, "seeds": summary.n_seeds,
-        "test acc % [95% CI]": [ci(r.test_mean, r.test_ci_low, r.test_ci_high, sign=False)
-                                for r in summary.itertuples()],
-        "test − full (paired) [95% CI]": ["—" if r.order == FULL else ci(r.test_diff, r.diff_ci_low, r.diff_ci_high)
-                                          for r in summary.itertuples()]})
+        "test acc % [two-sided 95% CI]": [ci(r.test_mean, r.test_ci_low, r.test_ci_high, sign=False)
+                                          for r in summary.itertuples()],
+        "test − full (paired) [two-sided 95% CI]": [
+            "—" if r.order == FULL else ci(r.test_diff, r.diff_ci_low, r.diff_ci_high) for r in summary.itertuples()]})
 
 
 def registered_champion(client: MlflowClient, experiment: str, counterfactual) -> dict | None:
@@ -195,8 +196,13 @@ def claim_verdict(table: pd.DataFrame, contrast: str, direction: int) -> str:
     if len(against):
         text += f"; the opposite holds at k = {_ks(against.k)}"
     r = rows.iloc[0]
-    return (f"{text} — paired {contrast} in test points over {int(r.n_seeds)} seeds, {r.level:.2%} intervals "
-            f"(Bonferroni over {len(rows)} k{'s' if len(rows) > 1 else ''}): {intervals}")
+    if "family" in table:  # one family: every (contrast, k) of the grid
+        correction = (f"two-sided {r.level:.2%} intervals, Bonferroni over all {int(r.family)} paired tests of the "
+                      f"grid; the claim holds where its interval lies on its side of zero, a one-sided test at "
+                      f"{(1 - r.level) / 2:.2%}")
+    else:  # a table written before the family spanned every contrast
+        correction = f"two-sided {r.level:.2%} intervals, Bonferroni over {len(rows)} k{'s' if len(rows) > 1 else ''}"
+    return f"{text} — paired {contrast} in test points over {int(r.n_seeds)} seeds, {correction}: {intervals}"
 
 
 def leak_methods(dups: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
@@ -345,7 +351,8 @@ def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | No
         cf_summary = pd.read_csv(out / SUMMARY_ARTIFACT)
         contrast_table = pd.read_csv(out / CONTRASTS_ARTIFACT)
         selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
-        lines += ["## Accuracy", "", f"Target accuracy in percent, mean and 95% t-interval over seeds; differences "
+        lines += ["## Accuracy", "", f"Target accuracy in percent, mean and two-sided 95% t-interval over seeds; "
+                  f"differences "
                   f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`). The "
                   f"removed classes come from {chooser}, fitted on one half of the validation split; k is chosen, "
                   "and the champion gated, on the other half; the "
@@ -361,12 +368,14 @@ def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | No
     dups = pd.read_csv(out / "near_duplicates.csv")
     candidates = pd.read_csv(out / "leakage_candidates.csv")
     lines += ["## Verdicts", "", "Each claim with the test that fits it (paired tests from "
-              f"`{CONTRASTS_ARTIFACT}`; the champion gate from `{SELECTION_ARTIFACT}`; leakage from "
+              f"`{CONTRASTS_ARTIFACT}`, all of them one family, corrected together; the champion gate from "
+              f"`{SELECTION_ARTIFACT}`, whose two-sided interval decides by its lower end alone; leakage from "
               "`near_duplicates.csv` and `leakage_candidates.csv`):", "",
               *verdicts(contrast_table, selection, dups, candidates), ""]
 
     lines += ["## Top classes", "", f"Influence on the whole target in {unit}, fitted on the target test split, "
-              f"95% bootstrap intervals (run `{a_id}`, `class_aggregates.csv`); `*` = the interval excludes zero, not "
+              f"two-sided 95% bootstrap intervals (run `{a_id}`, `class_aggregates.csv`); `*` = the interval excludes "
+              "zero, not "
               "corrected for "
               f"{len(whole)} comparisons.", "", markdown(top_classes(whole, top_k)), "",
               "![ranking](ranking.png)", "", "### Per target class", "",
