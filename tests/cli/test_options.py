@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from transfer_core.analysis.settings import AnalysisSettings
 from transfer_core.cli import main
 from transfer_core.cli.commands import RULE_SKIP
-from transfer_core.cli.mlproject import ENTRY_POINTS, parameters, render
+from transfer_core.cli.mlproject import ENTRY_POINTS, FROM_ENVIRONMENT, parameters, render
 from transfer_core.cli.options import Bool, Choice, FloatRange, IntRange, Text, shown
 from transfer_core.counterfactual.settings import CounterfactualPlan, EvidenceRule
 from transfer_core.execute.settings import ExecutorSettings
@@ -122,8 +122,7 @@ def test_mlproject_parameters_are_the_commands_options_and_parse_when_unset(entr
         assert {s.name for _, s, _ in flat_specs(settings) if s.name not in skip} <= set(spec.parameters)
     words = shlex.split(spec.compute_command({}, str(tmp_path)).split("transfer_core.cli ", 1)[1])
     ctx = command.make_context(words[0], words[1:])
-    flags = ("progress", "index", "log_checkpoint", "recompute", "verify",  # not parameters: their own defaults
-             "tracking_uri", "data_root", "cache_dir")  # from the environment
+    flags = ("progress", "index", "log_checkpoint", "recompute", "verify") + FROM_ENVIRONMENT  # own defaults
     given = {p: v for p, v in ctx.params.items()
              if p not in flags and v is not None and not (isinstance(v, tuple) and all(x in (None, "") for x in v))}
     assert given == {}
