@@ -236,7 +236,7 @@ def test_processes_that_show_plans_at_once_get_distinct_looks(tmp_path):
     for position, look in enumerate(ledger, start=1):
         run = ctx.client.get_run(look.run_id)
         assert run.data.tags[FIRST_SHOWN_TAG] == str(look.shown_ms)
-        copy = read_lines(artifact_path(run, LEDGER_ARTIFACT))
+        copy = read_lines(artifact_path(run, LEDGER_ARTIFACT, ctx.client))
         assert [c.run_id for c in copy][:position] == [c.run_id for c in ledger[:position]]
 
 
@@ -265,7 +265,7 @@ def test_gc_then_register_counts_every_look(tmp_path):
     assert recompute_selection(ctx.client, ctx.client.get_run(third.parent_run_id), ledger=ledger)[0].look == 3
 
     for runs in (third, fourth):  # now the copies too: a reset by hand
-        copy = artifact_path(ctx.client.get_run(runs.parent_run_id), LEDGER_ARTIFACT)
+        copy = artifact_path(ctx.client.get_run(runs.parent_run_id), LEDGER_ARTIFACT, ctx.client)
         copy.write_text("".join(look.to_line() + "\n" for look in read_lines(copy)
                                 if look.run_id == runs.parent_run_id))
     before = recorded(ctx)
@@ -334,7 +334,7 @@ def test_overwritten_validation_outputs_are_refused(store_a):
     ctx, runs = store_a
     client = ctx.client
     point = client.get_run(runs.table[runs.table.order == "bottom"].run_id.iloc[0])
-    path = artifact_path(point, VAL_OUTPUTS_ARTIFACT)
+    path = artifact_path(point, VAL_OUTPUTS_ARTIFACT, client)
     original, digest = path.read_bytes(), point.data.tags[VAL_OUTPUTS_DIGEST_TAG]
     with np.load(path) as npz:
         arrays = dict(npz)

@@ -202,7 +202,7 @@ def test_tuning_reads_no_selection_half_example(resumed, monkeypatch):
     real = journal_study("resume").trials[:5]  # the first call: n_trials=5, sampler seed 0
     complete = [t for t in real if t.state.name == "COMPLETE"]
     best = max(complete, key=lambda t: t.value)
-    runner = SubsetRunner(config, EXPERIMENT)
+    runner = SubsetRunner(config, EXPERIMENT, store_context())
     backbone, _ = reuse_backbone(runner.client, runner.experiment_id, runner, None)
     data = runner.data
     pool = torch.cat([data.target_train.images, data.target_test.images])  # images the recipes may disagree on
