@@ -142,7 +142,7 @@ class Selection:
                 "reported only)")
         if self.k == 0:
             return f"{self.reason}; full source: val {self.full_val_acc:.4f}, test {self.full_test_acc:.4f}"
-        return f"{self.reason}; candidate: remove the {self.k} {self.order} classes; {test}"
+        return f"{self.reason}; the candidate's {test}"  # the reason names it (the k most detrimental classes)
 
 
 def select(table: pd.DataFrame, rule: EvidenceRule = EvidenceRule(), look: int = 1,
