@@ -11,6 +11,10 @@
   ``;`` or a redirection. An inline span of the program alone (``transfer-core``, ``mlflow run .``) names
   the tool and is not checked. **One placeholder:** the word ``...`` stands for "options as above" and is
   dropped; everything else is written with concrete values.
+- **`mlflow run` lines, run.** Every ``mlflow run`` line also runs for real, in steps' order, from the
+  repository root in the README's shell set up into a tmp folder, its heavy values shrunk to the synthetic
+  profile's: its run must land in its ``--experiment-name`` with artifacts beside the store, none in Default,
+  nothing in the checkout.
 - **Python snippets.** Every ```python block runs in a fresh interpreter, in the folder of a tiny
   synthetic main job laid out as ``make run`` leaves a checkout (``mlruns/mlflow.db``, ``.cache/``,
   ``../shared/data``). A block right after ``<!-- needs: REASON -->`` (a GPU, a cluster, a server)
@@ -25,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -322,3 +327,122 @@ def test_every_python_snippet_runs(page, line, body, needs, checkout):
     done = subprocess.run([sys.executable, "-c", body], cwd=checkout, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, f"{page.relative_to(REPO)}:{line}\n{done.stderr[-3000:]}"
+
+
+# ---- every `mlflow run` line, run for real ------------------------------------------------------------
+
+MLFLOW_RUNS = [(where, args) for where, program, args in COMMANDS if program == ("mlflow", "run")]
+# The order the steps read each other in: a step finds what it reads as "the experiment's latest/only ...".
+STEP_ORDER = ("tune", "subset_run", "sweep", "analyze", "attribute", "counterfactual", "register", "main")
+# What makes a line run in seconds: only the entry point's own parameters of these are set (replaced or added).
+TINY = {"profile": "synthetic", "overrides": "pretrain.epochs=1,transfer.epochs=1", "n_models": "16",
+        "total_trials": "1", "n_trials": "1", "min_runs": "2", "bootstrap": "20", "ensemble_models": "1",
+        "proj_dim": "16", "ks": "1", "orders": "bottom", "pack": "1",
+        "workers": "1", "executor": "local"}
+SKIP_MLFLOW_RUNS: dict[str, str] = {}  # where -> why a line cannot run on the synthetic profile (none so far)
+
+
+def mlflow_run_argv(args: list[str]) -> tuple[str, str, list[str]]:
+    """``(entry point, experiment name, mlflow run arguments)`` of a documented line, its heavy values replaced by
+    :data:`TINY`: the entry point, ``--env-manager`` and ``--experiment-name`` stay as printed."""
+    project = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    rest, kept, params, entry, experiment = list(args), [], {}, "main", None
+    while rest:
+        word = rest.pop(0)
+        if word in ("-P", "--param-list"):
+            name, _, value = rest.pop(0).partition("=")
+            params[name] = value
+        elif word in ("-e", "--entry-point", "--env-manager", "--experiment-name", "--experiment-id", "--run-name"):
+            value = rest.pop(0)
+            entry = value if word in ("-e", "--entry-point") else entry
+            experiment = value if word == "--experiment-name" else experiment
+            kept += [word, value]
+        else:
+            kept.append(word)
+    params.update({k: v for k, v in TINY.items() if k in project[entry]["parameters"]})
+    return entry, experiment, kept + [w for k, v in params.items() for w in ("-P", f"{k}={v}")]
+
+
+def checkout_files() -> set[Path]:
+    """What a run could leave in the checkout: mlruns/ (its .gitkeep aside) and a stray mlflow.db."""
+    return {p for p in (REPO / "mlruns").rglob("*") if p.name != ".gitkeep"} | \
+        {p for p in (REPO / "mlflow.db", REPO / ".cache") if p.exists()}
+
+
+def test_every_documented_mlflow_run_line_runs_into_its_experiment(tmp_path):
+    """Every ``mlflow run`` line of the pages runs, in the shell the README sets up ("Every other command":
+    ``.venv`` activated, so its ``bin`` first on PATH; TRANSFER_CORE_DATA, TRANSFER_CORE_CACHE and
+    MLFLOW_TRACKING_URI exported, here into ``tmp_path``), from the repository root (``mlflow run .`` reads the
+    MLproject there), after ``transfer-core experiment NAME`` as ``make run`` does (a store the docs assume ``make
+    run`` made; MLflow would otherwise create the experiment with its artifacts under the checkout's ``mlruns/``).
+    Lines run in the order the steps read each other (tune, subset_run, sweep, analyze, attribute,
+    counterfactual, register, main), in page order within a step.
+
+    Each keeps its entry point, ``--env-manager local`` and ``--experiment-name``, and the values it prints, except
+    these, set wherever the entry point has the parameter so the line runs in seconds (:data:`TINY`):
+    ``profile=synthetic`` (quick and cifar read CIFAR archives and train for minutes),
+    ``overrides=pretrain.epochs=1,transfer.epochs=1``, ``n_models=16`` with analyze's ``min_runs=2`` (16 models
+    keep and leave out each class at least twice, not the default 5 times), ``total_trials=1`` / ``n_trials=1``,
+    ``bootstrap=20`` (the least the analysis takes), ``ensemble_models=1`` and ``proj_dim=16`` (attribute),
+    ``ks=1`` and ``orders=bottom`` (two grid points, k = 0 and 1, times the 3 seeds a champion needs at least:
+    ``seeds`` and ``min_seeds`` stay), ``pack=1``, ``workers=1`` and ``executor=local`` (2 cores; no Ray).
+
+    Each line must exit 0; the run MLflow made is in the experiment its ``--experiment-name`` names, with its
+    artifacts beside the store (``<store folder>/artifacts/``); Default holds no runs at the end, and the checkout
+    gets no new ``mlruns/`` content, ``mlflow.db`` or ``.cache``."""
+    from mlflow.tracking import MlflowClient
+    from support import SHARED_DATA
+
+    assert MLFLOW_RUNS, "the pages show no `mlflow run` line: the extractor or the pages changed"
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    data = tmp_path / "shared" / "data"
+    data.parent.mkdir()
+    if SHARED_DATA.is_dir():
+        data.symlink_to(SHARED_DATA)
+    else:  # the synthetic profile reads nothing from it
+        data.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "VIRTUAL_ENV")}
+    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),  # `source activate`
+               VIRTUAL_ENV=str(Path(sys.executable).parent.parent), OMP_NUM_THREADS="1",
+               TRANSFER_CORE_DATA=str(data), TRANSFER_CORE_CACHE=str(tmp_path / ".cache"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
+               PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    mlflow_bin = shutil.which("mlflow", path=env["PATH"])
+    assert mlflow_bin, "no mlflow on the activated PATH"
+    lines = sorted((mlflow_run_argv(args) + (where,) for where, args in MLFLOW_RUNS
+                    if where not in SKIP_MLFLOW_RUNS), key=lambda line: STEP_ORDER.index(line[0]))
+    before = checkout_files()
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    beside = (store / "artifacts").resolve().as_uri()
+    try:
+        for name in sorted({experiment for _, experiment, _, _ in lines}):
+            assert name and name != "Default", "an mlflow run line without --experiment-name lands in Default"
+            made = subprocess.run(["transfer-core", "experiment", name], cwd=REPO, env=env, capture_output=True,
+                                  text=True, timeout=300)
+            assert made.returncode == 0, made.stderr[-2000:]
+        ran = []
+        for entry, experiment, argv, where in lines:
+            done = subprocess.run([mlflow_bin, "run", *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                                  timeout=600)
+            shown = f"{where} as `mlflow run {' '.join(argv)}`"
+            assert done.returncode == 0, f"{shown} failed:\n{done.stderr[-4000:]}"
+            run_id = re.findall(r"=== Run \(ID '([0-9a-f]+)'\) succeeded ===", done.stderr)
+            assert len(run_id) == 1, f"{shown}: no run id in its output\n{done.stderr[-2000:]}"
+            run = client.get_run(run_id[0])
+            assert client.get_experiment(run.info.experiment_id).name == experiment, shown
+            assert run.info.artifact_uri.startswith(beside), (shown, run.info.artifact_uri)
+            assert run.data.tags.get("mlflow.project.entryPoint") == entry, shown
+            ran.append(where)
+        assert client.search_runs(["0"]) == [], "a line left a run in Default"
+        every = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id],
+                                                                                   max_results=1000)]
+        assert every and all(r.info.artifact_uri.startswith(beside) for r in every)
+        assert checkout_files() == before, f"the lines wrote into the checkout: {checkout_files() - before}"
+    finally:
+        for path in sorted(checkout_files() - before, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
