@@ -220,7 +220,7 @@ def _tune(state: PipelineState) -> None:
     s = state.settings
     if s.tune.total_trials == 0:
         return
-    state.echo(f"[tune] {s.tune.total_trials} trials on the validation split")
+    state.echo(f"[tune] {s.tune.total_trials} trials on the validation ranking half")
     config, _ = resolve_config(s.profile, s.override_dict())
     tuned = tune(config, s.tune, s.experiment, ctx=state.ctx, profile=s.profile)
     state.done("tune", tuned.run_id, tuned.reused, f"study {tuned.study_name}")
