@@ -114,6 +114,26 @@ def test_nothing_below_the_entry_points_sets_the_environment_or_mlflows_global_u
                     assert not ast.unparse(target).startswith("os.environ["), f"{name} writes {ast.unparse(target)}"
 
 
+# Where the library may read the environment, and why: everything else receives a Context (issue 28).
+ENVIRONMENT_READERS = {
+    "transfer_core.execute.ray_cluster": "forwards MLflow's credential variables to Ray workers",
+    "transfer_core.track.store": "names the MLFLOW_TRACKING_USERNAME that MLflow itself sent, in a refusal",
+    "transfer_core.track.ui": "the MLflow server app: an entry point of its own (transfer-core ui sets its experiment)",
+}
+
+
+def test_below_the_entry_points_only_known_modules_read_the_environment():
+    readers = {}
+    for name, path in modules().items():
+        if stage(name) in ENTRY_STAGES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            text = ast.unparse(node) if isinstance(node, (ast.Attribute, ast.Call)) else ""
+            if text.startswith(("os.environ", "os.getenv")):
+                readers.setdefault(name, set()).add(text.split("(")[0].split("[")[0])
+    assert set(readers) <= set(ENVIRONMENT_READERS), {k: v for k, v in readers.items() if k not in ENVIRONMENT_READERS}
+
+
 def test_one_step_key_function_and_every_reuse_goes_through_it():
     source = {name: path.read_text() for name, path in modules().items()}
     defined = [name for name, text in source.items() if re.search(r"^def step_key\(", text, re.M)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -26,8 +25,8 @@ AUGMENT_BLOCK_ELEMENTS = 2**25  # augment about this many floats (128 MB) at onc
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """The one place a device is chosen: ``$TRANSFER_CORE_DEVICE``, else CUDA if present, else CPU."""
-    name = name or os.environ.get("TRANSFER_CORE_DEVICE")
+    """The one place a device is chosen: ``name`` when given (``"cpu"``, ``"cuda:1"``), else CUDA if present,
+    else CPU. It reads no environment variable (the library's rule: entry points read the environment)."""
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
