@@ -237,7 +237,7 @@ def attribution_note(result: AttributionResult, summary: dict, settings: Attribu
             f"helpful {top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
             f"({bottom.influence:+.4g}); split-half Spearman {half:.2f}. A screen: check it by retraining. Report: "
             f"`{REPORT_ARTIFACT}`; rankings `{SELECTION_ARTIFACT}`, `{RANKING_ARTIFACT}`; `{TOP_IMAGES_ARTIFACT}`. "
-            f"Next: `transfer-core counterfactual --analysis {result.run_id}`.")
+            f"Next: `transfer-core counterfactual --ranking attribution --analysis {result.run_id}`.")
 
 
 def get_attribution_run(client: MlflowClient, run_id: str, finished: bool = False):

@@ -268,6 +268,10 @@ def attribute_command(experiment, sweep, profile, overrides, recompute, progress
     click.echo(f"attribution run {result.run_id} FINISHED: on the validation ranking half most helpful class "
                f"{top.class_name} ({top.influence:+.4g}), most detrimental {bottom.class_name} "
                f"({bottom.influence:+.4g}); positive = including the class helps")
+    config = "".join([f" --profile {profile}" if profile else ""] + [f" --set {o}" for o in overrides])
+    click.echo(f"A screen (docs/attribution.md); check its ranking by retraining: transfer-core counterfactual "
+               f"--experiment {experiment or DEFAULT_EXPERIMENT} --ranking attribution --analysis {result.run_id}"
+               f"{config}")
 
 
 @main.command("counterfactual")
