@@ -129,6 +129,40 @@ def test_the_pipeline_runs_attribute_and_hands_its_ranking_to_the_counterfactual
     assert retraining.attribution is None and "attribute" not in retraining.steps
 
 
+def test_publish_writes_the_attribution_ranked_counterfactual_without_an_analysis(attributed, tmp_path):
+    """No analysis in this experiment: publish takes the counterfactual, given or the latest, or by its ranker."""
+    from transfer_core.workflow.publish import ATTRIBUTION_COPIES, COUNTERFACTUAL_COPIES
+
+    counterfactual = ["counterfactual", "--experiment", EXPERIMENT, "--ranking", "attribution", "--orders", "bottom",
+                      "--ks", "1", "--seeds", "3", "--no-progress"]  # the plan an earlier test ran: reused
+    assert CliRunner().invoke(main, counterfactual, catch_exceptions=False).exit_code == 0
+    client, run_id = attributed["client"], attributed["run"].info.run_id
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    (cf,) = client.search_runs([experiment_id], "tags.`transfer_core.kind` = 'counterfactual'")
+    texts = {}
+    named = [("given", ["--counterfactual", cf.info.run_id]), ("latest", []), ("ranker", ["--analysis", run_id])]
+    for name, ids in named:
+        out = tmp_path / name
+        result = CliRunner().invoke(main, ["publish", "--experiment", EXPERIMENT, "--out", str(out), "--top-k", "3",
+                                           *ids], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        texts[name] = (out / "RESULTS.md").read_text()
+        for copy in [*ATTRIBUTION_COPIES, *COUNTERFACTUAL_COPIES]:
+            assert (out / copy).is_file(), copy
+    assert texts["given"] == texts["latest"] == texts["ranker"]
+    text = texts["given"]
+    assert f"| attribution | `{run_id}` (2 models, " in text and f"| counterfactual | `{cf.info.run_id}`" in text
+    assert "## Accuracy" in text and "## Counterfactual curves" in text and "## Verdicts" in text
+    assert "## Attribution ranking" in text and "![ranking](ranking.png)" in text and "(top_images.csv)" in text
+    assert "gradient-attribution screen" in text and "docs/attribution.md" in text and "analysis run `" not in text
+    ranking = pd.read_csv(attributed["artifacts"] / "class_influence_validation.csv")
+    assert f"| 1 | {ranking.class_name.iloc[0]}" in text and ranking.class_name.iloc[-1] in text
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "given" / "class_influence_validation.csv"), ranking)
+    refused = CliRunner().invoke(main, ["publish", "--experiment", EXPERIMENT, "--out", str(tmp_path / "no"),
+                                        "--analysis", cf.info.run_id])
+    assert refused.exit_code != 0 and "analysis" in refused.output
+
+
 def _index(attributed, class_name: str) -> int:
     table = pd.read_csv(attributed["artifacts"] / "class_influence_validation.csv")
     return int(table.loc[table["class_name"] == class_name, "class_index"].iloc[0])

@@ -393,9 +393,12 @@ def main_job(study, progress, **kwargs):
 @click.option("--out", "out_dir", type=TEXT, default="docs/results", show_default=True,
               help="Folder to write RESULTS.md, the figures and the tables into (files of the same name are replaced).")
 @click.option("--analysis", "analysis_run_id", type=TEXT, default=None,
-              help="Analysis run to publish. Default: the experiment's latest FINISHED analysis run.")
+              help="Analysis run to publish. Default: the experiment's latest FINISHED analysis run. An "
+                   "attribution run's id publishes its attribution-ranked counterfactual without an analysis.")
 @click.option("--counterfactual", "counterfactual_run_id", type=TEXT, default=None,
-              help="Counterfactual run to publish. Default: the latest FINISHED one made from that analysis run.")
+              help="Counterfactual run to publish. Default: the latest FINISHED one made from that analysis run "
+                   "(in an experiment without an analysis: its latest FINISHED one, which must be ranked by "
+                   "attribution).")
 @click.option("--top-k", type=IntRange(min=1), default=10, show_default=True,
               help="Most helpful and most detrimental classes listed, overall and per target class.")
 @click.option("--subpopulation", type=TEXT, default=None, metavar="TARGET:SOURCE",
@@ -408,7 +411,10 @@ def publish_command(experiment, out_dir, analysis_run_id, counterfactual_run_id,
 
     Reads the analysis run, the counterfactual run made from it and the tune run whose recipe
     the sweep used (the sweep's tune_run_id tag); every table in RESULTS.md names the run and
-    artifact it comes from.
+    artifact it comes from. A counterfactual ranked by attribution (`counterfactual --ranking
+    attribution`) is published without an analysis when the experiment has none, or with
+    --analysis ATTRIBUTION_RUN: its attribution run's ranking, figure and top images, and the
+    counterfactual's tables and verdicts (docs/attribution.md).
     """
     from transfer_core.workflow.publish import publish
 

@@ -13,6 +13,13 @@ whose recipe the sweep used, and writes into ``out_dir``:
   verdicts, each written from the test that fits its claim (:func:`verdicts`): paired
   contrasts per k with their correction, the champion gate, and which method found each leak.
 
+A counterfactual ranked by gradient attribution (tag ``ranking_source`` = ``attribution``; its
+``analysis_run_id`` tag names the attribution run) is published without an analysis when the
+experiment has none, or when ``analysis_run_id`` names the attribution run
+(:func:`publish_attribution`): the runs table, the attribution ranking (validation ranking half),
+its figure and top images, and the same accuracy, counterfactual and verdict sections
+(:func:`counterfactual_sections`, :func:`counterfactual_verdicts`).
+
 Sign convention: positive influence = including the source class helps the target. Every model
 keeps exactly half the classes, so the difference-of-means influences average to about zero:
 a "detrimental" class is one *less helpful than the average class*; whether removing it helps in
@@ -51,22 +58,35 @@ ANALYSIS_COPIES = ["class_influence.csv", "class_aggregates.csv", "heatmap.png",
                    "class_influence_validation.csv", "rank_stability_validation.csv"]
 COUNTERFACTUAL_COPIES = ["counterfactual_accuracy.png", "counterfactual_summary.csv", "counterfactual_runs.csv",
                          CONTRASTS_ARTIFACT, SELECTION_ARTIFACT]
+ATTRIBUTION_COPIES = ["class_influence_validation.csv", "class_influence.csv", "ranking.png", "top_images.csv"]
 RELIABILITY = 0.9  # split-half correlation at which a class ranking counts as stable
 
 
 @dataclass
 class PublishedRuns:
-    analysis: object
+    analysis: object | None  # None: an attribution-ranked counterfactual published without an analysis
     counterfactual: object | None
     tune: object | None
+    attribution: object | None = None  # the attribution run whose ranking chose the removals (no analysis)
 
 
 def find_runs(client: MlflowClient, experiment: str, analysis_run_id: str | None = None,
               counterfactual_run_id: str | None = None) -> PublishedRuns:
     """The analysis run (given or latest FINISHED), its latest FINISHED counterfactual run, and the tune
-    run whose recipe the analysed sweep was trained with (the sweep's ``tune_run_id`` tag; None when unset)."""
+    run whose recipe the analysed sweep was trained with (the sweep's ``tune_run_id`` tag; None when unset).
+
+    Without an analysis (``analysis_run_id`` names an attribution run, or none is given and the experiment
+    has no FINISHED analysis run), the counterfactual run (given, else the latest FINISHED one, of that
+    attribution run when named) is published with the attribution run that ranked it, when its
+    ``ranking_source`` tag is ``attribution`` (:func:`attribution_runs`)."""
     experiment_id = existing_experiment(client, experiment)
-    analysis = find_analysis_run(client, experiment_id, analysis_run_id)
+    try:
+        analysis = find_analysis_run(client, experiment_id, analysis_run_id)
+    except ConfigError:
+        found = attribution_runs(client, experiment_id, analysis_run_id, counterfactual_run_id)
+        if found is None:
+            raise
+        return found
     if counterfactual_run_id:
         counterfactual = read_selection(client, counterfactual_run_id)[0]
     else:
@@ -75,6 +95,39 @@ def find_runs(client: MlflowClient, experiment: str, analysis_run_id: str | None
     tune_run_id = client.get_run(parent_id).data.tags.get(TUNE_RUN_TAG) if parent_id else None
     tune = find_tune_run(client, experiment_id, tune_run_id) if tune_run_id else None
     return PublishedRuns(analysis, counterfactual, tune)
+
+
+def attribution_runs(client: MlflowClient, experiment_id: str, analysis_run_id: str | None,
+                     counterfactual_run_id: str | None) -> PublishedRuns | None:
+    """An attribution-ranked counterfactual run and its attribution run, or None when the runs named (or,
+    with none named, the experiment's latest FINISHED counterfactual) are not an attribution and its
+    counterfactual; the caller then raises its own error."""
+    from transfer_core.attribution.step import get_attribution_run
+
+    if analysis_run_id:
+        try:
+            attribution = get_attribution_run(client, analysis_run_id, finished=True)
+        except ConfigError:
+            return None
+    if counterfactual_run_id:
+        counterfactual = read_selection(client, counterfactual_run_id)[0]
+    elif analysis_run_id:
+        counterfactual = latest_run(client, experiment_id, COUNTERFACTUAL, analysis_run_id=analysis_run_id)
+        if counterfactual is None:
+            raise ConfigError(f"attribution run {analysis_run_id} has no FINISHED counterfactual run; run "
+                              f"`transfer-core counterfactual --ranking attribution --analysis {analysis_run_id}`")
+    else:
+        counterfactual = latest_run(client, experiment_id, COUNTERFACTUAL)
+    tags = counterfactual.data.tags if counterfactual is not None else {}
+    if tags.get("ranking_source") != "attribution":
+        return None
+    ranker = tags.get("analysis_run_id", "")
+    if analysis_run_id and ranker != analysis_run_id:
+        raise ConfigError(f"counterfactual run {counterfactual.info.run_id} checks the ranking of run {ranker}, not "
+                          f"of attribution run {analysis_run_id}; drop --analysis or --counterfactual")
+    if not analysis_run_id:
+        attribution = get_attribution_run(client, ranker, finished=True)
+    return PublishedRuns(None, counterfactual, None, attribution)
 
 
 def ci(value: float, low: float, high: float, scale: float = 100.0, sign: bool = True) -> str:
@@ -222,20 +275,27 @@ def leak_methods(dups: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["test index", "test file", "found by"])
 
 
+def counterfactual_verdicts(table: pd.DataFrame, selection: Selection) -> list[str]:
+    """The counterfactual's claims (paired contrasts and the champion gate), one markdown bullet each."""
+    lines = []
+    claims = {name: claim for name, _, _, claim in CONTRASTS}
+    for name, direction in (("top - random", -1), ("bottom - random", 1), ("bottom - top", 1), ("top - full", -1)):
+        claim = claims[name] if name != "top - full" else "removing the most helpful classes hurts transfer"
+        lines.append(f"- *{claim[0].upper() + claim[1:]}* — {claim_verdict(table, name, direction)}.")
+    gate = (f"**holds**: the pruned source passed the champion gate on the validation selection half "
+            f"({selection.reason})" if selection.is_champion else
+            f"**not established**: {selection.reason}")
+    lines.append(f"- *Removing the most detrimental classes improves transfer (the paper: +2.5 points on "
+                 f"CIFAR-10)* — {gate}. On test, for information: {claim_verdict(table, 'bottom - full', 1)}.")
+    return lines
+
+
 def verdicts(table: pd.DataFrame | None, selection: Selection | None, dups: pd.DataFrame,
              candidates: pd.DataFrame) -> list[str]:
     """The report's claims, each stated with the test that fits it (markdown bullet lines)."""
     lines = []
     if table is not None and selection is not None:
-        claims = {name: claim for name, _, _, claim in CONTRASTS}
-        for name, direction in (("top - random", -1), ("bottom - random", 1), ("bottom - top", 1), ("top - full", -1)):
-            claim = claims[name] if name != "top - full" else "removing the most helpful classes hurts transfer"
-            lines.append(f"- *{claim[0].upper() + claim[1:]}* — {claim_verdict(table, name, direction)}.")
-        gate = (f"**holds**: the pruned source passed the champion gate on the validation selection half "
-                f"({selection.reason})" if selection.is_champion else
-                f"**not established**: {selection.reason}")
-        lines.append(f"- *Removing the most detrimental classes improves transfer (the paper: +2.5 points on "
-                     f"CIFAR-10)* — {gate}. On test, for information: {claim_verdict(table, 'bottom - full', 1)}.")
+        lines += counterfactual_verdicts(table, selection)
     methods = leak_methods(dups, candidates)
     screened = int(len(candidates))
     if len(methods):
@@ -292,6 +352,84 @@ def per_target_sections(aggregates: pd.DataFrame, output: str, k: int) -> list[s
     return parts
 
 
+def counterfactual_sections(client: MlflowClient, experiment: str, cf, out: Path,
+                            chooser: str) -> tuple[list[str], pd.DataFrame, Selection]:
+    """Copy the counterfactual run's artifacts into ``out`` and write its Accuracy and Counterfactual curves
+    sections (``chooser``: which ranking removed the classes, in words); returns the lines, its paired
+    contrasts and its selection, for the verdicts."""
+    for name in COUNTERFACTUAL_COPIES:
+        shutil.copyfile(artifact_path(cf, name, client), out / name)
+    cf_summary = pd.read_csv(out / SUMMARY_ARTIFACT)
+    contrast_table = pd.read_csv(out / CONTRASTS_ARTIFACT)
+    selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
+    lines = ["## Accuracy", "", f"Target accuracy in percent, mean and two-sided 95% t-interval over seeds; "
+             f"differences "
+             f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`). The "
+             f"removed classes come from {chooser}, fitted on one half of the validation split; k is chosen, "
+             "and the champion gated, on the other half; the "
+             "test split only scores.", "",
+             markdown(accuracy_rows(cf_summary, selection)), "",
+             *champion_rows(registered_champion(client, experiment, cf)),
+             f"Selection (look {selection.look} at this selection half): {selection.describe()}", "",
+             "## Counterfactual curves", "", "![counterfactual curves](counterfactual_accuracy.png)", "",
+             markdown(curve_rows(cf_summary)), ""]
+    return lines, contrast_table, selection
+
+
+def config_line(config) -> str:
+    """The source, target and recipe of a run's config, in one sentence."""
+    return (f"Source `{config.data.source}` -> target `{config.data.target}`, {config.data.resolution} px, "
+            f"{config.data.source_images_per_class} images per source class, alpha {config.alpha}, "
+            f"transfer mode `{config.transfer.mode}`.")
+
+
+def publish_attribution(experiment: str, out: Path, runs: PublishedRuns, client: MlflowClient, top_k: int) -> Path:
+    """The results folder of an attribution-ranked counterfactual without an analysis: the runs, the attribution
+    ranking of the validation ranking half with its figure and top images, the counterfactual's sections and
+    verdicts (as :func:`publish` writes them); returns the path of RESULTS.md."""
+    attribution, cf = runs.attribution, runs.counterfactual
+    for name in ATTRIBUTION_COPIES:
+        shutil.copyfile(artifact_path(attribution, name, client), out / name)
+    at_id = attribution.info.run_id
+    metrics = attribution.data.metrics
+    ranking = pd.read_csv(out / "class_influence_validation.csv")
+    ranking = ranking.assign(significant=(ranking.ci_low > 0) | (ranking.ci_high < 0))
+    chooser = (f"the gradient attribution's ranking (attribution run `{at_id}`, "
+               "[table](class_influence_validation.csv), [figure](ranking.png); a screen: docs/attribution.md)")
+    lines = [f"# Results of experiment `{experiment}`", "",
+             "Written by `transfer-core publish`; every table names the MLflow run and artifact it comes from.",
+             "Positive influence = including the source class helps the target.", "",
+             "No analysis run: the removed classes were ranked by gradient attribution (TRAK through the transfer, "
+             "`transfer-core attribute`), a screen of the retraining influences that the counterfactual below "
+             "checks by retraining (docs/attribution.md).", "",
+             "| step | MLflow run |", "|---|---|",
+             f"| attribution | `{at_id}` ({int(metrics.get('n_models', 0))} models, "
+             f"{metrics.get('cpu_s', float('nan')):.0f} CPU-s) |",
+             f"| counterfactual | `{cf.info.run_id}` (removals chosen by the attribution ranking of run `{at_id}`) |",
+             "", config_line(run_config(attribution)), ""]
+    cf_lines, contrast_table, selection = counterfactual_sections(client, experiment, cf, out, chooser)
+    lines += cf_lines
+    lines += ["## Verdicts", "", "Each claim with the test that fits it (paired tests from "
+              f"`{CONTRASTS_ARTIFACT}`, all of them one family, corrected together; the champion gate from "
+              f"`{SELECTION_ARTIFACT}`, whose two-sided interval decides by its lower end alone):", "",
+              *counterfactual_verdicts(contrast_table, selection), ""]
+    half = metrics.get("selection_split_half_spearman", float("nan"))
+    lines += ["## Attribution ranking", "", f"Summed attribution score of each source class on the target's "
+              f"validation ranking half, x100 in the units of TRAK's linearisation (compare ranks, not values), "
+              f"two-sided 95% bootstrap intervals over the models (run `{at_id}`, "
+              "`class_influence_validation.csv`; the test split's ranking: `class_influence.csv`); `*` = the "
+              f"interval excludes zero, not corrected for {len(ranking)} comparisons. Split-half Spearman "
+              f"(disjoint halves of the models): {half:.3f}.", "",
+              markdown(top_classes(ranking, top_k)), "", "![ranking](ranking.png)", "",
+              "The source images that score highest on sampled target test examples: "
+              "[top_images.csv](top_images.csv).", "",
+              "The ranking is a gradient-attribution screen, not the retraining study's influences: what it ranks "
+              "is checked by the counterfactual above (docs/attribution.md).", ""]
+    path = out / RESULTS_FILE
+    path.write_text("\n".join(lines))
+    return path
+
+
 def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | None = None,
             counterfactual_run_id: str | None = None, top_k: int = 10, subpopulation: str | None = None) -> Path:
     """Write the results folder described in the module docstring; returns the path of RESULTS.md."""
@@ -302,6 +440,8 @@ def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | No
     analysis = runs.analysis
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if analysis is None:
+        return publish_attribution(experiment, out, runs, client, top_k)
     for name in ANALYSIS_COPIES:
         shutil.copyfile(artifact_path(analysis, name, client), out / name)
     grids = json.loads(artifact_path(analysis, "image_grids.json", client).read_text())
@@ -338,30 +478,13 @@ def publish(experiment: str, out_dir, *, ctx: Context, analysis_run_id: str | No
                 shutil.copyfile(artifact_path(client.get_run(ranker), name, client), out / copy)
         lines.append(f"| counterfactual | `{runs.counterfactual.info.run_id}` (removals chosen by the {ranked_by} "
                      f"ranking of run `{ranker}`) |")
-    config = run_config(analysis)
-    lines += ["", f"Source `{config.data.source}` -> target `{config.data.target}`, {config.data.resolution} px, "
-              f"{config.data.source_images_per_class} images per source class, alpha {config.alpha}, "
-              f"transfer mode `{config.transfer.mode}`.", ""]
+    lines += ["", config_line(run_config(analysis)), ""]
 
     contrast_table, selection = None, None
     if runs.counterfactual is not None:
-        cf = runs.counterfactual
-        for name in COUNTERFACTUAL_COPIES:
-            shutil.copyfile(artifact_path(cf, name, client), out / name)
-        cf_summary = pd.read_csv(out / SUMMARY_ARTIFACT)
-        contrast_table = pd.read_csv(out / CONTRASTS_ARTIFACT)
-        selection = Selection.from_json((out / SELECTION_ARTIFACT).read_text())
-        lines += ["## Accuracy", "", f"Target accuracy in percent, mean and two-sided 95% t-interval over seeds; "
-                  f"differences "
-                  f"are paired by seed (run `{cf.info.run_id}`, `{SUMMARY_ARTIFACT}`, `{SELECTION_ARTIFACT}`). The "
-                  f"removed classes come from {chooser}, fitted on one half of the validation split; k is chosen, "
-                  "and the champion gated, on the other half; the "
-                  "test split only scores.", "",
-                  markdown(accuracy_rows(cf_summary, selection)), "",
-                  *champion_rows(registered_champion(client, experiment, cf)),
-                  f"Selection (look {selection.look} at this selection half): {selection.describe()}", "",
-                  "## Counterfactual curves", "", "![counterfactual curves](counterfactual_accuracy.png)", "",
-                  markdown(curve_rows(cf_summary)), ""]
+        cf_lines, contrast_table, selection = counterfactual_sections(client, experiment, runs.counterfactual, out,
+                                                                      chooser)
+        lines += cf_lines
     else:
         lines += ["## Accuracy", "", "No FINISHED counterfactual run of this analysis yet: run "
                   "`transfer-core counterfactual`.", ""]
