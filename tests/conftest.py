@@ -2,13 +2,22 @@
 ledger per test where a test asks for a store), real data root."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sqlite3
+import tempfile
 
-import mlflow
-import pytest
-from support import SHARED_DATA, session_dirs, store_context
+# Tests leave the user's files alone: the session, and every process it starts, gets a temporary home, so
+# a default that lives under ~ (the look ledger ~/.local/state/transfer_core/looks.jsonl, the cache
+# ~/.cache/transfer_core) is a temporary one whatever a test or a documented snippet forgets to pass. Set
+# before anything imports transfer_core (its defaults are read at import).
+os.environ["HOME"] = tempfile.mkdtemp(prefix="transfer_core-tests-home-")
+atexit.register(shutil.rmtree, os.environ["HOME"], True)
+
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+from support import SHARED_DATA, session_dirs, store_context  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -58,3 +58,14 @@ def test_part_of_the_suite_leaves_the_checkouts_store_unchanged(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     after = store_state(mlruns)
     assert after == before, sorted(set(after.items()) ^ set(before.items()))[:20]
+
+
+def test_the_suite_runs_in_a_temporary_home():
+    """The defaults under ~ (the look ledger, the decoded-image cache) are temporary ones in the suite, so a test
+    or a documented snippet that passes none writes nothing into the user's home (tests/conftest.py)."""
+    import tempfile
+
+    from transfer_core.data.images import DEFAULT_CACHE
+    from transfer_core.execute.context import DEFAULT_LEDGER
+    for default in (DEFAULT_LEDGER, DEFAULT_CACHE):
+        assert Path(default).is_relative_to(tempfile.gettempdir()), default

@@ -271,7 +271,8 @@ def test_a_change_to_the_analysis_code_recomputes_the_analysis_and_what_follows(
     monkeypatch.chdir(work)
     settings = PipelineSettings.load(profile="synthetic", n_models=16, ks=(1,), orders=("bottom",), total_trials=2,
                                      seeds=3, overrides=("pretrain.epochs=2", "transfer.epochs=4"), workers=1)
-    ctx = Context.open(env["MLFLOW_TRACKING_URI"], cache_dir=env["TRANSFER_CORE_CACHE"], progress=False)
+    ctx = Context.open(env["MLFLOW_TRACKING_URI"], cache_dir=env["TRANSFER_CORE_CACHE"], progress=False,
+                       ledger=env["TRANSFER_CORE_LEDGER"])
     lines: list[str] = []
     same = run_pipeline(settings, ctx, echo=lines.append)
     assert all(f"[{step}] reusing FINISHED run" in "\n".join(lines) for step in STEPS), lines  # nothing changed
