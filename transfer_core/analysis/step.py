@@ -36,7 +36,7 @@ from transfer_core.execute import Context
 from transfer_core.sweep import collect_sweep, find_sweeps
 from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_run_of_kind,
                                  latest_run, log_metrics, log_new_params, run_filter, run_scope, search_all, set_tags)
-from transfer_core.track.runs import ANALYSIS, SUBSET_RUN, SWEEP
+from transfer_core.track.runs import ANALYSIS, SUBSET_RUN, SWEEP, find_run_of_kind
 from transfer_core.track.steps import find_step, step_key, step_tags
 
 
@@ -179,13 +179,7 @@ def get_analysis_run(client: MlflowClient, run_id: str, finished: bool = False):
 
 def find_analysis_run(client: MlflowClient, experiment_id: str, run_id: str | None = None):
     """The FINISHED analysis run ``run_id``, or the latest FINISHED analysis run of the experiment."""
-    if run_id:
-        return get_analysis_run(client, run_id, finished=True)
-    run = latest_run(client, experiment_id, ANALYSIS)
-    if run is None:
-        raise ConfigError("the experiment has no FINISHED analysis run; run `transfer-core analyze` first "
-                          "or pass --analysis RUN_ID")
-    return run
+    return find_run_of_kind(client, experiment_id, ANALYSIS, "transfer-core analyze", run_id)
 
 
 RANKINGS = {"validation": SELECTION_ARTIFACT, "test": RANKING_ARTIFACT}

@@ -52,7 +52,7 @@ from transfer_core.execute import Context
 from transfer_core.track import (KIND_TAG, artifact_path, describe_run, existing_experiment, get_experiment_id,
                                  get_run_of_kind, latest_run, log_metrics, log_new_params, run_config, run_scope,
                                  set_tags)
-from transfer_core.track.runs import ATTRIBUTION, SUBSET_RUN
+from transfer_core.track.runs import ATTRIBUTION, SUBSET_RUN, find_run_of_kind
 from transfer_core.track.steps import find_step, step_key, step_tags
 
 RANKING_ARTIFACT = "class_influence.csv"  # the analysis's names and format (analysis/writers.py)
@@ -247,10 +247,4 @@ def get_attribution_run(client: MlflowClient, run_id: str, finished: bool = Fals
 
 def find_attribution_run(client: MlflowClient, experiment_id: str, run_id: str | None = None):
     """The FINISHED attribution run ``run_id``, or the latest FINISHED attribution run of the experiment."""
-    if run_id:
-        return get_attribution_run(client, run_id, finished=True)
-    run = latest_run(client, experiment_id, ATTRIBUTION)
-    if run is None:
-        raise ConfigError("the experiment has no FINISHED attribution run; run `transfer-core attribute` first "
-                          "or pass --analysis RUN_ID")
-    return run
+    return find_run_of_kind(client, experiment_id, ATTRIBUTION, "transfer-core attribute", run_id)

@@ -17,8 +17,8 @@ from transfer_core import lazy_exports
 
 _MODULES = {
     "transfer_core.track.run_record": ["CHECKPOINT_ARTIFACT", "CLASSES_ARTIFACT", "MASK_ARTIFACT", "OUTPUTS_ARTIFACT",
-                                       "VAL_OUTPUTS_ARTIFACT", "VAL_OUTPUTS_DIGEST_TAG", "load_checkpoint", "log_subset_result",
-                                       "save_checkpoint"],
+                                       "VAL_OUTPUTS_ARTIFACT", "VAL_OUTPUTS_DIGEST_TAG", "load_checkpoint",
+                                       "log_subset_result", "save_checkpoint"],
     "transfer_core.track.runs": ["KIND_TAG", "artifact_path", "describe_run", "describe_step", "get_run_of_kind",
                                  "latest_run", "log_metrics", "log_new_params", "mark_failed", "metric_value", "now_ms",
                                  "one_line", "quote", "run_config", "run_filter", "run_scope", "search_all",

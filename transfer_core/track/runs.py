@@ -114,6 +114,18 @@ def get_run_of_kind(client: MlflowClient, run_id: str, kind: str, command: str, 
     return run
 
 
+def find_run_of_kind(client: MlflowClient, experiment_id: str, kind: str, command: str, run_id: str | None = None):
+    """The FINISHED ``kind`` run ``run_id`` (checked by :func:`get_run_of_kind`), or the experiment's latest
+    FINISHED run of ``kind``; a one-sentence ConfigError naming ``command`` when there is none."""
+    if run_id:
+        return get_run_of_kind(client, run_id, kind, command, finished=True)
+    run = latest_run(client, experiment_id, kind)
+    if run is None:
+        raise ConfigError(f"the experiment has no FINISHED {kind} run; run `{command}` first "
+                          "or pass --analysis RUN_ID")
+    return run
+
+
 def _article(word: str) -> str:
     return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
