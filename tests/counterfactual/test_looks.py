@@ -354,3 +354,16 @@ def test_overwritten_validation_outputs_are_refused(store_a):
     finally:
         path.write_bytes(original)
         client.set_tag(point.info.run_id, VAL_OUTPUTS_DIGEST_TAG, digest)
+
+
+@pytest.mark.parametrize("bad", ["folder", "file/looks.jsonl"])
+def test_a_ledger_that_cannot_be_a_file_is_refused_before_anything_trains(tmp_path, bad):
+    """`--ledger` naming a folder, or a path under a file, is one sentence and a non-zero exit; nothing is made."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("not a folder")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(main, ["counterfactual", "--experiment", EXPERIMENT, "--tracking-uri", uri,
+                                       "--ledger", str(tmp_path / bad)])
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "cannot be the look ledger: it must name a file" in result.output
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was opened

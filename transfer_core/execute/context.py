@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from transfer_core.config import ConfigError
 from transfer_core.data import DataDirs, check_data_root
 from transfer_core.data.images import DEFAULT_CACHE
 from transfer_core.execute.settings import ExecutorSettings
@@ -26,6 +27,17 @@ from transfer_core.track import client_for, open_store
 # a state folder, not the data cache. Caches are there to be deleted (``make`` keeps its cache inside the
 # checkout), and deleting the ledger forgets every look it holds.
 DEFAULT_LEDGER = Path.home() / ".local" / "state" / "transfer_core" / "looks.jsonl"
+
+
+def check_ledger(path: Path) -> Path:
+    """``path`` if the look ledger can live there (a file, or a name in a folder that is or can be made);
+    one sentence otherwise, before anything trains."""
+    folder = next((p for p in path.parents if p.exists()), None)
+    if path.is_dir() or (folder is not None and not folder.is_dir()):
+        raise ConfigError(f"--ledger {path} cannot be the look ledger: it must name a file (e.g. "
+                          f"{path / 'looks.jsonl' if path.is_dir() else DEFAULT_LEDGER}), not a folder or a path "
+                          "under a file")
+    return path
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class Context:
         :data:`DEFAULT_LEDGER`); one sentence when one is wrong."""
         root = check_data_root(data_root)
         dirs = DataDirs(None if root is None else str(root), str(cache_dir or DEFAULT_CACHE))
-        ledger = Path(ledger or DEFAULT_LEDGER).expanduser()
+        ledger = check_ledger(Path(ledger or DEFAULT_LEDGER).expanduser())
         return cls(open_store(tracking_uri), dirs, execution or ExecutorSettings(), progress, ledger=str(ledger))
 
     @property
